@@ -1,0 +1,3 @@
+from natv2.cli import main
+
+raise SystemExit(main())
