@@ -58,6 +58,233 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SupernetConfig:
+    """The supernet and its search space (natv2.nets, natv2.space; design.md §3).
+
+    ``widths``: one entry = one supernet (OFA w1.0 or w1.2); the genome's width gene indexes it.
+    ``stem_stride`` 2 is OFA's (224 px); 1 keeps useful feature maps at 32-64 px.
+    """
+
+    variant: str
+    resolutions: tuple[int, ...] | list[int]
+    widths: tuple[float, ...] | list[float]
+    kernels: tuple[int, ...] | list[int]
+    expands: tuple[int, ...] | list[int]
+    depths: tuple[int, ...] | list[int]
+    n_exits: int
+    stem_stride: int
+    dropout: float
+    weights_dir: str
+    mirrors: tuple[str, ...] | list[str]
+    download: bool
+
+    def space(self):
+        """The natv2.space.SearchSpace of this config."""
+        from natv2.space import SearchSpace
+
+        return SearchSpace.from_config(self)
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Evaluation of subnets (natv2.evaluate, natv2.costs): BN recalibration, top-1, costs."""
+
+    bn_images: int
+    batch_size: int
+    channels_last: bool
+    fold_bn: bool
+    latency: bool
+    latency_batch_size: int
+    latency_repeats: int
+    latency_warmup: int
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """NATv2 post-processing fine-tune of each front member (two steps, see natv2.finetune).
+
+    Paper values (NATv2, Sarti et al. 2023): patience 30, up to 150 epochs, SGD lr 1e-4 for
+    single-exit supernets, AdamW lr 1e-4 for early-exit ones; laptop defaults are smaller.
+    """
+
+    patience: int
+    max_epochs: int
+    min_delta: float
+    optimizer: str
+    lr: float
+    weight_decay: float
+    momentum: float
+    batch_size: int
+    warmup_epochs: int
+    label_smoothing: float
+    bn_images: int
+    latency_batch_size: int
+    latency_repeats: int
+
+
+@dataclass(frozen=True)
+class EnsembleConfig:
+    """OFA3 ensemble search over the fine-tuned front (see natv2.ensemble)."""
+
+    top_k: int
+    objective: str
+    modes: tuple[str, ...] | list[str]
+    min_members: int
+    max_members: int
+    population: int
+    generations: int
+    batch_size: int
+
+
+@dataclass(frozen=True)
+class PhaseConfig:
+    """One phase of extended progressive shrinking (see natv2.shrinking)."""
+
+    epochs: int
+    lr: float
+    warmup_epochs: float
+    subnets_per_step: int
+
+
+@dataclass(frozen=True)
+class PhasesConfig:
+    """The phases in their order; a phase that does not apply to the variant is skipped."""
+
+    full: PhaseConfig
+    kernel: PhaseConfig
+    level: PhaseConfig
+    exit: PhaseConfig
+    depth1: PhaseConfig
+    depth2: PhaseConfig
+    expand1: PhaseConfig
+    expand2: PhaseConfig
+
+
+@dataclass(frozen=True)
+class SupernetTrainConfig:
+    """How ``natv2 supernet`` makes source.pt: official OFA weights, or OFAv2 training."""
+
+    source: str
+    dataset: str | None
+    optimizer: str
+    weight_decay: float
+    momentum: float
+    nesterov: bool
+    batch_size: int
+    label_smoothing: float
+    kd_weight: float
+    kd_temperature: float
+    exit_weights: list[float] | None
+    grad_clip: float | None
+    amp: bool
+    channels_last: bool
+    teacher_bn_images: int
+    phases: PhasesConfig
+
+
+@dataclass(frozen=True)
+class WarmupConfig:
+    """NAT's warm-up on the target dataset before the search (see natv2.warmup)."""
+
+    head_epochs: int
+    head_lr: float
+    supernet_epochs: int
+    lr: float
+    warmup_epochs: float
+    batch_size: int
+    subnets_per_step: int
+    optimizer: str
+    weight_decay: float
+    momentum: float
+    label_smoothing: float
+    kd_weight: float
+    teacher_bn_images: int
+
+
+@dataclass(frozen=True)
+class SearchConfig:
+    """NAT / NATv2 search: archive policies, surrogate, NSGA search, candidates (natv2.search).
+
+    ``auto`` keys follow ``algorithm``: NAT = uniform sampling, push repair, adaptive surrogate;
+    NATv2 = balanced-depth sampling, fill repair, LightGBM k-fold ensemble (design.md §3–4).
+    """
+
+    algorithm: str
+    objectives: tuple[str, ...]
+    iterations: int
+    archive_size: int
+    preprocess_mult: int
+    candidates: int
+    surrogate: str
+    surrogate_folds: int
+    sampling: str
+    repair: str
+    pop_size: int
+    generations: int
+    crossover_prob: float
+    mutation_eta: float
+    subset_pop_size: int
+    subset_generations: int
+    hv_reference: tuple[float, ...] | None
+
+    def __post_init__(self) -> None:
+        from natv2.archive import check_objectives
+
+        object.__setattr__(self, "objectives", check_objectives(self.objectives))
+        if self.hv_reference is not None:
+            ref = tuple(float(v) for v in self.hv_reference)
+            if len(ref) != len(self.objectives):
+                raise Natv2Error(
+                    f"config key search.hv_reference: expected {len(self.objectives)} values "
+                    f"(one per objective {list(self.objectives)}), got {list(ref)}"
+                )
+            object.__setattr__(self, "hv_reference", ref)
+
+    @property
+    def sampling_policy(self) -> str:
+        """natv2.space sampling policy: ``nat`` (uniform genes) or ``natv2`` (balanced depths)."""
+        return self.algorithm if self.sampling == "auto" else self.sampling
+
+    @property
+    def repair_mode(self) -> str:
+        """natv2.space repair mode: ``push`` (NAT) or ``fill`` (NATv2)."""
+        if self.repair != "auto":
+            return self.repair
+        return "push" if self.algorithm == "nat" else "fill"
+
+    @property
+    def surrogate_kind(self) -> str:
+        """natv2.surrogate kind: ``adaptive`` (NAT) or ``lgbm`` (NATv2) unless set."""
+        if self.surrogate != "auto":
+            return self.surrogate
+        return "adaptive" if self.algorithm == "nat" else "lgbm"
+
+
+@dataclass(frozen=True)
+class AdaptConfig:
+    """NAT's supernet adaptation after each archive update (natv2.adapt; NAT §3.3).
+
+    Paper (NAT, Lu et al. 2021): distribution from the top 150 of the archive, 5 epochs per
+    iteration, 4 subnets per batch, CE + KD from the largest subnet, SGD momentum 0.9,
+    lr 2.5e-3 cosine, weight decay 3e-4, batch 256.
+    """
+
+    epochs: int
+    top_n: int
+    subnets_per_step: int
+    lr: float
+    optimizer: str
+    momentum: float
+    weight_decay: float
+    warmup_epochs: float
+    batch_size: int
+    label_smoothing: float
+    kd_weight: float
+    pseudo_count: float
+    teacher_bn_images: int
+
+
+@dataclass(frozen=True)
 class Settings:
     """Everything a step needs to know, built once from the merged config."""
 
@@ -66,6 +293,14 @@ class Settings:
     results_dir: str
     datasets: Mapping[str, Mapping[str, Any]]
     data: DataConfig
+    finetune: FinetuneConfig
+    ensemble: EnsembleConfig
+    supernet_train: SupernetTrainConfig
+    warmup: WarmupConfig
+    search: SearchConfig
+    supernet: SupernetConfig
+    evaluation: EvaluationConfig
+    adapt: AdaptConfig
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def dataset(self, key: str) -> DatasetConfig:

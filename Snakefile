@@ -1,0 +1,29 @@
+"""natv2: Neural Architecture Transfer 2 as a Snakemake workflow.
+
+    snakemake --cores 2 results/digits/pareto.csv           # the embedded default, on a CPU
+    snakemake --cores 8 results/cifar10/pareto.csv --configfile my.yaml
+    snakemake --profile profiles/slurm results/cifar10/pareto.csv
+
+Every rule calls one `natv2 <step>` command; the phases are in workflow/rules/*.smk and the
+config schema in workflow/schemas/config.schema.yaml.
+"""
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config/config.yaml"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"
+include: "workflow/rules/supernet.smk"
+include: "workflow/rules/search.smk"
+include: "workflow/rules/post.smk"
+
+
+rule all:
+    input:
+        all_targets(),
+    default_target: True

@@ -1,0 +1,156 @@
+"""Bench: evaluating one subnet (extract + BN recalibration on 2000 + top-1 on 5000 val) on CIFAR-10.
+
+    python bench/evaluate.py [--genomes 10] [--threads 1] [--data ../shared/data/cifar10]
+
+Three ways to do the same work for the same random genomes at 32 px (stem stride 1):
+  ours  natv2.evaluate: extract a static net, recalibrate its BN (train-mode forward on 2000
+        images, cumulative average), fold BN, top-1 on 5000 val (inference mode, channels_last)
+  ref   the ``ofa`` package: OFAMobileNetV3 dynamic net, set_active_subnet,
+        set_running_statistics on the same 2000 images, eval-mode top-1 on the same 5000
+  bare  one inference-mode channels_last forward of the same static subnet over the same 7000
+        images (no recalibration): the floor
+Both nets hold the same random weights (ours loaded from theirs with natv2.nets.official), so
+the two accuracies must agree (they differ only by BN variance bias/unbias, ~1e-3 relative).
+Data: decoded once with natv2.data into --cache (reused on later runs), in memory as tensors.
+Goal (issue 3): ours >= 3x faster than ref, and <= 1.3x bare.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def load_cifar(data_root: Path, cache: Path):
+    from natv2.config import load_settings
+    from natv2.data import load_data, prepare_split
+
+    split = cache / "split.json"
+    if not split.is_file():
+        settings = load_settings(
+            overrides={"datasets": {"cifar10": {"kind": "imagefolder", "root": str(data_root), "val_size": 5000}}}
+        )
+        print(f"decoding {data_root} into {cache} (once)")
+        prepare_split(settings, "cifar10", cache)
+    return load_data(split)
+
+
+def their_net(n_classes: int, seed: int):
+    from ofa.imagenet_classification.elastic_nn.networks import OFAMobileNetV3
+
+    torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        net = OFAMobileNetV3(n_classes=n_classes, width_mult=1.0, ks_list=[3, 5, 7],
+                             expand_ratio_list=[3, 4, 6], depth_list=[2, 3, 4])
+    net.first_conv.conv.stride = (1, 1)  # stem stride 1 at 32 px, as ours (no weight changes)
+    return net
+
+
+def their_setting(space, genome):
+    arch = space.decode(genome)
+    ks, es = [], []
+    for blocks in arch.stages:
+        padded = list(blocks) + [(3, 3)] * (space.max_blocks - len(blocks))
+        ks += [k for k, _ in padded]
+        es += [e for _, e in padded]
+    return {"ks": ks, "e": es, "d": list(arch.depths)}
+
+
+@torch.inference_mode()
+def their_top1(net, batches) -> float:
+    net.eval()
+    correct = total = 0
+    for x, y in batches:
+        correct += int((net(x).argmax(1) == y).sum())
+        total += len(y)
+    return 100.0 * correct / total
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cifar10")
+    parser.add_argument("--cache", type=Path, default=Path("/tmp/natv2-bench-cifar10"))
+    parser.add_argument("--genomes", type=int, default=10)
+    parser.add_argument("--bn-images", type=int, default=2000)
+    parser.add_argument("--val-images", type=int, default=5000)
+    parser.add_argument("--batch-size", type=int, default=500)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--skip-ref", action="store_true", help="skip the (slow) ofa reference path")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    from natv2.evaluate import prepare_batches, recalibrate_on, top1_on
+    from natv2.nets import build_supernet
+    from natv2.nets.official import load_ofa_state_dict
+
+    data = load_cifar(args.data, args.cache)
+    gen = torch.Generator().manual_seed(args.seed)
+    bn_set = data.train.subset(args.bn_images, gen)
+    val_set = data.val.subset(args.val_images, gen)
+    res = 32
+    common = dict(resolution=res, mean=data.mean, std=data.std, batch_size=args.batch_size)
+    t0 = time.perf_counter()
+    bn_cl = prepare_batches(bn_set, **common, channels_last=True)
+    val_cl = prepare_batches(val_set, **common, channels_last=True)
+    bn_plain = prepare_batches(bn_set, **common, channels_last=False)
+    val_plain = prepare_batches(val_set, **common, channels_last=False)
+    print(f"data: {len(bn_set)} BN + {len(val_set)} val images at {res} px, prepared in "
+          f"{time.perf_counter() - t0:.2f} s (once per resolution); {args.threads} thread(s)")
+
+    theirs = their_net(data.n_classes, args.seed)
+    ours = build_supernet({"variant": "ofa_mbv3", "resolutions": [res], "stem_stride": 1}, data.n_classes)
+    load_ofa_state_dict(ours, theirs.state_dict(), new_head=False)
+    ours.eval()
+    space = ours.space
+    genomes = space.sample(args.genomes, np.random.default_rng(args.seed), "natv2")
+
+    rows = []
+    for g in genomes:
+        # ours: extract + recalibrate + top-1
+        t = time.perf_counter()
+        static = ours.extract(g)
+        recalibrate_on(static, bn_cl)
+        acc_ours = top1_on(static, val_cl)
+        t_ours = time.perf_counter() - t
+
+        # bare: one inference-mode channels_last forward of the same static subnet over 7000 images
+        bare = ours.extract(g).eval().to(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            bare(bn_cl[0][0])  # warm-up of this subnet's shapes, as ours had none either... see note
+            t = time.perf_counter()
+            for x, _ in bn_cl + val_cl:
+                bare(x)
+            t_bare = time.perf_counter() - t
+
+        # ref: the ofa package's dynamic net + set_running_statistics
+        t_ref, acc_ref = float("nan"), float("nan")
+        if not args.skip_ref:
+            from ofa.imagenet_classification.elastic_nn.utils import set_running_statistics
+
+            t = time.perf_counter()
+            theirs.set_active_subnet(**their_setting(space, g))
+            set_running_statistics(theirs, bn_plain)
+            acc_ref = their_top1(theirs, val_plain)
+            t_ref = time.perf_counter() - t
+        rows.append((t_ours, t_ref, t_bare))
+        print(f"{space.to_string(g)}: ours {t_ours:6.2f} s  ref {t_ref:6.2f} s  bare {t_bare:6.2f} s  "
+              f"| top-1 ours {acc_ours:5.2f} ref {acc_ref:5.2f}", flush=True)
+
+    t_ours, t_ref, t_bare = (np.array(c) for c in zip(*rows))
+    print(f"\nmedian per subnet: ours {np.median(t_ours):.2f} s, ref {np.median(t_ref):.2f} s, bare {np.median(t_bare):.2f} s")
+    print(f"total over {len(genomes)} subnets: ours {t_ours.sum():.1f} s, ref {t_ref.sum():.1f} s, bare {t_bare.sum():.1f} s")
+    print(f"ref / ours  = {t_ref.sum() / t_ours.sum():.2f}x   (goal >= 3)")
+    print(f"ours / bare = {t_ours.sum() / t_bare.sum():.2f}x   (goal <= 1.3)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,287 @@
+"""The archive table and the NAT / NATv2 archive policies (design.md §2–4).
+
+The archive is a pandas DataFrame, one row per evaluated sub-network, saved as CSV:
+
+    genome, top1_err, params, macs, latency_ms, supernet, seed, iteration  (+ any extra columns)
+
+``genome`` is :meth:`natv2.space.SearchSpace.to_string`; every objective is minimised. A run
+uses 2–4 of :data:`OBJECTIVES` (config ``search.objectives``), always including ``top1_err``.
+
+Policies (``search.algorithm``):
+
+- initialisation. NAT: ``archive_size - 2`` uniform samples + smallest + largest.
+  NATv2: ``preprocess_mult * archive_size - 2`` balanced-depth samples + smallest + largest are
+  evaluated (:func:`init_genomes`), then :func:`select_initial` keeps smallest + largest and the
+  best of the rest by survival (pre-processing).
+- update (:func:`update_archive`). NAT: the archive grows by the evaluated candidates.
+  NATv2: after adding them, survival cuts it back to ``archive_size``.
+
+Survival is pymoo's: ``RankAndCrowding`` (NSGA-II) for 2 objectives, ``ReferenceDirectionSurvival``
+(NSGA-III, energy reference directions) for 3+. Both keep whole fronts in rank order and only
+thin the front that does not fit, so the non-dominated set survives whenever it fits.
+
+Typical use by the init step::
+
+    genomes = init_genomes(space, cfg, rng)             # evaluate these ...
+    evaluated = evaluate_genomes(supernet, genomes, ...) # ... (natv2.evaluate)
+    archive = tag_rows(select_initial(evaluated, space, cfg, rng), supernet="iter0", seed=s, iteration=0)
+    write_archive(path, archive)
+"""
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from natv2.errors import Natv2Error
+from natv2.io import read_csv, write_csv
+
+log = logging.getLogger(__name__)
+
+#: every objective a run may use, all minimised (top-1 error in percent)
+OBJECTIVES = ("top1_err", "params", "macs", "latency_ms")
+#: the error objective, predicted by the surrogate during the search
+ERROR = "top1_err"
+#: columns every archive file carries, in this order (extra columns follow)
+COLUMNS = ("genome", *OBJECTIVES, "supernet", "seed", "iteration")
+ALGORITHMS = ("nat", "natv2")
+
+# Reference directions are a fixed design, not a random choice: one seed for all runs.
+_REF_DIRS_SEED = 1
+
+
+# --------------------------------------------------------------------------------------------
+# table I/O
+
+
+def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
+    """Validate an objective list: 2–4 distinct names of :data:`OBJECTIVES`, including ``top1_err``."""
+    objectives = tuple(objectives)
+    unknown = [o for o in objectives if o not in OBJECTIVES]
+    if unknown:
+        raise Natv2Error(f"config key search.objectives: unknown {unknown}; expected names from {list(OBJECTIVES)}")
+    if len(set(objectives)) != len(objectives) or not 2 <= len(objectives) <= 4:
+        raise Natv2Error(f"config key search.objectives: expected 2 to 4 distinct objectives, got {list(objectives)}")
+    if ERROR not in objectives:
+        raise Natv2Error(f"config key search.objectives: must include {ERROR!r} (the surrogate predicts it), got {list(objectives)}")
+    return objectives
+
+
+def check_table(frame: pd.DataFrame, objectives: Sequence[str], where: str) -> pd.DataFrame:
+    """Check that ``frame`` has a ``genome`` column and finite numeric ``objectives``."""
+    missing = [c for c in ("genome", *objectives) if c not in frame.columns]
+    if missing:
+        raise Natv2Error(f"{where}: missing column(s) {missing}; has {list(frame.columns)}")
+    for col in objectives:
+        values = pd.to_numeric(frame[col], errors="coerce")
+        bad = ~np.isfinite(values.to_numpy(dtype=float))
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise Natv2Error(f"{where}: column {col!r} row {row}: expected a finite number, got {frame[col].iloc[row]!r}")
+    dup = frame["genome"].duplicated()
+    if dup.any():
+        raise Natv2Error(f"{where}: genome {frame['genome'][dup].iloc[0]!r} appears more than once")
+    return frame
+
+
+def read_archive(path: str | Path, objectives: Sequence[str] = (ERROR,)) -> pd.DataFrame:
+    """Read an archive CSV; a missing column or a non-numeric objective raises Natv2Error naming the file."""
+    frame = read_csv(path)
+    return check_table(frame, objectives, str(path))
+
+
+def write_archive(path: str | Path, frame: pd.DataFrame) -> None:
+    """Write atomically, the :data:`COLUMNS` first (those present), then the rest in their order."""
+    first = [c for c in COLUMNS if c in frame.columns]
+    rest = [c for c in frame.columns if c not in first]
+    write_csv(path, frame[first + rest])
+
+
+def tag_rows(frame: pd.DataFrame, *, supernet: str, seed: int, iteration: int) -> pd.DataFrame:
+    """Set ``supernet``/``seed``/``iteration`` where missing (rows evaluated by ``evaluate_genomes``)."""
+    out = frame.copy()
+    for col, value in (("supernet", supernet), ("seed", seed), ("iteration", iteration)):
+        if col not in out.columns:
+            out[col] = value
+        else:
+            out[col] = out[col].where(out[col].notna(), value)
+    return out
+
+
+def objective_matrix(frame: pd.DataFrame, objectives: Sequence[str]) -> np.ndarray:
+    """The (n, m) float matrix of ``objectives`` (all minimised)."""
+    return frame[list(objectives)].to_numpy(dtype=float)
+
+
+def genomes_of(frame: pd.DataFrame, space) -> np.ndarray:
+    """The (n, n_var) int genomes of the ``genome`` strings."""
+    if len(frame) == 0:
+        return np.zeros((0, space.n_var), dtype=np.int64)
+    return np.stack([space.from_string(s) for s in frame["genome"]])
+
+
+# --------------------------------------------------------------------------------------------
+# survival
+
+
+@lru_cache(maxsize=16)
+def _energy_directions(n_obj: int, n_points: int) -> np.ndarray:
+    from pymoo.util.ref_dirs import get_reference_directions
+
+    return get_reference_directions("energy", n_obj, max(n_points, n_obj), seed=_REF_DIRS_SEED)
+
+
+def reference_directions(n_obj: int, n_points: int) -> np.ndarray:
+    """NSGA-III energy reference directions (Blank et al. 2020); cached, as they take seconds."""
+    return _energy_directions(n_obj, n_points).copy()
+
+
+def non_dominated(F: np.ndarray) -> np.ndarray:
+    """Boolean mask of the non-dominated rows of ``F`` (minimisation)."""
+    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+    F = np.asarray(F, dtype=float)
+    mask = np.zeros(len(F), dtype=bool)
+    if len(F):
+        mask[NonDominatedSorting().do(F, only_non_dominated_front=True)] = True
+    return mask
+
+
+def survive(F: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices (ascending) of the ``n`` rows of ``F`` that survive.
+
+    2 objectives: NSGA-II rank and crowding; 3+: NSGA-III reference-direction survival. Fronts
+    are kept whole in rank order; only the first front that does not fit is thinned (by
+    crowding distance / niche counts), so the non-dominated set survives whenever it fits.
+    """
+    from pymoo.algorithms.moo.nsga3 import ReferenceDirectionSurvival
+    from pymoo.core.population import Population
+    from pymoo.core.problem import Problem
+    from pymoo.operators.survival.rank_and_crowding import RankAndCrowding
+
+    F = np.asarray(F, dtype=float)
+    if F.ndim != 2 or F.shape[1] < 2:
+        raise Natv2Error(f"survival: expected an (n, >=2) objective matrix, got shape {F.shape}")
+    if n >= len(F):
+        return np.arange(len(F))
+    if n <= 0:
+        return np.zeros(0, dtype=int)
+    m = F.shape[1]
+    survival = RankAndCrowding() if m == 2 else ReferenceDirectionSurvival(reference_directions(m, n))
+    pop = Population.new(X=np.zeros((len(F), 1)), F=F)
+    idx = survival.do(Problem(n_var=1, n_obj=m), pop, n_survive=n, random_state=rng, return_indices=True)
+    return np.sort(np.asarray(idx, dtype=int))
+
+
+def top_rows(frame: pd.DataFrame, n: int, objectives: Sequence[str], rng: np.random.Generator) -> pd.DataFrame:
+    """The best ``n`` rows by survival (e.g. the top-150 for NAT's adaptation distribution)."""
+    return frame.iloc[survive(objective_matrix(frame, objectives), n, rng)].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# policies
+
+
+def _unique_rows(X: np.ndarray) -> np.ndarray:
+    """``X`` without repeated rows, first occurrences kept in order."""
+    _, first = np.unique(X, axis=0, return_index=True)
+    return X[np.sort(first)]
+
+
+def sample_unique(space, n: int, rng: np.random.Generator, policy: str, exclude: Iterable[np.ndarray] = ()) -> np.ndarray:
+    """``n`` distinct valid genomes from ``space.sample`` that are not in ``exclude``."""
+    seen = {np.asarray(g, dtype=np.int64).tobytes() for g in exclude}
+    rows: list[np.ndarray] = []
+    for _ in range(100):
+        if len(rows) >= n:
+            break
+        for g in space.sample(max(2 * (n - len(rows)), 8), rng, policy=policy):
+            key = g.tobytes()
+            if key not in seen:
+                seen.add(key)
+                rows.append(g)
+                if len(rows) == n:
+                    break
+    if len(rows) < n:
+        raise Natv2Error(f"search space: could not draw {n} distinct genomes (only {len(rows)}); is the space that small?")
+    return np.stack(rows) if rows else np.zeros((0, space.n_var), dtype=np.int64)
+
+
+def init_genomes(space, cfg, rng: np.random.Generator) -> np.ndarray:
+    """Genomes to evaluate for the initial archive: smallest, largest, then distinct samples.
+
+    NAT: ``archive_size`` in all, uniform sampling. NATv2: ``preprocess_mult * archive_size``
+    in all, balanced-depth sampling (the pre-processing pool :func:`select_initial` cuts down).
+    """
+    extremes = _unique_rows(np.stack([space.smallest(), space.largest()]))
+    total = cfg.archive_size * (cfg.preprocess_mult if cfg.algorithm == "natv2" else 1)
+    samples = sample_unique(space, max(total - len(extremes), 0), rng, cfg.sampling_policy, exclude=extremes)
+    return np.concatenate([extremes, samples])
+
+
+def select_initial(evaluated: pd.DataFrame, space, cfg, rng: np.random.Generator) -> pd.DataFrame:
+    """The initial archive from the evaluated :func:`init_genomes`.
+
+    NAT keeps every row. NATv2 keeps the smallest and largest genomes and fills the rest of
+    ``archive_size`` by survival among the other rows (its pre-processing).
+    """
+    check_table(evaluated, cfg.objectives, "evaluated initial genomes")
+    frame = evaluated.reset_index(drop=True)
+    if cfg.algorithm == "nat" or len(frame) <= cfg.archive_size:
+        return frame
+    forced = {space.to_string(space.smallest()), space.to_string(space.largest())}
+    is_forced = frame["genome"].isin(forced).to_numpy()
+    rest = np.flatnonzero(~is_forced)
+    keep = rest[survive(objective_matrix(frame.iloc[rest], cfg.objectives), cfg.archive_size - int(is_forced.sum()), rng)]
+    chosen = np.sort(np.concatenate([np.flatnonzero(is_forced), keep]))
+    log.info("pre-processing: kept %d of %d evaluated genomes by survival", len(chosen), len(frame))
+    return frame.iloc[chosen].reset_index(drop=True)
+
+
+def update_archive(archive: pd.DataFrame, candidates: pd.DataFrame, cfg, rng: np.random.Generator) -> pd.DataFrame:
+    """The archive after adding the evaluated ``candidates``.
+
+    Candidates already in the archive are ignored (the archive's row is kept). NAT: the archive
+    grows. NATv2: survival cuts it back to ``archive_size`` (row order otherwise preserved).
+    """
+    check_table(archive, cfg.objectives, "archive")
+    check_table(candidates, cfg.objectives, "evaluated candidates")
+    new = candidates[~candidates["genome"].isin(set(archive["genome"]))]
+    if len(new) < len(candidates):
+        log.warning("%d candidate(s) were already in the archive; keeping the archive's rows", len(candidates) - len(new))
+    merged = pd.concat([archive, new], ignore_index=True)
+    if cfg.algorithm == "nat" or len(merged) <= cfg.archive_size:
+        return merged
+    keep = survive(objective_matrix(merged, cfg.objectives), cfg.archive_size, rng)
+    return merged.iloc[keep].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------------------------
+# NAT's sampling distribution for supernet adaptation
+
+
+def gene_distribution(genomes: np.ndarray, space, pseudo_count: float = 0.0) -> list[np.ndarray]:
+    """Per gene, the categorical distribution over ``xl..xu`` of ``genomes`` (NAT §3.3).
+
+    ``pseudo_count`` is added to every value's count, so values absent from the top genomes
+    keep a small chance of being trained.
+    """
+    genomes = np.asarray(genomes, dtype=np.int64)
+    if genomes.ndim != 2 or genomes.shape[1] != space.n_var or len(genomes) == 0:
+        raise Natv2Error(f"gene distribution: expected genomes of shape (n>0, {space.n_var}), got {genomes.shape}")
+    probs = []
+    for pos in range(space.n_var):
+        lo, hi = int(space.xl[pos]), int(space.xu[pos])
+        counts = np.bincount(genomes[:, pos] - lo, minlength=hi - lo + 1).astype(float) + pseudo_count
+        probs.append(counts / counts.sum())
+    return probs
+
+
+def sample_distribution(probs: Sequence[np.ndarray], space, n: int, rng: np.random.Generator, repair: str) -> np.ndarray:
+    """``n`` genomes drawn gene by gene from :func:`gene_distribution`, then repaired."""
+    X = np.stack([int(space.xl[pos]) + rng.choice(len(p), size=n, p=p) for pos, p in enumerate(probs)], axis=1)
+    return space.repair(X, mode=repair)

@@ -1,0 +1,305 @@
+"""Exported networks: what a user takes home, and the one way to load it back.
+
+An exported network is a directory::
+
+    weights.pt    the state_dict (tensors only; loaded with weights_only=True)
+    config.json   how to rebuild it: {"format": "natv2-network", "kind": "single", "class":
+                  "StaticNet", "net": <StaticNet.config>, "classes", "resolution", "mean", "std"}
+    model.ts      TorchScript (traced at ``resolution``), for use without natv2
+
+An exported ensemble is a directory with ``config.json`` (``"kind": "ensemble"``, ``"members"``:
+the sub-directory names, ``"mode"``), ``model.ts``, and one exported member per sub-directory.
+Its module returns the **mean of the members' softmax probabilities**, not logits (a single
+network returns logits); ``config.json`` says which in ``"outputs"``.
+
+Inputs are float images normalised with the config's ``mean``/``std`` (in [0, 1] pixel units)
+at ``resolution`` x ``resolution``; an ensemble resizes its input to each member's resolution.
+
+    net = natv2.load_network("results/cifar10/nets/007")       # eval-mode nn.Module
+    net = torch.hub.load("/path/to/natv2", "natnet", source="local", path="results/cifar10/nets/007")
+"""
+from __future__ import annotations
+
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from natv2.errors import Natv2Error
+from natv2.io import atomic_path, load_torch, read_json, save_torch, write_json
+
+FORMAT = "natv2-network"
+VERSION = 1
+WEIGHTS, CONFIG, TORCHSCRIPT = "weights.pt", "config.json", "model.ts"
+
+# class name in config.json -> class with ``from_config(cfg)``, for networks that are not natv2
+# static nets (natv2's own are rebuilt by natv2.nets.static_from_config from the config's variant)
+_NETWORK_CLASSES: dict[str, Any] = {}
+
+
+def register_network_class(name: str, cls: Any) -> None:
+    """Allow ``config.json`` files whose ``class`` is ``name`` to be rebuilt with ``cls.from_config``."""
+    _NETWORK_CLASSES[name] = cls
+
+
+def _rebuild(config: Mapping[str, Any]):
+    """The network described by an export's config (weights not loaded)."""
+    name = config.get("class", "StaticNet")
+    if name in _NETWORK_CLASSES:
+        return _NETWORK_CLASSES[name].from_config(config["net"])
+    from natv2.nets import static_from_config  # dispatches on config["net"]["variant"]
+
+    return static_from_config(config["net"])
+
+
+# --------------------------------------------------------------------------------------------
+# the ensemble module
+
+
+def _ensemble_module():
+    import torch
+    import torch.nn.functional as F
+    from torch import nn
+
+    class EnsembleNet(nn.Module):
+        """Mean of the members' softmax probabilities; each member sees the input at its resolution."""
+
+        def __init__(self, members: Sequence[nn.Module], resolutions: Sequence[int]):
+            super().__init__()
+            if len(members) < 2:
+                raise Natv2Error(f"ensemble: needs at least 2 members, got {len(members)}")
+            self.members = nn.ModuleList(members)
+            self.resolutions = [int(r) for r in resolutions]
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            total = torch.zeros(0)
+            for i, member in enumerate(self.members):
+                r = self.resolutions[i]
+                xi = x if x.shape[-1] == r and x.shape[-2] == r else F.interpolate(
+                    x, size=(r, r), mode="bilinear", align_corners=False
+                )
+                p = member(xi).float().softmax(dim=1)
+                total = p if i == 0 else total + p
+            return total / len(self.members)
+
+    return EnsembleNet
+
+
+def EnsembleNet(members, resolutions):  # noqa: N802 - a class built lazily to keep torch out of import
+    """An ``nn.Module`` averaging the members' probabilities (see module docstring)."""
+    return _ensemble_module()(members, resolutions)
+
+
+# --------------------------------------------------------------------------------------------
+# export
+
+
+def _trace(model, resolution: int, out: Path) -> None:
+    import torch
+
+    example = torch.zeros(1, 3, int(resolution), int(resolution))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # TorchScript is deprecated in favour of torch.export but is still the portable format
+            # users load without natv2; the ensemble's resize branch is fixed at export time on purpose
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            traced = torch.jit.trace(model, example, check_trace=False)
+            with atomic_path(out) as tmp:
+                torch.jit.save(traced, str(tmp))
+    finally:
+        model.train(was_training)
+
+
+def export_network(
+    net,
+    out_dir: str | Path,
+    *,
+    classes: Sequence[str],
+    resolution: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    extra: Mapping[str, Any] | None = None,
+) -> Path:
+    """Write ``net`` (a module with ``.config`` and ``from_config``) as an exported directory."""
+    if not hasattr(net, "config"):
+        raise Natv2Error(f"export: {type(net).__name__} has no .config to rebuild it from")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "single",
+        "class": type(net).__name__,
+        "net": net.config,
+        "outputs": "logits",
+        "classes": [str(c) for c in classes],
+        "resolution": int(resolution),
+        "mean": [float(v) for v in mean],
+        "std": [float(v) for v in std],
+        **dict(extra or {}),
+    }
+    save_torch(out_dir / WEIGHTS, {k: v.detach().cpu() for k, v in net.state_dict().items()})
+    _trace(net, resolution, out_dir / TORCHSCRIPT)
+    write_json(out_dir / CONFIG, config)  # last: a directory with config.json is complete
+    return out_dir
+
+
+def export_ensemble(member_dirs: Sequence[str | Path], out_dir: str | Path, *, mode: str = "parallel",
+                    extra: Mapping[str, Any] | None = None) -> Path:
+    """Copy exported members into ``out_dir/m{i}`` and write the averaging ensemble beside them."""
+    if len(member_dirs) < 2:
+        raise Natv2Error(f"export_ensemble: needs at least 2 member directories, got {len(member_dirs)}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    configs, names = [], []
+    for i, src in enumerate(member_dirs):
+        cfg = load_config(src)
+        if cfg["kind"] != "single":
+            raise Natv2Error(f"{src}: an ensemble member must be a single exported network")
+        name = f"m{i}"
+        dst = out_dir / name
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.copytree(Path(src), dst)
+        configs.append(cfg)
+        names.append(name)
+    classes = configs[0]["classes"]
+    for src, cfg in zip(member_dirs, configs):
+        if cfg["classes"] != classes:
+            raise Natv2Error(f"{src}: classes differ from the first member's; members must share the label set")
+    resolution = max(int(c["resolution"]) for c in configs)
+    config = {
+        "format": FORMAT,
+        "version": VERSION,
+        "kind": "ensemble",
+        "members": names,
+        "sources": [str(s) for s in member_dirs],
+        "mode": mode,
+        "outputs": "probs",
+        "classes": classes,
+        "resolution": resolution,
+        "mean": configs[0]["mean"],
+        "std": configs[0]["std"],
+        **dict(extra or {}),
+    }
+    _trace(_load_dir(out_dir, config), resolution, out_dir / TORCHSCRIPT)
+    write_json(out_dir / CONFIG, config)
+    return out_dir
+
+
+# --------------------------------------------------------------------------------------------
+# load
+
+
+def _resolve(path: str | Path) -> Path:
+    path = Path(path)
+    if path.is_file() and path.name in (CONFIG, WEIGHTS, TORCHSCRIPT):
+        path = path.parent
+    if not path.is_dir():
+        raise Natv2Error(f"{path}: not an exported network directory (expected {CONFIG}, {WEIGHTS}, {TORCHSCRIPT})")
+    return path
+
+
+def load_config(path: str | Path) -> dict:
+    """The ``config.json`` of an exported network directory, checked."""
+    path = _resolve(path)
+    config = read_json(path / CONFIG)
+    if not isinstance(config, dict) or config.get("format") != FORMAT:
+        raise Natv2Error(f"{path / CONFIG}: not a natv2 network export (format must be {FORMAT!r})")
+    for key in ("kind", "classes", "resolution", "mean", "std"):
+        if key not in config:
+            raise Natv2Error(f"{path / CONFIG}: key {key!r} missing")
+    if config["kind"] not in ("single", "ensemble"):
+        raise Natv2Error(f"{path / CONFIG}: kind {config['kind']!r}, expected single or ensemble")
+    return config
+
+
+def _load_dir(path: Path, config: dict):
+    if config["kind"] == "ensemble":
+        members = [load_network(path / name) for name in config["members"]]
+        resolutions = [load_config(path / name)["resolution"] for name in config["members"]]
+        return EnsembleNet(members, resolutions).eval()
+    try:
+        net = _rebuild(config)
+    except Natv2Error as e:
+        raise Natv2Error(f"{path / CONFIG}: {e}") from None
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise Natv2Error(f"{path / CONFIG}: 'net' does not describe a network ({type(e).__name__}: {e})") from None
+    state = load_torch(path / WEIGHTS)
+    if not isinstance(state, Mapping):
+        raise Natv2Error(f"{path / WEIGHTS}: expected a state_dict (a mapping of tensors)")
+    own = net.state_dict()
+    problems = [f"missing {k}" for k in own if k not in state]
+    problems += [f"unexpected {k}" for k in state if k not in own]
+    problems += [
+        f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
+        for k, v in state.items()
+        if k in own and tuple(own[k].shape) != tuple(getattr(v, "shape", ()))
+    ]
+    if problems:
+        raise Natv2Error(f"{path / WEIGHTS}: does not match config.json's network ({'; '.join(problems[:3])})")
+    net.load_state_dict(state)
+    return net.eval()
+
+
+def load_network(path: str | Path):
+    """Load an exported network (or ensemble) directory as an eval-mode ``nn.Module``.
+
+    The module gets ``natv2_config`` (the config.json dict: classes, resolution, mean, std, ...).
+    """
+    import torch
+
+    path = _resolve(path)
+    config = load_config(path)
+    try:
+        net = _load_dir(path, config)
+    except RuntimeError as e:  # a torch error while loading weights: keep it to one line
+        raise Natv2Error(f"{path}: cannot load the exported network ({str(e).splitlines()[0]})") from None
+    if not isinstance(net, torch.nn.Module):
+        raise Natv2Error(f"{path}: config.json did not rebuild an nn.Module")
+    net.natv2_config = config
+    return net
+
+
+def load_torchscript(path: str | Path):
+    """The exported TorchScript module (our own file; TorchScript is code, load only exports you trust)."""
+    import torch
+
+    path = _resolve(path)
+    ts = path / TORCHSCRIPT
+    if not ts.is_file():
+        raise Natv2Error(f"{ts}: TorchScript file not found")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            return torch.jit.load(str(ts), map_location="cpu").eval()
+    except RuntimeError as e:
+        raise Natv2Error(f"{ts}: not a readable TorchScript file ({str(e).splitlines()[0]})") from None
+
+
+def preprocess(images, config: Mapping[str, Any]):
+    """uint8 or [0, 1] float images (N, 3, H, W) -> normalised float at the export's resolution."""
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.as_tensor(images)
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    r = int(config["resolution"])
+    if tuple(x.shape[-2:]) != (r, r):
+        x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)
+    mean = torch.tensor(config["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+    std = torch.tensor(config["std"], dtype=torch.float32).view(1, 3, 1, 1)
+    return (x - mean) / std
+
+
+def probabilities(net, x, config: Mapping[str, Any]):
+    """Class probabilities of a loaded export (softmax of logits, or the ensemble's own output)."""
+    import torch
+
+    with torch.no_grad():
+        out = net(x).float()
+    return out if config.get("outputs") == "probs" else out.softmax(dim=1)
+

@@ -1,0 +1,120 @@
+"""The final front and its knee points; hypervolume per iteration (design.md §2, issue 5 items 9–10).
+
+- :func:`pareto_front`: the non-dominated rows of the final archive, sorted by top-1 error, with
+  an ``id`` (0 = most accurate) and a ``knee`` flag: pymoo's high trade-off points (Deb & Gupta's
+  trade-off measure, on objectives min-max normalised over the front; see :func:`knee_points`).
+- :func:`hypervolume_table`: pymoo's ``HV`` of every iteration's archive against ONE reference
+  point per run, so the values of a run are comparable. With ``reference`` given (one value per
+  objective, in its units) objectives are divided by it and the reference point is 1; otherwise
+  objectives are min-max normalised over all the run's archives and the reference is 1.1.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+
+from natv2.archive import ERROR, check_table, non_dominated, objective_matrix
+from natv2.errors import Natv2Error
+
+#: margin of the derived reference point beyond the worst value (normalised units)
+HV_MARGIN = 0.1
+
+
+def knee_points(F: np.ndarray, epsilon: float = 0.125) -> np.ndarray:
+    """Boolean mask of the high trade-off (knee) points of a non-dominated set ``F``.
+
+    pymoo's ``HighTradeoffPoints`` measure, assembled from its parts: for every point, the least
+    sacrifice per unit gain towards its neighbours within ``epsilon`` (at least 2m neighbours)
+    on ``F`` min-max normalised to [0, 1]; the upper-tail outliers of that measure are knees.
+    Unlike ``HighTradeoffPoints.do`` the measure is rounded to 9 digits first: on a straight
+    front all trade-offs are equal, and pymoo would otherwise flag float noise as knees.
+    Fronts of fewer than 3 points have no knee.
+    """
+    with warnings.catch_warnings():  # pymoo 0.6.2 imports scipy.spatial.ckdtree (deprecated)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        from pymoo.core.decision_making import NeighborFinder, find_outliers_upper_tail
+
+    F = np.asarray(F, dtype=float)
+    mask = np.zeros(len(F), dtype=bool)
+    if len(F) < 3:
+        return mask
+    span = np.ptp(F, axis=0)
+    span[span == 0] = 1.0
+    N = (F - F.min(axis=0)) / span
+    finder = NeighborFinder(N, epsilon=epsilon, n_min_neigbors="auto", consider_2d=False)
+    mu = np.full(len(N), -np.inf)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for i in range(len(N)):
+            diff = N[finder.find(i)] - N[i]
+            tradeoff = np.maximum(0, diff).sum(axis=1) / np.maximum(0, -diff).sum(axis=1)
+            mu[i] = np.nanmin(tradeoff)
+        idx = find_outliers_upper_tail(np.round(mu, 9))  # all equal: std 0, no outlier
+    if idx is not None:
+        mask[np.asarray(idx, dtype=int)] = True
+    return mask
+
+
+def pareto_front(archive: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+    """Non-dominated rows of ``archive`` sorted by top-1 error, with ``id`` and ``knee`` columns.
+
+    Rows with identical objective values are all kept (neither dominates the other).
+    """
+    objectives = tuple(objectives)
+    check_table(archive, objectives, "archive")
+    if len(archive) == 0:
+        raise Natv2Error("archive: empty, no front to extract")
+    front = archive[non_dominated(objective_matrix(archive, objectives))]
+    sort_by = [ERROR] + [o for o in objectives if o != ERROR] if ERROR in objectives else list(objectives)
+    front = front.sort_values(sort_by, kind="stable").reset_index(drop=True)
+    front.insert(0, "id", np.arange(len(front)))
+    front["knee"] = knee_points(objective_matrix(front, objectives))
+    return front
+
+
+def hypervolume(F: np.ndarray, ref_point: np.ndarray) -> float:
+    """pymoo's exact hypervolume of ``F`` (minimisation) w.r.t. ``ref_point``; 0 when empty."""
+    from pymoo.indicators.hv import HV
+
+    F = np.asarray(F, dtype=float)
+    if len(F) == 0:
+        return 0.0
+    return float(HV(ref_point=np.asarray(ref_point, dtype=float))(F))
+
+
+def hypervolume_table(archives: Sequence[pd.DataFrame], objectives: Sequence[str],
+                      reference: Sequence[float] | None = None) -> pd.DataFrame:
+    """Hypervolume of each archive (index = iteration) against one reference point for the run.
+
+    Columns: ``iteration, hypervolume, n_archive, n_front``, then ``ideal_<obj>`` and
+    ``reference_<obj>`` (in the objective's units) so the table says what it was measured against.
+    """
+    objectives = tuple(objectives)
+    if not archives:
+        raise Natv2Error("hypervolume: no archives given")
+    Fs = [objective_matrix(check_table(a, objectives, f"archive of iteration {i}"), objectives)
+          for i, a in enumerate(archives)]
+    if reference is not None:
+        reference = np.asarray(reference, dtype=float)
+        if reference.shape != (len(objectives),) or (reference <= 0).any():
+            raise Natv2Error(f"search.hv_reference: expected {len(objectives)} positive values, got {reference.tolist()}")
+        ideal, scale, ref_point = np.zeros(len(objectives)), reference, np.ones(len(objectives))
+    else:
+        union = np.concatenate(Fs)
+        ideal = union.min(axis=0)
+        scale = np.ptp(union, axis=0)
+        scale[scale == 0] = 1.0
+        ref_point = np.full(len(objectives), 1.0 + HV_MARGIN)
+    rows = []
+    for i, F in enumerate(Fs):
+        nd = F[non_dominated(F)] if len(F) else F
+        rows.append({"iteration": i, "hypervolume": hypervolume((nd - ideal) / scale, ref_point),
+                     "n_archive": len(F), "n_front": len(nd)})
+    table = pd.DataFrame(rows)
+    reference_units = ideal + ref_point * scale
+    for j, name in enumerate(objectives):
+        table[f"ideal_{name}"] = ideal[j]
+        table[f"reference_{name}"] = reference_units[j]
+    return table

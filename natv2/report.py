@@ -1,0 +1,216 @@
+"""Plots and headline metrics of a finished run (PNG files via matplotlib's Agg backend).
+
+    natv2 report --pareto results/cifar10/pareto.csv --ensembles results/cifar10/ensembles.csv \
+        --hv results/cifar10/search/hv.csv --tau results/cifar10/search/surrogate.csv \
+        --out results/cifar10/report
+
+Writes ``front.png`` (val and test top-1, before and after fine-tune, against params, MACs
+and latency, one panel each), ``ensembles.png`` (ensembles against the single nets, a panel per mode),
+``hypervolume.png`` (hv.csv: iteration, hypervolume), ``surrogate_tau.png`` (iteration,
+cv_tau, tau_candidates; from --tau, else from hv.csv when it has them) and ``metrics.json``.
+An optional input that is absent gives a placeholder PNG saying so (the workflow declares them all).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from natv2.errors import Natv2Error
+from natv2.io import atomic_path, read_csv, write_json
+
+log = logging.getLogger(__name__)
+
+COSTS = {"params": "parameters", "macs": "MACs", "latency_ms": "latency (ms)"}
+ACCURACIES = {"val_top1": "val", "test_top1": "test, before fine-tune", "test_top1_finetuned": "test, fine-tuned"}
+
+
+def _require(frame: pd.DataFrame, columns: Sequence[str], what: str) -> None:
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise Natv2Error(f"{what}: column(s) {', '.join(missing)} missing (has {', '.join(map(str, frame.columns))})")
+
+
+def _figure(n_panels: int = 1):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, n_panels, figsize=(5.2 * n_panels, 4.2), dpi=110, squeeze=False)
+    for ax in axes[0]:
+        ax.grid(True, alpha=0.3)
+    return plt, fig, list(axes[0])
+
+
+def _save(plt, fig, path: Path) -> Path:
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+    return path
+
+
+def placeholder(path: Path, message: str) -> Path:
+    """A figure that only says why there is nothing to plot (the workflow declares every PNG)."""
+    plt, fig, (ax,) = _figure()
+    ax.axis("off")
+    ax.text(0.5, 0.5, message, ha="center", va="center", wrap=True)
+    log.warning("report: %s: %s", path.name, message)
+    return _save(plt, fig, path)
+
+
+def plot_front(pareto: pd.DataFrame, path: Path) -> Path:
+    """Top-1 of the front (val, test before and after fine-tune) against every measured cost, one panel each."""
+    _require(pareto, ["val_top1"], "pareto.csv")
+    costs = [c for c in COSTS if c in pareto.columns and pareto[c].notna().any()]
+    if not costs:
+        raise Natv2Error(f"pareto.csv: no cost column measured (expected one of {', '.join(COSTS)})")
+    plt, fig, axes = _figure(len(costs))
+    for ax, cost in zip(axes, costs):
+        frame = pareto.sort_values(cost)
+        for column, name in ACCURACIES.items():
+            if column in frame.columns and frame[column].notna().any():
+                ax.plot(frame[cost], frame[column], marker="o", linestyle="-", label=name)
+        if cost != "latency_ms":
+            ax.set_xscale("log")
+        ax.set_xlabel(COSTS[cost])
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"front ({len(frame)} nets): top-1 vs {COSTS[cost]}")
+        ax.legend()
+    return _save(plt, fig, path)
+
+
+def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) -> Path:
+    """Ensembles against the single nets on latency (val and test top-1), one panel per mode."""
+    _require(ensembles, ["mode", "latency_ms", "val_top1"], "ensembles.csv")
+    _require(pareto, ["latency_ms", "val_top1"], "pareto.csv")
+    single_acc = "test_top1_finetuned" if "test_top1_finetuned" in pareto.columns else "test_top1"
+    groups = list(ensembles.groupby("mode"))
+    plt, fig, axes = _figure(len(groups))
+    singles = pareto.sort_values("latency_ms")
+    for ax, (mode, group) in zip(axes, groups):
+        ax.plot(singles["latency_ms"], singles["val_top1"], "o-", label="single nets, val")
+        if single_acc in singles.columns:
+            ax.plot(singles["latency_ms"], singles[single_acc], "o--", label=f"single nets, {ACCURACIES[single_acc]}")
+        group = group.sort_values("latency_ms")
+        ax.plot(group["latency_ms"], group["val_top1"], "s-", label="ensembles, val")
+        if "test_top1" in group.columns:
+            ax.plot(group["latency_ms"], group["test_top1"], "s--", label="ensembles, test")
+        ax.set_xlabel(f"latency (ms; {mode}: {'max' if mode == 'parallel' else 'sum'} of members)")
+        ax.set_ylabel("top-1 (%)")
+        ax.set_title(f"OFA3 ensembles ({mode}) vs single nets")
+        ax.legend()
+    return _save(plt, fig, path)
+
+
+def plot_series(table: pd.DataFrame, columns: Sequence[str], ylabel: str, title: str, path: Path) -> Path:
+    """Lines of ``columns`` against ``iteration``."""
+    _require(table, ["iteration", *columns], path.stem)
+    plt, fig, (ax,) = _figure()
+    table = table.sort_values("iteration")
+    for column in columns:
+        ax.plot(table["iteration"], table[column], marker="o", label=column)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    if len(columns) > 1:
+        ax.legend()
+    return _save(plt, fig, path)
+
+
+def _finite(value) -> float | None:
+    value = float(value)
+    return value if math.isfinite(value) else None
+
+
+def metrics(pareto: pd.DataFrame, *, ensembles: pd.DataFrame | None = None, hv: pd.DataFrame | None = None,
+            search_seconds: float | None = None, workflow_seconds: float | None = None) -> dict:
+    """Headline numbers: best top-1 (val, test, fine-tuned), final hypervolume, search wall-clock."""
+    out: dict = {"n_front": int(len(pareto))}
+    for column in ACCURACIES:
+        if column in pareto.columns and pareto[column].notna().any():
+            best = pareto.loc[pareto[column].idxmax()]
+            out[f"best_{column}"] = _finite(best[column])
+            out[f"best_{column}_id"] = str(best["id"]) if "id" in pareto.columns else None
+    if ensembles is not None and len(ensembles):
+        out["n_ensembles"] = int(len(ensembles))
+        for column in ("val_top1", "test_top1"):
+            if column in ensembles.columns:
+                out[f"best_ensemble_{column}"] = _finite(ensembles[column].max())
+    if hv is not None and len(hv):
+        last = hv.sort_values("iteration").iloc[-1]
+        out["hypervolume"] = _finite(last["hypervolume"])
+        out["hypervolume_iteration"] = int(last["iteration"])
+    if search_seconds is not None:
+        out["search_wallclock_s"] = float(search_seconds)
+    if workflow_seconds is not None:
+        out["workflow_wallclock_s"] = float(workflow_seconds)
+    return out
+
+
+def benchmark_seconds(paths: Sequence[str | Path]) -> float:
+    """Total wall-clock of Snakemake ``benchmark:`` files (tab-separated, column ``s``); folders are searched."""
+    files: list[Path] = []
+    for path in map(Path, paths):
+        files += sorted(path.rglob("*.tsv")) if path.is_dir() else [path]
+    total = 0.0
+    for path in files:
+        try:
+            table = pd.read_csv(path, sep="\t")
+        except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError):
+            table = None
+        if table is None or "s" not in table.columns:
+            raise Natv2Error(f"{path}: not a Snakemake benchmark file (tab-separated with a column 's')")
+        total += float(table["s"].mean())  # mean over the repeats of one job
+    return total
+
+
+def make_report(
+    pareto_csv: str | Path,
+    out_dir: str | Path,
+    *,
+    ensembles_csv: str | Path | None = None,
+    hv_csv: str | Path | None = None,
+    tau_csv: str | Path | None = None,
+    search_seconds: float | None = None,
+    workflow_seconds: float | None = None,
+) -> dict:
+    """Write front.png, ensembles.png, hypervolume.png, surrogate_tau.png and metrics.json into ``out_dir``.
+
+    A missing optional input gives a placeholder figure that says so (the workflow declares every
+    PNG). The surrogate tau columns are read from ``tau_csv``, else from ``hv_csv`` when it has them.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    pareto = read_csv(pareto_csv)
+    if len(pareto) == 0:
+        raise Natv2Error(f"{pareto_csv}: the front is empty; nothing to report")
+    written = [plot_front(pareto, out_dir / "front.png")]
+    ensembles = read_csv(ensembles_csv) if ensembles_csv is not None else None
+    if ensembles is not None and len(ensembles):
+        written.append(plot_ensembles(pareto, ensembles, out_dir / "ensembles.png"))
+    else:
+        written.append(placeholder(out_dir / "ensembles.png", "no ensembles (ensembles.csv absent or empty)"))
+    hv = read_csv(hv_csv) if hv_csv is not None else None
+    if hv is not None:
+        written.append(plot_series(hv, ["hypervolume"], "hypervolume", "hypervolume per iteration", out_dir / "hypervolume.png"))
+    else:
+        written.append(placeholder(out_dir / "hypervolume.png", "no hypervolume table (hv.csv) given"))
+    tau = read_csv(tau_csv) if tau_csv is not None else hv
+    columns = [c for c in ("cv_tau", "tau_candidates") if tau is not None and c in tau.columns]
+    if tau_csv is not None and not columns:
+        raise Natv2Error(f"{tau_csv}: expected columns iteration and cv_tau and/or tau_candidates")
+    if columns:
+        written.append(plot_series(tau, columns, "Kendall tau", "surrogate rank correlation per iteration",
+                                   out_dir / "surrogate_tau.png"))
+    else:
+        written.append(placeholder(out_dir / "surrogate_tau.png", "no surrogate tau recorded (cv_tau, tau_candidates)"))
+    result = metrics(pareto, ensembles=ensembles, hv=hv, search_seconds=search_seconds,
+                     workflow_seconds=workflow_seconds)
+    result["plots"] = [p.name for p in written]
+    write_json(out_dir / "metrics.json", result)
+    return result

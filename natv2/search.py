@@ -1,0 +1,345 @@
+"""The surrogate search (pymoo) and the choice of candidates to evaluate (design.md §2, §4).
+
+One iteration of NAT / NATv2, in ask / tell style across files: the search step reads the
+archive, fits a surrogate (natv2.surrogate), runs :func:`search_candidates` and writes the K
+candidates; the lead's evaluate step measures them; the update step tells the archive.
+
+- :class:`SurrogateProblem`: a vectorised pymoo ``Problem`` — top-1 error predicted by the
+  surrogate for the whole population at once, costs computed exactly by a ``cost_fn`` through a
+  :class:`CostCache` (the cost of a genome never changes, so each is computed once).
+- NSGA-II for 2 objectives, NSGA-III with energy reference directions for 3+ (NAT); integer
+  two-point crossover and polynomial mutation (eta from config) with rounding repair followed by
+  the space's repair (NAT "push" / NATv2 "fill"); duplicate elimination; the initial population
+  is the archive's non-dominated genomes, topped up by samples of the algorithm's policy.
+- candidate choice (:func:`choose_candidates`): drop genomes already in the archive, keep the
+  predicted non-dominated ones; if there are more than K, NAT's subset-selection GA picks the K
+  that spread the cost objectives most evenly together with the archive's front
+  (:func:`subset_selection`); if fewer, the rest is topped up by the best predicted error.
+
+``cost_fn(genomes: int array (n, n_var)) -> {name: array (n,)}`` must return every cost
+objective of the run (``params``, ``macs``, ``latency_ms``); the lead connects it to natv2.costs.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Callable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from pymoo.core.crossover import Crossover
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import Problem
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
+
+from natv2.archive import ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, survive
+from natv2.errors import Natv2Error
+
+log = logging.getLogger(__name__)
+
+CostFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
+PredictFn = Callable[[np.ndarray], np.ndarray]
+
+
+def _seed(rng: np.random.Generator) -> int:
+    return int(rng.integers(0, 2**31 - 1))
+
+
+# --------------------------------------------------------------------------------------------
+# costs
+
+
+class CostCache:
+    """Exact costs of genomes, computed once per genome by ``cost_fn`` and remembered.
+
+    ``cache(X)`` returns an (n, len(names)) float matrix in the order of ``names``.
+    """
+
+    def __init__(self, cost_fn: CostFn, names: Sequence[str]) -> None:
+        self.cost_fn = cost_fn
+        self.names = tuple(names)
+        self._known: dict[bytes, np.ndarray] = {}
+        self.n_computed = 0
+
+    @staticmethod
+    def _key(g: np.ndarray) -> bytes:
+        return np.asarray(g, dtype=np.int64).tobytes()
+
+    def add(self, X: np.ndarray, C: np.ndarray) -> None:
+        """Remember known costs (e.g. the archive's measured ones)."""
+        for g, c in zip(X, np.asarray(C, dtype=float)):
+            self._known[self._key(g)] = c
+
+    def __call__(self, X: np.ndarray) -> np.ndarray:
+        X = np.asarray(X, dtype=np.int64)
+        out = np.empty((len(X), len(self.names)))
+        if not self.names:
+            return out
+        keys = [self._key(g) for g in X]
+        todo = {k: i for i, k in enumerate(keys) if k not in self._known}
+        if todo:
+            rows = list(todo.values())
+            costs = self.cost_fn(X[rows])
+            missing = [n for n in self.names if n not in costs]
+            if missing:
+                raise Natv2Error(f"cost function: returned {sorted(costs)}, missing {missing}")
+            C = np.column_stack([np.asarray(costs[n], dtype=float).reshape(-1) for n in self.names])
+            if C.shape[0] != len(rows) or not np.isfinite(C).all():
+                raise Natv2Error(f"cost function: expected {len(rows)} finite values per cost, got shape {C.shape}")
+            for k, c in zip(todo, C):
+                self._known[k] = c
+            self.n_computed += len(rows)
+        for i, k in enumerate(keys):
+            out[i] = self._known[k]
+        return out
+
+
+# --------------------------------------------------------------------------------------------
+# the pymoo problem and operators
+
+
+class GenomeRepair(Repair):
+    """Round, clip and make genomes valid with the space's repair (NAT push / NATv2 fill)."""
+
+    def __init__(self, space, mode: str) -> None:
+        super().__init__()
+        self.space, self.mode = space, mode
+
+    def _do(self, problem, X, **kwargs):
+        return self.space.repair(X, mode=self.mode)
+
+
+class SurrogateProblem(Problem):
+    """Objectives of a whole population at once: predicted error, exact cached costs."""
+
+    def __init__(self, space, objectives: Sequence[str], predict_error: PredictFn, costs: CostCache) -> None:
+        super().__init__(n_var=space.n_var, n_obj=len(objectives), xl=space.xl.astype(float),
+                         xu=space.xu.astype(float), vtype=int)
+        self.objectives = tuple(objectives)
+        self.error_col = self.objectives.index(ERROR)
+        self.cost_cols = [i for i, o in enumerate(self.objectives) if o != ERROR]
+        if tuple(self.objectives[i] for i in self.cost_cols) != costs.names:
+            raise Natv2Error(f"surrogate problem: cost cache has {costs.names}, objectives are {self.objectives}")
+        self.predict_error = predict_error
+        self.costs = costs
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = np.rint(X).astype(np.int64)
+        F = np.empty((len(X), self.n_obj))
+        F[:, self.error_col] = self.predict_error(X)
+        F[:, self.cost_cols] = self.costs(X)
+        out["F"] = F
+
+
+def make_algorithm(space, cfg, n_obj: int, initial: np.ndarray):
+    """NSGA-II (2 objectives) or NSGA-III with energy reference directions (3+), NAT's operators."""
+    from pymoo.algorithms.moo.nsga2 import NSGA2
+    from pymoo.algorithms.moo.nsga3 import NSGA3
+    from pymoo.operators.crossover.pntx import TwoPointCrossover
+    from pymoo.operators.mutation.pm import PM
+    from pymoo.operators.repair.rounding import RoundingRepair
+
+    repair = GenomeRepair(space, cfg.repair_mode)
+    parts = dict(
+        pop_size=cfg.pop_size,
+        sampling=np.asarray(initial, dtype=np.int64),
+        crossover=TwoPointCrossover(prob=cfg.crossover_prob),
+        # prob=1: every offspring is mutated, each gene with probability 1/n_var (pymoo's default)
+        mutation=PM(prob=1.0, eta=cfg.mutation_eta, vtype=float, repair=RoundingRepair()),
+        repair=repair,
+        eliminate_duplicates=True,
+    )
+    if n_obj == 2:
+        return NSGA2(**parts)
+    return NSGA3(ref_dirs=reference_directions(n_obj, cfg.pop_size), **parts)
+
+
+def initial_population(archive_X: np.ndarray, archive_F: np.ndarray, space, cfg, rng: np.random.Generator) -> np.ndarray:
+    """The archive's non-dominated genomes (by survival if too many), topped up by samples."""
+    from natv2.archive import sample_unique
+
+    front = archive_X[non_dominated(archive_F)] if len(archive_X) else archive_X
+    if len(front) > cfg.pop_size:
+        front = front[survive(archive_F[non_dominated(archive_F)], cfg.pop_size, rng)]
+    extra = sample_unique(space, cfg.pop_size - len(front), rng, cfg.sampling_policy, exclude=front)
+    return np.concatenate([front, extra]).astype(np.int64)
+
+
+def nsga_search(space, cfg, predict_error: PredictFn, costs: CostCache, initial: np.ndarray,
+                rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Run the surrogate search; the final population's genomes (int) and objectives."""
+    from pymoo.optimize import minimize
+
+    problem = SurrogateProblem(space, cfg.objectives, predict_error, costs)
+    algorithm = make_algorithm(space, cfg, problem.n_obj, initial)
+    start = time.perf_counter()
+
+    def progress(alg) -> None:  # exact costs of new genomes dominate the time: show them
+        log.info("surrogate search: generation %d/%d, %d exact cost evaluations, %.1fs",
+                 alg.n_gen, cfg.generations, costs.n_computed, time.perf_counter() - start)
+
+    res = minimize(problem, algorithm, ("n_gen", cfg.generations), seed=_seed(rng), verbose=False, callback=progress)
+    seconds = time.perf_counter() - start
+    X = np.rint(res.pop.get("X")).astype(np.int64)
+    log.info("surrogate search: %s, %d generations x %d in %.1fs (%.0f genomes/s), %d exact cost evaluations",
+             type(algorithm).__name__, cfg.generations, cfg.pop_size, seconds,
+             cfg.generations * cfg.pop_size / max(seconds, 1e-9), costs.n_computed)
+    return X, res.pop.get("F")
+
+
+# --------------------------------------------------------------------------------------------
+# NAT's subset selection: a small GA over K-subsets
+
+
+def spread_score(selected: np.ndarray, reference: np.ndarray) -> float:
+    """How unevenly ``selected`` and ``reference`` cover the cost axes (lower = more even).
+
+    NAT's criterion, per cost objective: the standard deviation of the gaps between the sorted
+    values of the archive's front plus the selected candidates. Several cost objectives (3+
+    objectives in all) add their scores; costs are normalised to [0, 1] beforehand.
+    """
+    values = np.concatenate([reference, selected])
+    return float(sum(np.std(np.diff(np.sort(values[:, j]))) for j in range(values.shape[1])))
+
+
+class _SubsetProblem(Problem):
+    def __init__(self, pool: np.ndarray, reference: np.ndarray, k: int) -> None:
+        super().__init__(n_var=len(pool), n_obj=1, xl=0, xu=1, vtype=bool)
+        self.pool, self.reference, self.k = pool, reference, k
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        out["F"] = np.array([[spread_score(self.pool[x.astype(bool)], self.reference)] for x in X])
+
+
+class _SubsetSampling(Sampling):
+    """Random subsets of exactly K."""
+
+    def _do(self, problem, n_samples, random_state=None, **kwargs):
+        X = np.zeros((n_samples, problem.n_var), dtype=bool)
+        for row in X:
+            row[random_state.permutation(problem.n_var)[: problem.k]] = True
+        return X
+
+
+class _SubsetCrossover(Crossover):
+    """NAT's crossover for K-subsets: keep what both parents share, fill up from the rest of either."""
+
+    def __init__(self) -> None:
+        super().__init__(2, 1)
+
+    def _do(self, problem, X, random_state=None, **kwargs):
+        _, n_matings, n_var = X.shape
+        out = np.zeros((1, n_matings, n_var), dtype=bool)
+        for i in range(n_matings):
+            a, b = X[0, i].astype(bool), X[1, i].astype(bool)
+            child = a & b
+            either = np.flatnonzero(a ^ b)
+            child[random_state.permutation(either)[: problem.k - child.sum()]] = True
+            out[0, i] = child
+        return out
+
+
+class _SubsetMutation(Mutation):
+    """Swap one chosen member for one unchosen pool entry."""
+
+    def _do(self, problem, X, random_state=None, **kwargs):
+        X = X.astype(bool).copy()
+        for row in X:
+            on, off = np.flatnonzero(row), np.flatnonzero(~row)
+            if len(on) and len(off):
+                row[random_state.choice(on)] = False
+                row[random_state.choice(off)] = True
+        return X
+
+
+def subset_selection(pool_costs: np.ndarray, reference_costs: np.ndarray, k: int, rng: np.random.Generator,
+                     *, pop_size: int = 100, generations: int = 60) -> np.ndarray:
+    """Indices of the ``k`` rows of ``pool_costs`` that spread the cost front most evenly.
+
+    NAT's subset-selection GA (pymoo GA over binary K-subset vectors, NAT's population 100 and
+    60 generations by default); minimises :func:`spread_score` of the chosen costs together
+    with ``reference_costs`` (the archive front's costs). Returns sorted indices.
+    """
+    from pymoo.algorithms.soo.nonconvex.ga import GA
+    from pymoo.optimize import minimize
+
+    pool_costs = np.asarray(pool_costs, dtype=float)
+    n = len(pool_costs)
+    if k >= n:
+        return np.arange(n)
+    if k <= 0:
+        return np.zeros(0, dtype=int)
+    # normalise every cost axis over pool and reference, so axes with large units do not dominate
+    both = np.concatenate([pool_costs, np.asarray(reference_costs, dtype=float).reshape(-1, pool_costs.shape[1])])
+    lo, span = both.min(axis=0), np.ptp(both, axis=0)
+    span[span == 0] = 1.0
+    pool_n, ref_n = (pool_costs - lo) / span, (both[n:] - lo) / span
+    algorithm = GA(pop_size=pop_size, sampling=_SubsetSampling(), crossover=_SubsetCrossover(),
+                   mutation=_SubsetMutation(), eliminate_duplicates=True)
+    res = minimize(_SubsetProblem(pool_n, ref_n, k), algorithm, ("n_gen", generations), seed=_seed(rng), verbose=False)
+    chosen = np.flatnonzero(np.asarray(res.X, dtype=bool).reshape(-1))
+    assert len(chosen) == k, "subset operators keep exactly k members"
+    return chosen
+
+
+def choose_candidates(pool_X: np.ndarray, pool_F: np.ndarray, archive_X: np.ndarray, archive_F: np.ndarray,
+                      k: int, objectives: Sequence[str], rng: np.random.Generator, *,
+                      subset_pop_size: int = 100, subset_generations: int = 60) -> tuple[np.ndarray, np.ndarray]:
+    """Pick up to ``k`` new genomes from the search's final population.
+
+    Returns (indices into the pool, the source of each: ``"front"`` = chosen by subset
+    selection from the predicted front, ``"top-up"`` = best predicted error of the rest).
+    Genomes already in the archive and repeated genomes are dropped first; fewer than ``k``
+    come back only when fewer than ``k`` new genomes exist.
+    """
+    objectives = tuple(objectives)
+    err = objectives.index(ERROR)
+    cost_cols = [i for i, o in enumerate(objectives) if o != ERROR]
+    known = {np.asarray(g, dtype=np.int64).tobytes() for g in archive_X}
+    new, seen = [], set()
+    for i, g in enumerate(np.asarray(pool_X, dtype=np.int64)):
+        key = g.tobytes()
+        if key not in known and key not in seen:
+            seen.add(key)
+            new.append(i)
+    new = np.asarray(new, dtype=int)
+    if len(new) < k:
+        log.warning("only %d new genomes in the search's population; asked for %d candidates", len(new), k)
+    front = new[non_dominated(pool_F[new])] if len(new) else new
+    if len(front) > k:
+        reference = archive_F[non_dominated(archive_F)][:, cost_cols] if len(archive_F) else np.zeros((0, len(cost_cols)))
+        pick = front[subset_selection(pool_F[front][:, cost_cols], reference, k, rng,
+                                      pop_size=subset_pop_size, generations=subset_generations)]
+        return pick, np.array(["front"] * len(pick))
+    rest = np.setdiff1d(new, front)
+    rest = rest[np.argsort(pool_F[rest, err], kind="stable")][: k - len(front)]
+    return np.concatenate([front, rest]), np.array(["front"] * len(front) + ["top-up"] * len(rest))
+
+
+# --------------------------------------------------------------------------------------------
+# one iteration's search
+
+
+def search_candidates(archive: pd.DataFrame, space, surrogate, cost_fn: CostFn, cfg,
+                      rng: np.random.Generator) -> pd.DataFrame:
+    """Search with the fitted ``surrogate`` and return the K candidates to evaluate.
+
+    Columns: ``genome``, ``predicted_top1_err``, the cost objectives (exact), ``source``.
+    """
+    objectives = tuple(cfg.objectives)
+    cost_names = [o for o in objectives if o != ERROR]
+    archive_X = genomes_of(archive, space)
+    archive_F = objective_matrix(archive, objectives)
+    costs = CostCache(cost_fn, cost_names)
+    costs.add(archive_X, archive[cost_names].to_numpy(dtype=float))  # measured already
+    initial = initial_population(archive_X, archive_F, space, cfg, rng)
+    X, F = nsga_search(space, cfg, surrogate.predict, costs, initial, rng)
+    idx, source = choose_candidates(X, F, archive_X, archive_F, cfg.candidates, objectives, rng,
+                                    subset_pop_size=cfg.subset_pop_size, subset_generations=cfg.subset_generations)
+    out = pd.DataFrame({"genome": [space.to_string(g) for g in X[idx]],
+                        "predicted_top1_err": F[idx, objectives.index(ERROR)]})
+    for name in cost_names:
+        out[name] = F[idx, objectives.index(name)]
+    out["source"] = source
+    return out

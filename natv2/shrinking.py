@@ -1,0 +1,279 @@
+"""Extended progressive shrinking (OFA, extended by OFAv2): one phase = one call.
+
+    full -> kernel -> level (parallel-block nets) -> exit (early-exit nets)
+         -> depth1 -> depth2 -> expand1 -> expand2
+
+Each phase unlocks one more elastic dimension and keeps those unlocked before it; the others
+stay at their largest value. OFA does depth and expand in two sub-steps each (first the two
+largest values, then all). Every phase except ``full`` distils from a teacher re-extracted at
+its start: the largest subnet of the phase's initial weights, BN recalibrated (for early-exit
+nets the weighted ensemble of its exits). Channels are re-ordered by importance before the
+expand phases so smaller expand ratios keep the most important channels. A phase whose
+dimension the variant lacks is skipped (its input is its output).
+
+The phase table is data: :data:`DIMENSIONS` says how each elastic dimension is restricted in a
+sub-space of the :class:`~natv2.space.SearchSpace`, :data:`PHASES` which dimensions each phase
+unlocks. A variant with a new dimension registers one :class:`Dimension` and one phase.
+Sampling restricts the space (``dataclasses.replace(space, kernels=(7,))``), samples in it with
+balanced depths (as OFA samples each stage's depth uniformly), then re-encodes the decoded
+architecture in the full space.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from natv2.errors import Natv2Error
+
+log = logging.getLogger(__name__)
+
+
+def _top(values: tuple, mode: str) -> tuple:
+    """The values a dimension may take: all, the two largest, or only the largest."""
+    ordered = tuple(sorted(values))
+    if mode == "all":
+        return ordered
+    if mode == "top2":
+        return ordered[-2:]
+    if mode == "max":
+        return ordered[-1:]
+    raise Natv2Error(f"dimension mode {mode!r}: expected all, top2 or max")
+
+
+@dataclass(frozen=True)
+class Dimension:
+    """An elastic dimension: whether a space has it and how a phase restricts it.
+
+    ``restrict(space, mode)`` returns SearchSpace field overrides for the sub-space;
+    ``fix(arch, space, mode)`` adjusts a decoded architecture after sampling (for dimensions
+    not expressible as a field of values, e.g. the exit gene).
+    """
+
+    name: str
+    applies: Callable[[Any], bool]
+    restrict: Callable[[Any, str], dict] = lambda space, mode: {}
+    fix: Callable[[Any, Any, str], Any] = lambda arch, space, mode: arch
+
+
+def _field_dimension(name: str, field: str) -> Dimension:
+    return Dimension(
+        name=name,
+        applies=lambda space: len(tuple(getattr(space, field, ()) or ())) > 1,
+        restrict=lambda space, mode: {field: _top(tuple(getattr(space, field)), mode)},
+    )
+
+
+def _fix_exit(arch, space, mode: str):
+    if mode == "all" or arch.exit is None:
+        return arch
+    lowest = _top(tuple(range(1, space.n_exits + 1)), mode)[0]
+    return dataclasses.replace(arch, exit=max(arch.exit, lowest)) if mode == "top2" else dataclasses.replace(arch, exit=space.n_exits)
+
+
+DIMENSIONS: dict[str, Dimension] = {
+    "kernel": _field_dimension("kernel", "kernels"),
+    # parallel-block nets: the variant's space is expected to hold its branch choices in a
+    # ``levels`` field; the OFAv2 variants may register their own Dimension instead
+    "level": _field_dimension("level", "levels"),
+    "exit": Dimension("exit", applies=lambda space: getattr(space, "n_exits", 0) > 0, fix=_fix_exit),
+    "depth": _field_dimension("depth", "depths"),
+    "expand": _field_dimension("expand", "expands"),
+}
+
+
+@dataclass(frozen=True)
+class Phase:
+    """A phase: the dimension it unlocks and how far (``all`` or ``top2``)."""
+
+    name: str
+    dimension: str | None  # None = the full net
+    mode: str = "all"
+    reorder_channels: bool = False
+
+
+PHASES: tuple[Phase, ...] = (
+    Phase("full", None),
+    Phase("kernel", "kernel"),
+    Phase("level", "level"),
+    Phase("exit", "exit"),
+    Phase("depth1", "depth", "top2"),  # OFA: depth {3, 4}
+    Phase("depth2", "depth"),  # OFA: depth {2, 3, 4}
+    Phase("expand1", "expand", "top2", reorder_channels=True),  # OFA: expand {4, 6}
+    Phase("expand2", "expand", reorder_channels=True),  # OFA: expand {3, 4, 6}
+)
+PHASE_NAMES: tuple[str, ...] = tuple(p.name for p in PHASES)
+
+
+def get_phase(name: str) -> Phase:
+    for phase in PHASES:
+        if phase.name == name:
+            return phase
+    raise Natv2Error(f"phase {name!r}: expected one of {', '.join(PHASE_NAMES)}")
+
+
+def phase_applies(phase: Phase, space) -> bool:
+    """A phase runs when the space has the dimension it unlocks (the full net always runs)."""
+    return phase.dimension is None or DIMENSIONS[phase.dimension].applies(space)
+
+
+def unlocked(phase: Phase) -> dict[str, str]:
+    """Dimension -> mode after ``phase``: its own, plus everything unlocked by earlier phases."""
+    modes: dict[str, str] = {}
+    for p in PHASES:
+        if p.dimension is not None:
+            modes[p.dimension] = p.mode
+        if p.name == phase.name:
+            return modes
+    raise Natv2Error(f"phase {phase.name!r}: not in the phase table")
+
+
+def phase_modes(phase: Phase, space) -> dict[str, str]:
+    """Mode of every dimension the space has during ``phase`` (``max`` = locked at the largest)."""
+    free = unlocked(phase)
+    return {name: free.get(name, "max") for name, dim in DIMENSIONS.items() if dim.applies(space)}
+
+
+def phase_sampler(space, phase: Phase) -> Callable[[np.random.Generator], np.ndarray]:
+    """``sample(rng) -> genome`` of the full space, with only ``phase``'s dimensions elastic.
+
+    The input resolution stays elastic in every phase, as in OFA.
+    """
+    modes = phase_modes(phase, space)
+    overrides: dict[str, Any] = {}
+    for name, mode in modes.items():
+        overrides.update(DIMENSIONS[name].restrict(space, mode))
+    sub = dataclasses.replace(space, **overrides)
+
+    def sample(rng: np.random.Generator) -> np.ndarray:
+        arch = sub.decode(sub.sample(1, rng, policy="natv2")[0])
+        for name, mode in modes.items():
+            arch = DIMENSIONS[name].fix(arch, space, mode)
+        return space.encode(arch)
+
+    return sample
+
+
+# --------------------------------------------------------------------------------------------
+# running a phase
+
+
+def train_config(cfg, phase_cfg, *, kd: bool):
+    """The engine's TrainConfig for one phase from the ``supernet_train`` settings."""
+    from natv2.train import TrainConfig
+
+    return TrainConfig(
+        optimizer=cfg.optimizer,
+        lr=phase_cfg.lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        nesterov=cfg.nesterov,
+        epochs=phase_cfg.epochs,
+        warmup_epochs=min(phase_cfg.warmup_epochs, phase_cfg.epochs),
+        batch_size=cfg.batch_size,
+        label_smoothing=cfg.label_smoothing,
+        kd_weight=cfg.kd_weight if kd else 0.0,
+        kd_temperature=cfg.kd_temperature,
+        grad_clip=cfg.grad_clip,
+        amp=cfg.amp,
+        channels_last=cfg.channels_last,
+    )
+
+
+def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_weights=None, batch_size: int = 200):
+    """The largest subnet, extracted and BN recalibrated on ``bn_images`` training images.
+
+    For early-exit supernets (``space.n_exits > 0``) the teacher is the multi-exit static net
+    (``supernet.extract(genome, all_exits=True)``) wrapped so its logits are the weighted
+    ensemble of its exits (OFAv2).
+    """
+    import torch
+
+    from natv2.distill import ExitEnsembleTeacher
+    from natv2.evaluate import recalibrate_bn
+
+    space = supernet.space
+    genome = space.largest()
+    resolution = max(space.resolutions)
+    if getattr(space, "n_exits", 0) > 0:
+        net = supernet.extract(genome, all_exits=True)
+    else:
+        net = supernet.extract(genome)
+    gen = torch.Generator().manual_seed(seed)
+    images = data.train.subset(min(bn_images, len(data.train)), gen)
+    net = net.to(device)
+    recalibrate_bn(net, images, resolution=resolution, mean=data.mean, std=data.std, batch_size=batch_size, device=device)
+    net.eval()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if getattr(space, "n_exits", 0) > 0:
+        return ExitEnsembleTeacher(net, exit_weights).eval()
+    return net
+
+
+def run_phase(
+    supernet,
+    phase_name: str,
+    data,
+    cfg,
+    *,
+    device,
+    seed: int,
+    resume: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train ``supernet`` in place through one phase; return a summary for the checkpoint meta.
+
+    ``data`` is a DataBundle; ``cfg`` the ``supernet_train`` settings. A phase that does not
+    apply to the variant, or has 0 epochs, leaves the weights unchanged (``skipped`` true).
+    """
+    from natv2.train import train
+
+    phase = get_phase(phase_name)
+    phase_cfg = getattr(cfg.phases, phase.name)
+    space = supernet.space
+    summary: dict[str, Any] = {"phase": phase.name, "skipped": False}
+    if not phase_applies(phase, space) or phase_cfg.epochs == 0:
+        why = "0 epochs" if phase_cfg.epochs == 0 else f"the variant has no elastic {phase.dimension}"
+        log.info("phase %s skipped: %s", phase.name, why)
+        return {**summary, "skipped": True, "reason": why}
+
+    teacher = None
+    if phase.name != "full" and cfg.kd_weight > 0:
+        teacher = largest_teacher(supernet, data, bn_images=cfg.teacher_bn_images, seed=seed, device=device,
+                                  exit_weights=cfg.exit_weights)
+    if phase.reorder_channels:
+        supernet.reorder_channels()
+    log.info("phase %s: elastic %s", phase.name, phase_modes(phase, space))
+    history = train(
+        supernet,
+        data.train,
+        train_config(cfg, phase_cfg, kd=teacher is not None),
+        subnet_sampler=phase_sampler(space, phase),
+        subnets_per_step=phase_cfg.subnets_per_step,
+        teacher=teacher,
+        resume=resume,
+        device=device,
+        seed=seed,
+        mean=data.mean,
+        std=data.std,
+        pad=getattr(data, "pad", 4),
+        flip=getattr(data, "flip", True),
+        progress=progress,
+    )
+    supernet.set_active(space.largest())
+    return {**summary, "modes": phase_modes(phase, space), "history": history.rows}
+
+
+def phases_for(space) -> list[str]:
+    """Names of the phases that apply to ``space``, in order."""
+    return [p.name for p in PHASES if phase_applies(p, space)]
+
+
+def describe(space) -> Mapping[str, dict[str, str]]:
+    """Phase -> dimension modes, for logs and docs."""
+    return {p.name: phase_modes(p, space) for p in PHASES if phase_applies(p, space)}

@@ -1,0 +1,45 @@
+"""``natv2 adapt``: NAT's supernet adaptation to the archive's best (natv2.adapt)."""
+from __future__ import annotations
+
+import argparse
+
+from natv2.config import add_config_argument
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("adapt", help="adapt the supernet to the distribution of the archive's best subnets")
+    add_config_argument(p)
+    p.add_argument("--data", required=True, metavar="JSON", help="split.json of the target dataset")
+    p.add_argument("--supernet", required=True, metavar="PT", help="the supernet before this iteration")
+    p.add_argument("--archive", required=True, metavar="CSV", help="the updated archive of this iteration")
+    p.add_argument("--iteration", required=True, type=int, metavar="I")
+    p.add_argument("--out", required=True, metavar="PT", help="the adapted supernet")
+    p.add_argument("--state-dir", metavar="DIR", help="resume state (default: <out dir>/.resume)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+    from pathlib import Path
+
+    from natv2.adapt import adapt
+    from natv2.archive import read_archive
+    from natv2.config import settings_from_args
+    from natv2.data import load_data
+    from natv2.nets.checkpoint import load_supernet, save_supernet
+
+    settings = settings_from_args(args)
+    archive = read_archive(args.archive, settings.search.objectives)
+    supernet, meta = load_supernet(args.supernet)
+    data = load_data(args.data)
+    out = Path(args.out)
+    state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
+    summary = adapt(
+        supernet, data, archive, settings.adapt, settings.search,
+        device=settings.torch_device(), seed=settings.seed * 1000 + args.iteration,
+        state_path=state_dir / "adapt.pt", progress=sys.stderr.isatty(), data_cfg=settings.data,
+    )
+    meta = dict(meta)
+    meta.setdefault("adaptations", []).append({"iteration": args.iteration, **summary})
+    save_supernet(out, supernet.cpu(), meta)
+    return 0

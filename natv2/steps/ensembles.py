@@ -1,0 +1,60 @@
+"""``natv2 ensembles``: OFA3 ensembles of the fine-tuned front -> ensembles.csv (optionally exported)."""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from natv2.config import add_config_argument
+
+    p = sub.add_parser("ensembles", help="search ensembles of the fine-tuned front (NSGA-II, val error vs cost)")
+    add_config_argument(p)
+    p.add_argument("--data", required=True, metavar="JSON", help="split.json of the dataset")
+    p.add_argument("--pareto", required=True, metavar="CSV", help="pareto.csv (id, params, macs, latency_ms, path)")
+    p.add_argument("--out", required=True, metavar="CSV", help="ensembles.csv")
+    p.add_argument("--export-dir", metavar="DIR", help="also export every ensemble as DIR/<id>/ (config.json, model.ts, members)")
+    p.add_argument("--strict", action="store_true", help="exit 2 when a member was left out (default: warn, keep the rest)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    import numpy as np
+
+    from natv2.config import settings_from_args
+    from natv2.data import load_data
+    from natv2.ensemble import ensembles_table, member_tables
+    from natv2.errors import Natv2Error
+    from natv2.export import export_ensemble
+    from natv2.io import read_csv, write_csv
+
+    settings = settings_from_args(args)
+    cfg = settings.ensemble
+    pareto = read_csv(args.pareto)
+    if len(pareto) == 0:
+        raise Natv2Error(f"{args.pareto}: the front is empty; no ensembles to build")
+    for column in ("id", "path"):
+        if column not in pareto.columns:
+            raise Natv2Error(f"{args.pareto}: column {column!r} missing")
+    data = load_data(Path(args.data))
+    device = settings.torch_device()
+    paths = {str(r["id"]): str(r["path"]) for _, r in pareto.iterrows()}
+    tables, labels, failed = member_tables(paths, {"val": data.val, "test": data.test}, mean=data.mean, std=data.std,
+                                           k=cfg.top_k, batch_size=cfg.batch_size, device=device)
+    usable = pareto[pareto["id"].astype(str).isin(tables["val"].keys())]
+    table = ensembles_table(usable, tables["val"], labels["val"], tables["test"], labels["test"], cfg,
+                            rng=np.random.default_rng(settings.seed))
+    write_csv(args.out, table)
+    print(table.to_string(index=False))
+    if args.export_dir:
+        for _, row in table.iterrows():
+            export_ensemble([paths[m] for m in row["members"].split(";")], Path(args.export_dir) / row["id"],
+                            mode=row["mode"], extra={"id": row["id"], "val_top1": float(row["val_top1"]),
+                                                     "test_top1": float(row["test_top1"])})
+    import sys
+
+    for mid, message in failed.items():
+        print(f"natv2: error: member {mid} left out of the ensembles: {message}", file=sys.stderr)
+    # the other members' ensembles are written either way; --strict makes the left-out members fail the step
+    return 2 if failed and args.strict else 0

@@ -1,0 +1,73 @@
+"""``natv2 evaluate``: BN recalibration + val top-1 + costs for a table of genomes (one shard)."""
+from __future__ import annotations
+
+import argparse
+
+from natv2.config import add_config_argument
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="evaluate genomes of a table with a supernet (rows k, k+n, k+2n, ...)")
+    add_config_argument(p)
+    p.add_argument("--data", required=True, metavar="JSON", help="split.json of the dataset")
+    p.add_argument("--supernet", required=True, metavar="PT", help="supernet checkpoint")
+    p.add_argument("--genomes", required=True, metavar="CSV", help="table with a 'genome' column")
+    p.add_argument("--shard", type=int, default=0, metavar="K", help="which shard (0-based)")
+    p.add_argument("--shards", type=int, default=1, metavar="N", help="number of shards")
+    p.add_argument("--split", default="val", choices=["val", "test"], help="images to measure top-1 on")
+    p.add_argument("--tag", help="supernet state tag for the archive (default: from the checkpoint path)")
+    p.add_argument("--out", required=True, metavar="CSV")
+    p.set_defaults(func=run)
+
+
+def supernet_tag(path: str) -> str:
+    """'warmup' for .../warmup.pt, 'iter3' for .../iter3/supernet.pt."""
+    from pathlib import Path
+
+    p = Path(path)
+    return p.parent.name if p.stem == "supernet" else p.stem
+
+
+def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, split: str, tag: str, progress: bool):
+    """Rows ``shard::shards`` of ``table`` evaluated; input columns other than the measured ones kept."""
+    import pandas as pd
+
+    from natv2.evaluate import COLUMNS, evaluate_genomes
+
+    rows = list(range(shard, len(table), shards))
+    part = table.iloc[rows].reset_index(drop=True)
+    measured = evaluate_genomes(
+        supernet, list(part["genome"]), data, settings.evaluation,
+        split=split, device=settings.torch_device(), progress=progress, seed=settings.seed,
+    )
+    kept = part.drop(columns=[c for c in part.columns if c in COLUMNS or c in ("supernet", "row")])
+    out = pd.concat([measured, kept], axis=1)
+    out["supernet"] = tag
+    out["seed"] = out["seed"] if "seed" in out.columns else settings.seed
+    out["row"] = rows
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from natv2.config import settings_from_args
+    from natv2.data import load_data
+    from natv2.errors import Natv2Error
+    from natv2.io import read_csv, write_csv
+    from natv2.nets.checkpoint import load_supernet
+
+    if not 0 <= args.shard < args.shards:
+        raise Natv2Error(f"--shard {args.shard}: expected 0 <= shard < --shards ({args.shards})")
+    settings = settings_from_args(args)
+    table = read_csv(args.genomes)
+    if "genome" not in table.columns:
+        raise Natv2Error(f"{args.genomes}: no 'genome' column")
+    supernet, _ = load_supernet(args.supernet)
+    data = load_data(args.data)
+    out = evaluate_table(
+        table, supernet, data, settings, shard=args.shard, shards=args.shards, split=args.split,
+        tag=args.tag or supernet_tag(args.supernet), progress=sys.stderr.isatty(),
+    )
+    write_csv(args.out, out)
+    return 0

@@ -1,0 +1,130 @@
+"""``natv2 finetune``: NATv2 two-step fine-tune of ONE front member, tested and exported.
+
+    natv2 finetune --data results/cifar10/data/split.json --supernet results/cifar10/search/iter3/supernet.pt \
+        --front results/cifar10/front.csv --id 7 --out results/cifar10/nets/7
+
+Writes the member's directory whole or not at all: weights.pt, config.json, model.ts (see
+natv2.export) and metrics.json (test top-1 before and after fine-tuning, val top-1, params,
+MACs, latency, the best epoch and the val-loss curve). One job per member: a failing member
+leaves the others' directories untouched.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    from natv2.config import add_config_argument
+
+    p = sub.add_parser("finetune", help="two-step fine-tune (NATv2) of one front member; test; export")
+    add_config_argument(p)
+    p.add_argument("--data", required=True, metavar="JSON", help="split.json of the dataset")
+    p.add_argument("--supernet", required=True, metavar="PT", help="the supernet checkpoint the front was searched on")
+    p.add_argument("--front", required=True, metavar="CSV", help="front.csv (columns id, genome)")
+    p.add_argument("--id", required=True, help="id of the front member to fine-tune")
+    p.add_argument("--out", required=True, metavar="DIR", help="output directory of the member (nets/{id})")
+    p.set_defaults(func=run)
+
+
+def front_member(front, member_id: str, source: str) -> dict:
+    """The row of ``front`` whose ``id`` is ``member_id``, as a dict."""
+    from natv2.errors import Natv2Error
+
+    if len(front) == 0:
+        raise Natv2Error(f"{source}: the front is empty")
+    for column in ("id", "genome"):
+        if column not in front.columns:
+            raise Natv2Error(f"{source}: column {column!r} missing")
+    rows = front[front["id"].astype(str) == str(member_id)]
+    if len(rows) != 1:
+        raise Natv2Error(f"{source}: {len(rows)} rows with id {member_id!r}, expected exactly 1")
+    return rows.iloc[0].to_dict()
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import shutil
+    import time
+    from pathlib import Path
+
+    import torch
+
+    from natv2.config import settings_from_args
+    from natv2.costs import count_macs, count_params, measure_latency
+    from natv2.data import load_data
+    from natv2.evaluate import recalibrate_bn, top1
+    from natv2.export import export_network
+    from natv2.finetune import two_step_finetune
+    from natv2.io import read_csv, write_json
+    from natv2.nets.checkpoint import load_supernet
+
+    log = logging.getLogger("natv2.finetune")
+    t0 = time.perf_counter()
+    settings = settings_from_args(args)
+    cfg = settings.finetune
+    member = front_member(read_csv(args.front), args.id, args.front)
+    device = settings.torch_device()
+    data = load_data(Path(args.data))
+    supernet, _meta = load_supernet(args.supernet)
+    supernet = supernet.to(device).eval()
+    space = supernet.space
+    genome = space.from_string(str(member["genome"]))
+    resolution = int(space.decode(genome).resolution)
+    early_exit = bool(getattr(space, "n_exits", 0))
+    common = dict(resolution=resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device)
+    bn_images = data.train.subset(cfg.bn_images, torch.Generator().manual_seed(settings.seed)) if cfg.bn_images else None
+
+    def extract():
+        """A fresh copy of the member with the supernet's weights and its own BN statistics."""
+        net = supernet.extract(genome).to(device)
+        if bn_images is not None:
+            recalibrate_bn(net, bn_images, **common)
+        return net.eval()
+
+    before = extract()
+    val_before = top1(before, data.val, **common)
+    test_before = top1(before, data.test, **common)
+    log.info("member %s: before fine-tune val %.2f %%, test %.2f %%", args.id, val_before, test_before)
+    del before
+
+    result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=settings.seed,
+                               early_exit=early_exit)
+    net = result.model.eval()
+    test_after = top1(net, data.test, **common)
+    log.info("member %s: after fine-tune test %.2f %% (best epoch %d)", args.id, test_after, result.best_epoch)
+
+    cpu_net = net.to("cpu")
+    metrics = {
+        "id": str(args.id),
+        "genome": str(member["genome"]),
+        "resolution": resolution,
+        "params": int(count_params(cpu_net)),
+        "macs": int(count_macs(cpu_net, resolution)),
+        "latency_ms": float(measure_latency(net.to(device), resolution, batch_size=cfg.latency_batch_size,
+                                            repeats=cfg.latency_repeats, warmup=3, device=device)),
+        "latency_device": str(device),
+        "val_top1": float(val_before),
+        "test_top1": float(test_before),
+        "test_top1_finetuned": float(test_after),
+        "finetune_gain": float(test_after - test_before),
+        **result.summary(),
+        "seconds": time.perf_counter() - t0,
+    }
+    # build the directory next to its final name, then rename it into place (whole or not at all)
+    out = Path(args.out)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        export_network(net.to("cpu"), tmp, classes=data.classes, resolution=resolution, mean=data.mean, std=data.std,
+                       extra={"id": str(args.id), "genome": str(member["genome"])})
+        write_json(tmp / "metrics.json", metrics)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)
+    print(f"{args.id}: test top-1 {test_before:.2f} % -> {test_after:.2f} % after {result.step2_epochs} epochs on train+val")
+    return 0

@@ -1,0 +1,74 @@
+"""``natv2 pareto``: the deliverable table, one row per front member (design.md §2 contract)."""
+from __future__ import annotations
+
+import argparse
+
+COLUMNS = [
+    "id",
+    "genome",
+    "resolution",
+    "params",
+    "macs",
+    "latency_ms",
+    "val_top1",
+    "test_top1",
+    "test_top1_finetuned",
+    "path",
+]
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pareto", help="assemble pareto.csv from the front and the fine-tuned nets")
+    p.add_argument("--front", required=True, metavar="CSV", help="front.csv of the search")
+    p.add_argument("--nets", nargs="*", default=[], metavar="DIR", help="exported nets (each with metrics.json)")
+    p.add_argument("--out", required=True, metavar="CSV")
+    p.set_defaults(func=run)
+
+
+def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
+    """Join the front with each member's metrics.json; a member without metrics is an error."""
+    import pandas as pd
+
+    from natv2.errors import Natv2Error
+
+    if front.empty:
+        raise Natv2Error("front.csv is empty: the search produced no front member")
+    rows = []
+    for _, member in front.iterrows():
+        mid = str(member["id"])
+        if mid not in metrics:
+            raise Natv2Error(f"front member {mid}: no fine-tuned network (nets/{mid}/metrics.json missing)")
+        m = metrics[mid]
+        try:
+            rows.append(
+                {
+                    "id": mid,
+                    "genome": member["genome"],
+                    "resolution": int(m.get("resolution", member.get("resolution"))),
+                    "params": int(m["params"]),
+                    "macs": int(m["macs"]),
+                    "latency_ms": float(m["latency_ms"]),
+                    "val_top1": float(m.get("val_top1", 100.0 - float(member["top1_err"]))),
+                    "test_top1": float(m["test_top1"]),
+                    "test_top1_finetuned": float(m["test_top1_finetuned"]),
+                    "path": paths[mid],
+                }
+            )
+        except KeyError as e:
+            raise Natv2Error(f"nets/{mid}/metrics.json: key {e.args[0]!r} missing") from None
+    return pd.DataFrame(rows, columns=COLUMNS).sort_values("params", kind="stable").reset_index(drop=True)
+
+
+def run(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from natv2.io import read_csv, read_json, write_csv
+
+    front = read_csv(args.front)
+    metrics, paths = {}, {}
+    for net in args.nets:
+        m = read_json(Path(net) / "metrics.json")
+        mid = str(m.get("id", Path(net).name))
+        metrics[mid], paths[mid] = m, str(net)
+    write_csv(args.out, assemble(front, metrics, paths))
+    return 0

@@ -1,0 +1,112 @@
+"""NAT's warm-up of the source supernet on the target dataset, before the search.
+
+1. A new classification head for the target classes (kept when the source supernet was
+   already trained on exactly these classes, e.g. the default where the source dataset is the
+   target dataset itself).
+2. The largest subnet fine-tuned for ``head_epochs``.
+3. ``supernet_epochs`` of whole-supernet training: each step samples ``subnets_per_step``
+   subnets uniformly (NAT's sampling), gradients summed, KD from the largest subnet of step 2
+   (extracted, BN recalibrated, frozen).
+
+Each stage keeps its own resume state (``state_dir/head.pt``, ``state_dir/supernet.pt``); a
+killed warm-up restarts where it stopped and ends with the same weights.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def stage_config(cfg, *, epochs: int, lr: float, kd: bool):
+    """The engine's TrainConfig for one warm-up stage from the ``warmup:`` settings."""
+    from natv2.train import TrainConfig
+
+    return TrainConfig(
+        optimizer=cfg.optimizer,
+        lr=lr,
+        weight_decay=cfg.weight_decay,
+        momentum=cfg.momentum,
+        epochs=epochs,
+        warmup_epochs=min(cfg.warmup_epochs, epochs),
+        batch_size=cfg.batch_size,
+        label_smoothing=cfg.label_smoothing,
+        kd_weight=cfg.kd_weight if kd else 0.0,
+    )
+
+
+def ensure_head(supernet, classes: list[str], source_classes: list[str] | None, *, seed: int) -> bool:
+    """Give ``supernet`` a new classifier for ``classes`` unless it already predicts exactly them.
+
+    Returns True when the head was replaced.
+    """
+    import torch
+
+    if source_classes is not None and list(source_classes) == list(classes) and supernet.n_classes == len(classes):
+        return False
+    supernet.reset_classifier(len(classes), torch.Generator().manual_seed(seed))
+    return True
+
+
+def warmup(
+    supernet,
+    data,
+    cfg,
+    *,
+    device,
+    seed: int,
+    source_classes: list[str] | None = None,
+    state_dir: Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run NAT's warm-up on ``supernet`` in place; return a summary for the checkpoint meta.
+
+    ``data`` is the target DataBundle, ``cfg`` the ``warmup:`` settings, ``source_classes`` the
+    classes the source supernet was trained on (None = unknown, so the head is replaced).
+    """
+    from natv2.shrinking import largest_teacher
+    from natv2.train import train
+
+    space = supernet.space
+    largest = space.largest()
+    new_head = ensure_head(supernet, data.classes, source_classes, seed=seed)
+    log.info("warm-up: %s classification head for %d classes", "new" if new_head else "kept the", data.n_classes)
+    common = dict(device=device, seed=seed, mean=data.mean, std=data.std, progress=progress)
+    summary: dict[str, Any] = {"new_head": new_head}
+
+    # stage 1: the largest subnet alone
+    head_history = train(
+        supernet,
+        data.train,
+        stage_config(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr, kd=False),
+        subnet_sampler=lambda rng: largest,
+        resume=None if state_dir is None else Path(state_dir) / "head.pt",
+        **common,
+    )
+    summary["head_history"] = head_history.rows
+
+    # stage 2: sampled subnets with KD from the fine-tuned largest subnet
+    teacher = None
+    if cfg.kd_weight > 0 and cfg.supernet_epochs > 0:
+        teacher = largest_teacher(supernet, data, bn_images=cfg.teacher_bn_images, seed=seed, device=device)
+
+    def sample(rng: np.random.Generator) -> np.ndarray:
+        return space.sample(1, rng, policy="nat")[0]
+
+    supernet_history = train(
+        supernet,
+        data.train,
+        stage_config(cfg, epochs=cfg.supernet_epochs, lr=cfg.lr, kd=teacher is not None),
+        subnet_sampler=sample,
+        subnets_per_step=cfg.subnets_per_step,
+        teacher=teacher,
+        resume=None if state_dir is None else Path(state_dir) / "supernet.pt",
+        **common,
+    )
+    summary["supernet_history"] = supernet_history.rows
+    supernet.set_active(largest)
+    return summary

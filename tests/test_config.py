@@ -1,0 +1,83 @@
+"""natv2.config: merged YAML files, schema validation with the key named, typed settings."""
+from __future__ import annotations
+
+import pytest
+
+from natv2.cli import main
+from natv2.config import DEFAULT_CONFIG, DatasetConfig, Settings, load_settings
+from natv2.errors import Natv2Error
+
+
+def test_defaults_load_into_typed_settings():
+    settings = load_settings()
+    assert isinstance(settings, Settings)
+    assert {"digits", "cifar10", "cifar100"} <= set(settings.datasets)
+    digits = settings.dataset("digits")
+    assert isinstance(digits, DatasetConfig)
+    assert (digits.key, digits.kind, digits.image_size, digits.val_size, digits.test_size) == ("digits", "digits", 32, 0.1, 0.2)
+    assert (digits.pad, digits.flip, digits.max_train) == (4, True, None)
+    cifar = settings.dataset("cifar10")
+    assert (cifar.kind, cifar.name, cifar.download) == ("torchvision", "CIFAR10", True)
+
+
+def test_a_dataset_entry_overrides_the_data_defaults():
+    settings = load_settings(overrides={"data": {"image_size": 48}, "datasets": {"digits": {"image_size": 16, "pad": 2}}})
+    assert settings.data.image_size == 48
+    digits = settings.dataset("digits")
+    assert (digits.image_size, digits.pad, digits.val_size) == (16, 2, 0.1)
+    assert settings.dataset("cifar10").image_size == 48
+
+
+def test_user_dataset_from_an_extra_config_file(tmp_path):
+    user = tmp_path / "mine.yaml"
+    user.write_text("datasets:\n  mydata:\n    kind: imagefolder\n    root: /data/flowers\n    val_size: 500\n")
+    settings = load_settings([DEFAULT_CONFIG, user])
+    mine = settings.dataset("mydata")
+    assert (mine.kind, mine.root, mine.val_size, mine.image_size) == ("imagefolder", "/data/flowers", 500, 32)
+    assert settings.dataset("digits").kind == "digits"  # the defaults' entries stay
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"data": {"val_size": "big"}}, "config key data.val_size: 'big' is not of type 'number'"),
+        ({"data": {"image_size": 4}}, "config key data.image_size: 4 is less than the minimum of 8"),
+        ({"data": {"pad": 1.5}}, "config key data.pad: 1.5 is not of type 'integer'"),
+        ({"datasets": {"digits": {"download": "yes"}}}, "config key datasets.digits.download: 'yes' is not of type 'boolean'"),
+        ({"datasets": {"digits": {"max_train": 3}}}, "config key datasets.digits.max_train: 3 is less than the minimum of 10"),
+        ({"datasets": {"digits": {"val_size": 0}}}, "config key datasets.digits.val_size: 0 is less than or equal to the minimum of 0"),
+        ({"datasets": {"x": {"kind": "lmdb"}}}, "config key datasets.x.kind: 'lmdb' is not one of"),
+        ({"datasets": {"x": {"root": "/data"}}}, "config key datasets.x: 'kind' is a required property"),
+        ({"datasets": {"digits": {"colour": True}}}, "config key datasets.digits: Additional properties are not allowed ('colour' was unexpected)"),
+        ({"seed": -1}, "config key seed: -1 is less than the minimum of 0"),
+    ],
+)
+def test_schema_rejects_bad_values_naming_the_key(overrides, message):
+    with pytest.raises(Natv2Error) as info:
+        load_settings(overrides=overrides)
+    assert str(info.value).startswith(message), str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def test_bad_yaml_files(tmp_path):
+    with pytest.raises(Natv2Error, match="config file not found"):
+        load_settings(tmp_path / "missing.yaml")
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("data: [unclosed\n")
+    with pytest.raises(Natv2Error, match="broken.yaml: not valid YAML"):
+        load_settings(broken)
+
+
+def test_unknown_dataset_key_lists_the_known_ones():
+    with pytest.raises(Natv2Error, match=r"unknown dataset key 'flowers': the config defines .*digits"):
+        load_settings().dataset("flowers")
+
+
+def test_cli_reports_a_schema_error_in_one_line(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets:\n  digits:\n    image_size: large\n")
+    code = main(["split", "--config", str(DEFAULT_CONFIG), "--config", str(bad), "--dataset", "digits", "--out", str(tmp_path / "out")])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "natv2: error: config key datasets.digits.image_size: 'large' is not of type 'integer'"
+    assert not (tmp_path / "out").exists()

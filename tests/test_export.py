@@ -1,0 +1,130 @@
+"""Exported networks: reloaded three ways with the same logits; ensembles; `natv2 predict`."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import natv2
+from natv2.cli import main
+from natv2.errors import Natv2Error
+from natv2.export import export_ensemble, export_network, load_config, load_network, load_torchscript
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = [f"class{i}" for i in range(10)]
+MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny convolutions: a second OpenMP thread only adds contention on a shared 2-core machine
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def small_net(resolution=32, largest=False, seed=0, n_classes=len(CLASSES)):
+    from natv2.nets import build_supernet
+
+    torch.manual_seed(seed)  # module init draws from the global generator
+    supernet = build_supernet({"variant": "ofa_mbv3", "resolutions": [resolution], "widths": [1.0]}, n_classes)
+    genome = supernet.space.largest() if largest else supernet.space.smallest()
+    net = supernet.extract(genome)
+    # non-trivial BN statistics, so a lost buffer would show in the logits
+    with torch.no_grad():
+        net.train()
+        net(torch.randn(8, 3, resolution, resolution, generator=torch.Generator().manual_seed(seed)))
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    out = tmp_path_factory.mktemp("net") / "n0"
+    net = small_net()
+    export_network(net, out, classes=CLASSES, resolution=32, mean=MEAN, std=STD, extra={"id": "n0"})
+    return net, out
+
+
+def test_reloaded_three_ways_gives_the_same_logits(exported):
+    net, out = exported
+    assert {p.name for p in out.iterdir()} == {"weights.pt", "config.json", "model.ts"}
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = net(x)
+        loaded = natv2.load_network(out)  # the package-level re-export
+        ts = load_torchscript(out)
+        hub = torch.hub.load(str(REPO), "natnet", source="local", path=str(out), trust_repo=True)
+        outputs = [loaded(x), ts(x), hub(x)]
+    assert not loaded.training and not hub.training
+    for got in outputs:
+        assert got.shape == (4, len(CLASSES))
+        torch.testing.assert_close(got, reference, rtol=1e-5, atol=1e-5)
+    config = load_config(out)
+    assert config["classes"] == CLASSES and config["resolution"] == 32 and config["id"] == "n0"
+
+
+def test_ensemble_export_averages_member_probabilities(tmp_path, exported):
+    _, first = exported
+    second_net = small_net(resolution=24, seed=5)
+    second = export_network(second_net, tmp_path / "n1", classes=CLASSES, resolution=24, mean=MEAN, std=STD)
+    ens_dir = export_ensemble([first, second], tmp_path / "e0", mode="parallel")
+    ens = load_network(ens_dir)
+    assert load_config(ens_dir)["resolution"] == 32 and load_config(ens_dir)["outputs"] == "probs"
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        a = load_network(first)(x).softmax(1)
+        b = second_net(torch.nn.functional.interpolate(x, size=(24, 24), mode="bilinear", align_corners=False)).softmax(1)
+        expected = (a + b) / 2
+        torch.testing.assert_close(ens(x), expected, rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(load_torchscript(ens_dir)(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ens(x).sum(1), torch.ones(3))
+    with pytest.raises(Natv2Error, match="at least 2"):
+        export_ensemble([first], tmp_path / "e1")
+
+
+def test_predict_prints_top_classes_and_reports_unreadable_images(tmp_path, exported, capsys):
+    from PIL import Image
+
+    _, out = exported
+    rng = np.random.default_rng(0)
+    good = tmp_path / "cat.png"
+    Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(good)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    gray = tmp_path / "gray.jpg"
+    Image.fromarray(rng.integers(0, 256, (20, 20), dtype=np.uint8)).save(gray)
+    rc = main(["predict", "--net", str(out), "--top", "3", str(good), str(bad), str(gray)])
+    captured = capsys.readouterr()
+    assert rc == 2
+    lines = captured.out.strip().splitlines()
+    assert [line.split(":")[0] for line in lines] == [str(good), str(gray)]
+    assert all(len(line.split(": ", 1)[1].split(", ")) == 3 for line in lines)
+    assert all(line.split(": ", 1)[1].split(" ")[0] in CLASSES for line in lines)
+    errors = captured.err.strip().splitlines()
+    assert len(errors) == 1 and "broken.png" in errors[0] and "cannot read" in errors[0]
+
+
+def test_missing_or_corrupt_exports_are_one_line_errors(tmp_path, exported):
+    _, out = exported
+    with pytest.raises(Natv2Error, match="not an exported network directory"):
+        load_network(tmp_path / "nowhere")
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for name in ("config.json", "model.ts"):
+        (broken / name).write_bytes((out / name).read_bytes())
+    (broken / "weights.pt").write_bytes((out / "weights.pt").read_bytes()[:100])  # truncated
+    with pytest.raises(Natv2Error, match="weights.pt.*not a readable checkpoint"):
+        load_network(broken)
+    (broken / "weights.pt").unlink()
+    with pytest.raises(Natv2Error, match="weights.pt: checkpoint not found"):
+        load_network(broken)
+    other = tmp_path / "other"
+    export_network(small_net(n_classes=3), other, classes=CLASSES[:3], resolution=32, mean=MEAN, std=STD)
+    (broken / "weights.pt").write_bytes((other / "weights.pt").read_bytes())  # weights of another net
+    with pytest.raises(Natv2Error, match="does not match config.json's network .*classifier.*shape"):
+        load_network(broken)
+    rc = main(["predict", "--net", str(tmp_path / "nowhere"), "x.png"])
+    assert rc == 2

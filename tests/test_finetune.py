@@ -1,0 +1,241 @@
+"""NATv2 two-step fine-tuning: the early-stopping rule, the epoch count of step 2, the member job."""
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from torch import nn
+
+from natv2.config import load_settings
+from natv2.data import DataBundle, ImageSet
+from natv2.errors import Natv2Error
+from natv2.finetune import EarlyStopping, train_config, two_step_finetune
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # tiny convolutions: a second OpenMP thread only adds contention on a shared 2-core machine
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+# scripted val losses for epochs 0, 1, 2, ...: best at epoch 4, then three epochs without improvement
+CURVE = [2.0, 1.5, 1.2, 1.3, 1.0, 1.05, 1.01, 1.1, 0.5, 0.4]
+
+
+def run_until_stop(stopper, curve):
+    for epoch, loss in enumerate(curve):
+        if stopper.step(epoch, loss):
+            return epoch
+    return None
+
+
+def test_early_stopping_stops_at_the_right_epoch_on_a_scripted_curve():
+    stopper = EarlyStopping(patience=3)
+    assert run_until_stop(stopper, CURVE) == 7  # epochs 5, 6, 7 do not beat epoch 4
+    assert stopper.best_epoch == 4 and stopper.best_loss == 1.0
+    # patience 4 sees epoch 8 improve, then runs out of curve before stopping
+    stopper = EarlyStopping(patience=4)
+    assert run_until_stop(stopper, CURVE) is None and stopper.best_epoch == 9
+    # min_delta 0.6: 2.0 -> 1.5 is too small a drop, 1.2 counts; 1.2 -> 1.0 is too small again
+    stopper = EarlyStopping(patience=3, min_delta=0.6)
+    assert run_until_stop(stopper, CURVE) == 5 and stopper.best_epoch == 2
+    # max_epochs caps the run; a NaN loss never counts as an improvement
+    stopper = EarlyStopping(patience=10, max_epochs=3)
+    assert run_until_stop(stopper, [1.0, math.nan, 0.9, 0.8, 0.7]) == 3 and stopper.best_epoch == 3
+    stopper = EarlyStopping(patience=2)
+    assert run_until_stop(stopper, [1.0, math.nan, math.nan]) == 2 and stopper.best_epoch == 0
+    with pytest.raises(Natv2Error, match="patience"):
+        EarlyStopping(patience=0)
+
+
+class TinyNet(nn.Module):
+    def __init__(self, n_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1)
+        self.bn = nn.BatchNorm2d(4)
+        self.fc = nn.Linear(4, n_classes)
+
+    def forward(self, x):
+        return self.fc(self.bn(self.conv(x)).relu().mean((2, 3)))
+
+
+def tiny_bundle(n_train=24, n_val=12, n_test=12, size=8, n_classes=3, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+
+    def images(n):
+        labels = torch.arange(n) % n_classes
+        x = torch.randint(0, 256, (n, 3, size, size), generator=gen, dtype=torch.uint8)
+        return ImageSet(x, labels.to(torch.int64))
+
+    return DataBundle([f"c{i}" for i in range(n_classes)], size, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25),
+                      images(n_train), images(n_val), images(n_test))
+
+
+def finetune_cfg(**overrides):
+    base = {"patience": 3, "max_epochs": 20, "batch_size": 8, "lr": 0.01}
+    return load_settings(overrides={"finetune": {**base, **overrides}}).finetune
+
+
+def test_step_two_trains_for_the_recorded_number_of_epochs():
+    from natv2.train import train
+
+    data = tiny_bundle()
+    extracted, calls = [], []
+
+    def extract():
+        torch.manual_seed(0)
+        extracted.append(TinyNet())
+        return extracted[-1]
+
+    curve = iter(CURVE)
+
+    def scripted_val_loss(model):
+        return next(curve)
+
+    def counting_train(model, images, cfg, **kwargs):
+        epochs = []
+        user_callback = kwargs.pop("on_epoch_end")
+
+        def on_epoch_end(epoch, row, net):
+            epochs.append(epoch)
+            user_callback(epoch, row, net)
+
+        calls.append({"model": model, "n_images": len(images), "cfg": cfg, "epochs": epochs})
+        return train(model, images, cfg, on_epoch_end=on_epoch_end, **kwargs)
+
+    result = two_step_finetune(extract, data, finetune_cfg(), resolution=8, seed=0, val_loss=scripted_val_loss,
+                               train_fn=counting_train, progress=False)
+    step1, step2 = calls
+    assert result.best_epoch == 4 and result.step1_epochs == 7
+    assert step1["epochs"] == [1, 2, 3, 4, 5, 6, 7] and step1["n_images"] == len(data.train)
+    assert step1["cfg"].epochs == 20  # the cosine schedule of step 1 spans max_epochs
+    # step 2: a freshly extracted net, on train + val, for exactly the best epoch count
+    assert step2["epochs"] == [1, 2, 3, 4] and result.step2_epochs == 4
+    assert step2["cfg"].epochs == 4 and step2["n_images"] == len(data.train) + len(data.val)
+    assert len(extracted) == 2 and step2["model"] is extracted[1] is result.model
+    assert [e for e, _ in result.val_losses] == list(range(8))
+    assert not result.model.training
+
+
+def test_no_improvement_means_no_step_two_and_real_val_loss_runs():
+    data = tiny_bundle()
+    calls = []
+
+    def fake_train(model, images, cfg, **kwargs):
+        calls.append(cfg.epochs)
+        for epoch in range(1, cfg.epochs + 1):
+            kwargs["on_epoch_end"](epoch, {}, model)
+
+    result = two_step_finetune(TinyNet, data, finetune_cfg(patience=2), resolution=8, val_loss=lambda m: 1.0,
+                               train_fn=fake_train)
+    assert result.best_epoch == 0 and result.step1_epochs == 2 and result.step2_epochs == 0 and calls == [20]
+    # the default val loss (cross-entropy over the val split) with the real engine
+    result = two_step_finetune(TinyNet, data, finetune_cfg(patience=1, max_epochs=2), resolution=8, progress=False)
+    losses = [loss for _, loss in result.val_losses]
+    assert 1 <= len(losses) - 1 <= 2 and all(math.isfinite(v) and v > 0 for v in losses)
+    assert result.step2_epochs == result.best_epoch
+
+
+def test_optimizer_follows_the_supernet_kind():
+    cfg = finetune_cfg(optimizer="auto", lr=1e-4)
+    assert train_config(cfg, epochs=3).optimizer == "sgd"
+    assert train_config(cfg, epochs=3, early_exit=True).optimizer == "adamw"
+    assert train_config(finetune_cfg(optimizer="adamw"), epochs=3).optimizer == "adamw"
+    assert train_config(cfg, epochs=3).lr == 1e-4 and train_config(cfg, epochs=3).kd_weight == 0
+
+
+def test_front_member_errors():
+    from natv2.steps.finetune import front_member
+
+    front = pd.DataFrame({"id": [0, 1], "genome": ["a", "b"]})
+    assert front_member(front, "1", "front.csv")["genome"] == "b"
+    with pytest.raises(Natv2Error, match="0 rows with id '7'"):
+        front_member(front, "7", "front.csv")
+    with pytest.raises(Natv2Error, match="front is empty"):
+        front_member(front.iloc[:0], "0", "front.csv")
+    with pytest.raises(Natv2Error, match="column 'genome' missing"):
+        front_member(front.drop(columns="genome"), "0", "front.csv")
+
+
+def test_member_jobs_then_pareto_ensembles_report_and_predict(tmp_path, capsys):
+    """The post-processing chain on digits: bad members fail alone, the others' results are kept."""
+    import yaml
+    from PIL import Image
+
+    from natv2.cli import main
+    from natv2.config import DEFAULT_CONFIG
+    from natv2.data import prepare_split
+    from natv2.nets import build_supernet
+    from natv2.nets.checkpoint import save_supernet
+
+    overrides = {
+        "device": "cpu",
+        "results_dir": str(tmp_path / "results"),
+        "datasets": {"digits": {"kind": "digits", "max_train": 60, "val_size": 40, "test_size": 80}},
+        "data": {"image_size": 16},
+        "supernet": {"resolutions": [16]},
+        "finetune": {"patience": 1, "max_epochs": 2, "batch_size": 32, "lr": 0.01, "bn_images": 40,
+                     "latency_repeats": 2},
+        "ensemble": {"population": 8, "generations": 4, "modes": ["parallel"]},
+    }
+    override_file = tmp_path / "test.yaml"
+    override_file.write_text(yaml.safe_dump(overrides))
+    config = ["--config", str(DEFAULT_CONFIG), "--config", str(override_file)]
+    settings = load_settings([DEFAULT_CONFIG, override_file])
+    split = prepare_split(settings, "digits", tmp_path / "data")
+
+    torch.manual_seed(0)
+    supernet = build_supernet(settings.raw["supernet"], 10)
+    save_supernet(tmp_path / "supernet.pt", supernet)
+    space = supernet.space
+    genomes = [space.smallest(), *space.sample(2, np.random.default_rng(0), policy="natv2")]
+    front = pd.DataFrame({"id": [0, 1, 2], "genome": [space.to_string(g) for g in genomes], "top1_err": [50.0, 60, 70]})
+    front.to_csv(tmp_path / "front.csv", index=False)
+
+    nets = tmp_path / "nets"
+    for i in range(3):
+        rc = main(["finetune", *config, "--data", str(split), "--supernet", str(tmp_path / "supernet.pt"),
+                   "--front", str(tmp_path / "front.csv"), "--id", str(i), "--out", str(nets / str(i))])
+        assert rc == 0
+    (tmp_path / "corrupt.pt").write_bytes(b"\x00" * 50)
+    rc = main(["finetune", *config, "--data", str(split), "--supernet", str(tmp_path / "corrupt.pt"),
+               "--front", str(tmp_path / "front.csv"), "--id", "1", "--out", str(tmp_path / "bad")])
+    assert rc == 2 and "corrupt.pt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
+
+    metrics = json.loads((nets / "0" / "metrics.json").read_text())
+    assert {p.name for p in (nets / "0").iterdir()} == {"weights.pt", "config.json", "model.ts", "metrics.json"}
+    assert metrics["resolution"] == 16 and metrics["params"] > 0 and metrics["macs"] > 0 and metrics["latency_ms"] > 0
+    assert 0 <= metrics["test_top1"] <= 100 and 0 <= metrics["test_top1_finetuned"] <= 100
+    assert metrics["step2_epochs"] == metrics["best_epoch"] <= 2
+
+    assert main(["pareto", "--front", str(tmp_path / "front.csv"), "--nets", *[str(nets / str(i)) for i in range(3)],
+                 "--out", str(tmp_path / "pareto.csv")]) == 0
+    # one member's weights go missing after the fact: the ensembles of the other two are still written
+    (nets / "2" / "weights.pt").unlink()
+    rc = main(["ensembles", *config, "--data", str(split), "--pareto", str(tmp_path / "pareto.csv"),
+               "--out", str(tmp_path / "ensembles.csv"), "--export-dir", str(tmp_path / "ens")])
+    err = capsys.readouterr().err
+    assert rc == 0 and "member 2 left out" in err and "weights.pt" in err
+    ensembles = pd.read_csv(tmp_path / "ensembles.csv")
+    assert list(ensembles["members"]) == ["0;1"] and list(ensembles["mode"]) == ["parallel"]
+    pareto = pd.read_csv(tmp_path / "pareto.csv").set_index("id")
+    assert ensembles["latency_ms"][0] == pytest.approx(max(pareto.loc[0, "latency_ms"], pareto.loc[1, "latency_ms"]))
+    assert ensembles["params"][0] == pareto.loc[0, "params"] + pareto.loc[1, "params"]
+
+    assert main(["report", "--pareto", str(tmp_path / "pareto.csv"), "--ensembles", str(tmp_path / "ensembles.csv"),
+                 "--out", str(tmp_path / "report")]) == 0
+    assert (tmp_path / "report" / "front.png").stat().st_size > 5000
+
+    image = tmp_path / "digit.png"
+    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
+    capsys.readouterr()
+    assert main(["predict", "--net", str(tmp_path / "ens" / "e000"), str(image)]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith(f"{image}: ") and len(line.split(", ")) == 5

@@ -1,0 +1,90 @@
+"""`natv2 report`: the PNGs the workflow declares, metrics.json, clear errors on bad tables."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from natv2.cli import main
+from natv2.errors import Natv2Error
+from natv2.report import benchmark_seconds, make_report
+
+PNG = b"\x89PNG\r\n\x1a\n"
+PLOTS = ["front.png", "ensembles.png", "hypervolume.png", "surrogate_tau.png"]
+
+
+def tables(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 5
+    pareto = pd.DataFrame({
+        "id": [f"{i}" for i in range(n)], "genome": [f"g{i}" for i in range(n)], "resolution": 32,
+        "params": np.sort(rng.integers(1e5, 1e6, n)), "macs": np.sort(rng.integers(1e6, 1e7, n)),
+        "latency_ms": np.linspace(1, 3, n), "val_top1": np.linspace(60, 80, n),
+        "test_top1": np.linspace(58, 78, n), "test_top1_finetuned": np.linspace(61, 83, n), "path": "nets/x",
+    })
+    ensembles = pd.DataFrame({
+        "id": ["e000", "e001"], "members": ["0;1", "3;4"], "mode": ["parallel", "sequential"],
+        "params": [3e5, 1.5e6], "macs": [3e6, 1.5e7], "latency_ms": [1.5, 5.5], "val_top1": [70.0, 84.0],
+        "test_top1": [69.0, 82.5],
+    })
+    hv = pd.DataFrame({"iteration": [0, 1, 2], "hypervolume": [0.2, 0.35, 0.4],
+                       "cv_tau": [0.3, 0.5, 0.6], "tau_candidates": [0.1, 0.4, np.nan]})
+    paths = {}
+    for name, frame in (("pareto", pareto), ("ensembles", ensembles), ("hv", hv)):
+        paths[name] = tmp_path / f"{name}.csv"
+        frame.to_csv(paths[name], index=False)
+    return paths
+
+
+def test_report_writes_every_plot_and_the_headline_metrics(tmp_path):
+    paths = tables(tmp_path)
+    bench = tmp_path / "benchmarks" / "search"
+    bench.mkdir(parents=True)
+    for i, seconds in enumerate([10.5, 20.0]):
+        (bench / f"job{i}.tsv").write_text(f"s\th:m:s\tmax_rss\n{seconds}\t0:00:10\t100\n")
+    (tmp_path / "benchmarks" / "report.tsv").write_text("s\th:m:s\n4.0\t0:00:04\n")  # not part of the search
+    rc = main(["report", "--pareto", str(paths["pareto"]), "--ensembles", str(paths["ensembles"]),
+               "--hv", str(paths["hv"]), "--benchmarks", str(tmp_path / "benchmarks"), "--out", str(tmp_path / "r")])
+    assert rc == 0
+    for name in PLOTS:
+        data = (tmp_path / "r" / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 5000, name
+    metrics = json.loads((tmp_path / "r" / "metrics.json").read_text())
+    assert metrics["best_test_top1_finetuned"] == pytest.approx(83.0)
+    assert metrics["best_test_top1_finetuned_id"] == "4"
+    assert metrics["best_val_top1"] == pytest.approx(80.0)
+    assert metrics["best_ensemble_val_top1"] == pytest.approx(84.0)
+    assert metrics["hypervolume"] == pytest.approx(0.4) and metrics["hypervolume_iteration"] == 2
+    assert metrics["search_wallclock_s"] == pytest.approx(30.5)
+    assert metrics["workflow_wallclock_s"] == pytest.approx(34.5)
+    assert metrics["n_front"] == 5 and metrics["n_ensembles"] == 2
+
+
+def test_missing_optional_inputs_give_placeholders(tmp_path):
+    paths = tables(tmp_path)
+    result = make_report(paths["pareto"], tmp_path / "r", search_seconds=12.0)
+    assert all((tmp_path / "r" / name).read_bytes().startswith(PNG) for name in PLOTS)
+    assert "hypervolume" not in result and result["search_wallclock_s"] == 12.0
+
+
+def test_bad_tables_are_clear_errors(tmp_path):
+    paths = tables(tmp_path)
+    empty = tmp_path / "empty.csv"
+    pd.DataFrame(columns=["id", "val_top1", "params"]).to_csv(empty, index=False)
+    with pytest.raises(Natv2Error, match="front is empty"):
+        make_report(empty, tmp_path / "r")
+    no_costs = tmp_path / "no_costs.csv"
+    pd.read_csv(paths["pareto"]).drop(columns=["params", "macs", "latency_ms"]).to_csv(no_costs, index=False)
+    with pytest.raises(Natv2Error, match="no cost column"):
+        make_report(no_costs, tmp_path / "r")
+    hv_bad = tmp_path / "hv_bad.csv"
+    pd.DataFrame({"iteration": [0], "hv": [0.1]}).to_csv(hv_bad, index=False)
+    with pytest.raises(Natv2Error, match="hypervolume.*missing"):
+        make_report(paths["pareto"], tmp_path / "r", hv_csv=hv_bad)
+    not_bench = tmp_path / "x.tsv"
+    not_bench.write_text("a\tb\n1\t2\n")
+    with pytest.raises(Natv2Error, match="not a Snakemake benchmark"):
+        benchmark_seconds([not_bench])
+    assert main(["report", "--pareto", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "r")]) == 2

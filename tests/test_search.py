@@ -1,0 +1,235 @@
+"""Surrogate search, subset selection, candidate choice and the search/update CLI steps."""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from synthetic_nas import SPACE, costs, error, evaluate
+
+from natv2 import archive as A
+from natv2.cli import main
+from natv2.config import load_settings
+from natv2.errors import Natv2Error
+from natv2.search import (CostCache, SurrogateProblem, choose_candidates, initial_population, search_candidates,
+                          spread_score, subset_selection)
+from natv2.surrogate import fit_surrogate
+
+
+@pytest.fixture(scope="module")
+def base_cfg():
+    # small populations and generations: the tests check behaviour, not search quality
+    return dataclasses.replace(load_settings().search, archive_size=25, pop_size=25, generations=4, candidates=5,
+                               surrogate_folds=3, subset_pop_size=20, subset_generations=10)
+
+
+def make_archive(cfg, seed=0):
+    rng = np.random.default_rng(seed)
+    return A.select_initial(evaluate(SPACE, A.init_genomes(SPACE, cfg, rng), rng), SPACE, cfg, rng)
+
+
+def cost_fn(X):
+    return costs(SPACE, X)
+
+
+def run_once(cfg, archive, seed):
+    rng = np.random.default_rng(seed)
+    surrogate = fit_surrogate(A.genomes_of(archive, SPACE), archive["top1_err"].to_numpy(), cfg.surrogate_kind, rng,
+                              folds=cfg.surrogate_folds)
+    return surrogate, search_candidates(archive, SPACE, surrogate, cost_fn, cfg, rng)
+
+
+def test_cost_cache_computes_each_genome_once():
+    calls = []
+
+    def counted(X):
+        calls.append(len(X))
+        return costs(SPACE, X)
+
+    cache = CostCache(counted, ["params", "latency_ms"])
+    X = SPACE.sample(6, np.random.default_rng(0), "natv2")
+    first = cache(np.concatenate([X, X[:2]]))
+    again = cache(X[::-1])
+    assert calls == [6] and cache.n_computed == 6
+    assert np.allclose(first[:6], np.column_stack([costs(SPACE, X)["params"], costs(SPACE, X)["latency_ms"]]))
+    assert np.allclose(again, first[:6][::-1])
+    with pytest.raises(Natv2Error, match=r"missing \['macs'\]"):
+        CostCache(lambda X: {"params": np.ones(len(X))}, ["macs"])(X)
+
+
+def test_problem_predicts_error_and_computes_costs_exactly():
+    cache = CostCache(cost_fn, ["params"])
+    problem = SurrogateProblem(SPACE, ("params", "top1_err"), lambda X: error(SPACE, X), cache)
+    X = SPACE.sample(7, np.random.default_rng(1), "natv2")
+    out = {}
+    problem._evaluate(X.astype(float), out)
+    assert out["F"].shape == (7, 2)
+    assert np.allclose(out["F"][:, 0], costs(SPACE, X)["params"])
+    assert np.allclose(out["F"][:, 1], error(SPACE, X))
+
+
+def test_subset_selection_k_distinct_and_spread():
+    rng = np.random.default_rng(0)
+    pool = rng.random((40, 1)) ** 3  # crowded near 0: a random subset spreads badly
+    reference = np.array([[0.0], [1.0]])
+    chosen = subset_selection(pool, reference, 6, rng, pop_size=30, generations=20)
+    assert len(chosen) == 6 and len(set(chosen.tolist())) == 6
+    assert chosen.min() >= 0 and chosen.max() < 40
+    lo, span = 0.0, 1.0  # pool and reference already span [0, 1]
+    best = spread_score((pool[chosen] - lo) / span, reference)
+    random_scores = [spread_score(pool[rng.permutation(40)[:6]], reference) for _ in range(200)]
+    assert best <= np.percentile(random_scores, 5)
+
+
+def test_choose_candidates_drops_archive_genomes_and_tops_up():
+    rng = np.random.default_rng(0)
+    objectives = ("top1_err", "params")
+    pool_X = SPACE.sample(12, rng, "natv2")
+    pool_X = np.concatenate([pool_X, pool_X[:2]])  # repeated genomes count once
+    pool_F = np.column_stack([error(SPACE, pool_X), costs(SPACE, pool_X)["params"]])
+    archive_X = pool_X[:3]
+    archive_F = pool_F[:3]
+    idx, source = choose_candidates(pool_X, pool_F, archive_X, archive_F, 8, objectives, rng,
+                                    subset_pop_size=20, subset_generations=5)
+    chosen = {pool_X[i].tobytes() for i in idx}
+    assert len(idx) == 8 and len(chosen) == 8
+    assert not chosen & {g.tobytes() for g in archive_X}
+    fronts = idx[source == "front"]
+    top_up = idx[source == "top-up"]
+    new = np.arange(3, 12)
+    nd = set(new[A.non_dominated(pool_F[new])].tolist())
+    if len(nd) <= 8:  # the whole predicted front, then the best predicted errors of the rest
+        assert set(fronts.tolist()) == nd
+        rest = sorted(set(new.tolist()) - nd, key=lambda i: pool_F[i, 0])
+        assert top_up.tolist() == rest[: 8 - len(nd)]
+    # fewer new genomes than asked: all of them, nothing invented
+    idx, _ = choose_candidates(pool_X[:5], pool_F[:5], archive_X, archive_F, 8, objectives, rng)
+    assert sorted(idx.tolist()) == [3, 4]
+
+
+def test_initial_population_is_seeded_with_the_archive_front(base_cfg):
+    cfg = dataclasses.replace(base_cfg, algorithm="natv2")
+    archive = make_archive(cfg)
+    X, F = A.genomes_of(archive, SPACE), A.objective_matrix(archive, cfg.objectives)
+    init = initial_population(X, F, SPACE, cfg, np.random.default_rng(0))
+    assert init.shape == (cfg.pop_size, SPACE.n_var) and len(np.unique(init, axis=0)) == cfg.pop_size
+    front = {g.tobytes() for g in X[A.non_dominated(F)]}
+    assert front <= {g.tobytes() for g in init}
+
+
+@pytest.mark.parametrize("algorithm,objectives", [
+    ("natv2", ("top1_err", "params")),
+    ("nat", ("top1_err", "params")),
+    ("natv2", ("top1_err", "params", "latency_ms")),
+])
+def test_search_returns_k_distinct_new_valid_candidates(base_cfg, algorithm, objectives):
+    cfg = dataclasses.replace(base_cfg, algorithm=algorithm, objectives=objectives)
+    archive = make_archive(cfg)
+    surrogate, cands = run_once(cfg, archive, seed=1)
+    assert len(cands) == cfg.candidates
+    assert not cands["genome"].duplicated().any()
+    assert not set(cands["genome"]) & set(archive["genome"])
+    X = A.genomes_of(cands, SPACE)
+    assert all(SPACE.is_valid(g) for g in X)
+    exact = costs(SPACE, X)
+    for name in objectives[1:]:
+        assert np.allclose(cands[name], exact[name])
+    assert np.allclose(cands["predicted_top1_err"], surrogate.predict(X))
+    if cfg.repair_mode == "fill":  # NATv2 repair: fill keeps the same genomes valid as push
+        assert (SPACE.repair(X, mode="fill") == X).all()
+
+
+def test_search_finds_better_predicted_points_than_the_archive(base_cfg):
+    cfg = dataclasses.replace(base_cfg, generations=8)
+    archive = make_archive(cfg)
+    _, cands = run_once(cfg, archive, seed=3)
+    X = A.genomes_of(cands, SPACE)
+    true_F = np.column_stack([error(SPACE, X), costs(SPACE, X)["params"]])
+    archive_F = A.objective_matrix(archive, cfg.objectives)
+    # at least one candidate is truly non-dominated by the whole archive
+    both = np.concatenate([archive_F, true_F])
+    assert A.non_dominated(both)[len(archive_F):].any()
+
+
+def test_same_seed_same_candidates(base_cfg):
+    cfg = dataclasses.replace(base_cfg, algorithm="natv2")
+    archive = make_archive(cfg)
+    _, a = run_once(cfg, archive, seed=5)
+    _, b = run_once(cfg, archive, seed=5)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_search_and_update_steps_from_the_command_line(tmp_path, monkeypatch, base_cfg):
+    import natv2.steps.search as step
+
+    config = tmp_path / "config.yaml"
+    config.write_text("search: {archive_size: 25, pop_size: 20, generations: 3, candidates: 4,"
+                      " surrogate_folds: 3, subset_pop_size: 12, subset_generations: 4}\n")
+    settings = load_settings(["config/config.yaml", config])
+    archive = A.tag_rows(make_archive(settings.search), supernet="iter0", seed=0, iteration=0)
+    A.write_archive(tmp_path / "archive0.csv", archive)
+    monkeypatch.setattr(step, "supernet_costs", lambda settings, path: (SPACE, cost_fn))
+    args = ["--config", "config/config.yaml", "--config", str(config)]
+    assert main(["search", *args, "--archive", str(tmp_path / "archive0.csv"), "--supernet", "unused.pt",
+                 "--iteration", "1", "--out", str(tmp_path / "candidates.csv"),
+                 "--surrogate-out", str(tmp_path / "surrogate.json")]) == 0
+    cands = pd.read_csv(tmp_path / "candidates.csv")
+    summary = json.loads((tmp_path / "surrogate.json").read_text())
+    assert len(cands) == 4 and (cands["iteration"] == 1).all()
+    assert summary["kind"] == "lgbm" and -1 <= summary["cv_tau"] <= 1 and summary["cv_rmse"] > 0
+    assert set(summary["predicted"]) == set(cands["genome"])
+
+    # the evaluate step's shards (here: the synthetic truth), then the update
+    measured = evaluate(SPACE, A.genomes_of(cands, SPACE))
+    measured.iloc[:2].assign(row=[0, 1]).to_csv(tmp_path / "cand.0.csv", index=False)
+    measured.iloc[2:].assign(row=[2, 3]).to_csv(tmp_path / "cand.1.csv", index=False)
+    assert main(["update", *args, "--archive", str(tmp_path / "archive0.csv"),
+                 "--candidates", str(tmp_path / "cand.1.csv"), str(tmp_path / "cand.0.csv"),
+                 "--surrogate", str(tmp_path / "surrogate.json"), "--iteration", "1",
+                 "--out", str(tmp_path / "archive1.csv"), "--report", str(tmp_path / "update.json")]) == 0
+    new = pd.read_csv(tmp_path / "archive1.csv")
+    report = json.loads((tmp_path / "update.json").read_text())
+    assert len(new) == 25  # NATv2: fixed size
+    assert report["n_candidates"] == 4 and report["candidates"]["n"] == 4
+    assert -1 <= report["candidates"]["tau"] <= 1
+    assert (new.loc[new.genome.isin(cands.genome), "iteration"] == 1).all()
+
+    # bad input: one line, exit 2
+    (tmp_path / "broken.csv").write_text("genome,params\nx,1\n")
+    assert main(["update", *args, "--archive", str(tmp_path / "broken.csv"), "--candidates",
+                 str(tmp_path / "cand.0.csv"), "--iteration", "1", "--out", str(tmp_path / "x.csv")]) == 2
+
+
+def test_search_step_with_a_real_supernet(tmp_path):
+    """The CLI's own cost wiring: the supernet's space and natv2.costs on extracted subnets."""
+    from natv2.costs import count_params
+    from natv2.nets import build_supernet
+    from natv2.nets.checkpoint import save_supernet
+    from natv2.steps.search import supernet_costs
+
+    net = build_supernet({"variant": "ofa_mbv3", "resolutions": [32, 40], "widths": [1.0]}, 10)
+    save_supernet(tmp_path / "supernet.pt", net)
+    config = tmp_path / "config.yaml"
+    # extracting a subnet takes ~0.3 s on a loaded CPU: as few genomes as possible
+    config.write_text("search: {archive_size: 6, pop_size: 6, generations: 1, candidates: 2,"
+                      " surrogate_folds: 3, subset_pop_size: 8, subset_generations: 3}\n")
+    settings = load_settings(["config/config.yaml", config])
+    space, fn = supernet_costs(settings, tmp_path / "supernet.pt")
+    assert space == net.space
+    rng = np.random.default_rng(0)
+    X = A.init_genomes(space, settings.search, rng)
+    params = fn(X)["params"]
+    assert params[0] == count_params(net.extract(space.smallest())) < params[1]  # smallest, largest
+    archive = pd.DataFrame({"genome": [space.to_string(g) for g in X], "top1_err": 60 - params / 1e5,
+                            "params": params})
+    archive.to_csv(tmp_path / "archive.csv", index=False)
+    assert main(["search", "--config", "config/config.yaml", "--config", str(config),
+                 "--archive", str(tmp_path / "archive.csv"), "--supernet", str(tmp_path / "supernet.pt"),
+                 "--iteration", "1", "--out", str(tmp_path / "cands.csv"),
+                 "--surrogate-out", str(tmp_path / "s.json")]) == 0
+    cands = pd.read_csv(tmp_path / "cands.csv")
+    assert len(cands) == 2 and not set(cands.genome) & set(archive.genome)
+    for genome, p in zip(cands.genome, cands.params):
+        assert p == count_params(net.extract(space.from_string(genome)))

@@ -1,0 +1,84 @@
+"""Surrogates on the real genome encoding: they must rank a synthetic target with known structure."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from synthetic_nas import SPACE, error
+
+from natv2.errors import Natv2Error
+from natv2.surrogate import KINDS, NAT_KINDS, fit_surrogate, kendall_tau
+
+
+@pytest.fixture(scope="module")
+def data():
+    rng = np.random.default_rng(0)
+    X = SPACE.sample(120, rng, "natv2")
+    X_test = SPACE.sample(200, rng, "natv2")
+    return X, error(SPACE, X, rng), X_test, error(SPACE, X_test)
+
+
+def test_lgbm_kfold_ensemble_ranks_the_target(data):
+    X, y, X_test, y_test = data
+    s = fit_surrogate(X, y, "lgbm", np.random.default_rng(1), folds=5)
+    assert s.kind == "lgbm" and len(s.models) == 5  # one model per fold, averaged
+    assert s.cv_tau > 0.5
+    assert kendall_tau(s.predict(X_test), y_test) > 0.5
+    assert 0 < s.cv_rmse < np.std(y)  # better than predicting the mean
+    assert s.predict(X_test).shape == (200,)
+
+
+@pytest.mark.parametrize("kind", NAT_KINDS)
+def test_nat_models_rank_the_target(data, kind):
+    X, y, X_test, y_test = data
+    s = fit_surrogate(X, y, kind, np.random.default_rng(1), folds=4)
+    assert s.kind == kind and len(s.models) == 1  # refit on all data after cross-validation
+    assert s.cv_tau > 0.5
+    assert kendall_tau(s.predict(X_test), y_test) > 0.5
+
+
+def test_adaptive_picks_best_mean_minus_std(data):
+    X, y, X_test, y_test = data
+    s = fit_surrogate(X, y, "adaptive", np.random.default_rng(2), folds=4)
+    assert set(s.scores) == set(NAT_KINDS)
+    best = max(NAT_KINDS, key=lambda k: s.scores[k]["tau_mean_minus_std"])
+    assert s.kind == best
+    assert s.cv_tau == pytest.approx(s.scores[best]["tau"])
+    assert kendall_tau(s.predict(X_test), y_test) > 0.5
+    summary = json.loads(json.dumps(s.summary()))
+    assert summary["kind"] == best and summary["n_train"] == 120
+
+
+def test_same_seed_same_predictions(data):
+    X, y, X_test, _ = data
+    for kind in ("lgbm", "mlp"):
+        a = fit_surrogate(X, y, kind, np.random.default_rng(7), folds=3)
+        b = fit_surrogate(X, y, kind, np.random.default_rng(7), folds=3)
+        assert np.array_equal(a.predict(X_test), b.predict(X_test))
+        assert a.cv_tau == b.cv_tau
+
+
+def test_repeated_genomes_do_not_break_the_fit():
+    rng = np.random.default_rng(3)
+    X = SPACE.sample(30, rng, "natv2")
+    X = np.concatenate([X, X[:10]])  # the same genome measured twice (e.g. after re-evaluation)
+    y = error(SPACE, X, rng)
+    for kind in ("rbf", "gp"):
+        assert np.isfinite(fit_surrogate(X, y, kind, rng, folds=3).predict(X)).all()
+
+
+def test_bad_input_is_a_clear_error(data):
+    X, y, _, _ = data
+    rng = np.random.default_rng(0)
+    with pytest.raises(Natv2Error, match="'xgb' is not a surrogate kind"):
+        fit_surrogate(X, y, "xgb", rng)
+    with pytest.raises(Natv2Error, match="at least 4 evaluated genomes"):
+        fit_surrogate(X[:3], y[:3], "lgbm", rng)
+    bad = y.copy()
+    bad[5] = np.nan
+    with pytest.raises(Natv2Error, match="NaN"):
+        fit_surrogate(X, bad, "lgbm", rng)
+    with pytest.raises(Natv2Error, match="n targets"):
+        fit_surrogate(X, y[:-1], "lgbm", rng)
+    assert set(KINDS) == {"lgbm", "adaptive", *NAT_KINDS}

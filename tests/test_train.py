@@ -1,0 +1,213 @@
+"""The training engine: loss falls, exact resume, NaN stop, KD values, schedule, sub-steps."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from natv2.distill import ExitEnsembleTeacher, ensemble_probs, kd_loss, soft_targets
+from natv2.errors import Natv2Error
+from natv2.train import TrainConfig, lr_factor, train
+
+
+def learnable_set(n: int = 256, size: int = 16, n_classes: int = 4, seed: int = 0):
+    """Random images whose class is written as a bright patch in a class-specific place."""
+    from natv2.data import ImageSet
+
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, n_classes, (n,), generator=g)
+    x = (torch.rand(n, 3, size, size, generator=g) * 80).to(torch.uint8)
+    half = size // 2
+    for c in range(n_classes):
+        rows = slice(0, half) if c < 2 else slice(half, size)
+        x[y == c, c % 3, rows, :] += 150
+    return ImageSet(images=x, labels=y)
+
+
+def tiny_cnn(n_classes: int = 4, bn: bool = True, dropout: float = 0.0, seed: int = 1) -> nn.Module:
+    torch.manual_seed(seed)
+    layers = [nn.Conv2d(3, 8, 3, padding=1)]
+    layers += [nn.BatchNorm2d(8)] if bn else []
+    layers += [nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(dropout), nn.Linear(8, n_classes)]
+    return nn.Sequential(*layers)
+
+
+# ------------------------------------------------------------------------------ distillation
+
+
+def test_kd_loss_equals_hand_computed_values():
+    student = torch.tensor([[1.0, 0.0]])
+    target = torch.tensor([[0.75, 0.25]])
+    p = [math.e / (math.e + 1), 1 / (math.e + 1)]
+    expected = 0.75 * math.log(0.75 / p[0]) + 0.25 * math.log(0.25 / p[1])
+    assert kd_loss(student, target, 1.0).item() == pytest.approx(expected, rel=1e-4)
+    # T = 2: T^2 * KL(target || softmax(student / 2))
+    q = [math.exp(0.5) / (math.exp(0.5) + 1), 1 / (math.exp(0.5) + 1)]
+    expected_t2 = 4 * (0.75 * math.log(0.75 / q[0]) + 0.25 * math.log(0.25 / q[1]))
+    assert kd_loss(student, target, 2.0).item() == pytest.approx(expected_t2, rel=1e-4)
+    # a student equal to its teacher has zero loss
+    z = torch.randn(5, 7)
+    assert kd_loss(z, soft_targets(z, 3.0), 3.0).item() == pytest.approx(0.0, abs=1e-6)
+    with pytest.raises(Natv2Error, match="differ in shape"):
+        kd_loss(torch.zeros(2, 3), torch.zeros(2, 4))
+
+
+def test_exit_ensemble_is_the_weighted_mean_of_exit_softmaxes():
+    a = torch.tensor([[0.0, 0.0]])  # softmax (0.5, 0.5)
+    b = torch.tensor([[math.log(3.0), 0.0]])  # softmax (0.75, 0.25)
+    probs = ensemble_probs([a, b], weights=[1.0, 3.0])
+    assert torch.allclose(probs, torch.tensor([[0.25 * 0.5 + 0.75 * 0.75, 0.25 * 0.5 + 0.75 * 0.25]]))
+    # default weights: proportional to the exit's position (1, 2) -> 1/3, 2/3
+    assert torch.allclose(ensemble_probs([a, b]), torch.tensor([[0.5 / 3 + 1.5 / 3, 0.5 / 3 + 0.5 / 3]]))
+
+    class TwoExits(nn.Module):
+        def forward(self, x):
+            return [a.expand(len(x), 2), b.expand(len(x), 2)]
+
+    teacher = ExitEnsembleTeacher(TwoExits(), weights=[1.0, 3.0])
+    assert torch.allclose(F.softmax(teacher(torch.zeros(3, 1)), dim=1), probs.expand(3, 2), atol=1e-6)
+    with pytest.raises(Natv2Error, match="exit weights"):
+        ensemble_probs([a, b], weights=[1.0])
+
+
+# ------------------------------------------------------------------------------ schedule and config
+
+
+def test_lr_schedule_warms_up_linearly_then_decays_by_cosine():
+    f = [lr_factor(s, 100, 10) for s in range(100)]
+    assert f[0] == pytest.approx(0.1) and f[9] == pytest.approx(1.0)
+    assert all(b > a for a, b in zip(f[:10], f[1:10]))  # rising during warm-up
+    assert all(b <= a for a, b in zip(f[10:], f[11:]))  # falling after
+    assert f[10 + 45] == pytest.approx(0.5, abs=0.02) and f[-1] < 0.01
+
+
+def test_bad_settings_name_the_key():
+    with pytest.raises(Natv2Error, match="optimizer"):
+        TrainConfig(optimizer="rmsprop").check()
+    with pytest.raises(Natv2Error, match="train.lrr"):
+        TrainConfig.from_mapping({"lrr": 0.1})
+
+
+# ------------------------------------------------------------------------------ the loop
+
+
+def test_training_lowers_the_loss_and_learns():
+    data = learnable_set()
+    model = tiny_cnn()
+    cfg = TrainConfig(epochs=4, lr=0.1, batch_size=32, warmup_epochs=0.5, label_smoothing=0.0)
+    history = train(model, data, cfg, resolution=16, seed=0, progress=False)
+    losses = history.losses
+    assert len(losses) == 4 and losses[-1] < 0.6 * losses[0]
+    assert all(r["images_per_s"] > 0 for r in history.rows)
+    model.eval()
+    with torch.no_grad():
+        x = (data.images.float() / 255 - 0.5) / 0.5
+        accuracy = (model(x).argmax(1) == data.labels).float().mean().item()
+    assert accuracy > 0.6  # chance = 0.25
+
+
+def test_digits_loss_falls(tmp_path):
+    from natv2.config import load_settings
+    from natv2.data import load_data, prepare_split
+
+    settings = load_settings(overrides={"data": {"image_size": 16}})
+    split = prepare_split(settings, "digits", tmp_path)
+    data = load_data(split)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
+                          nn.Linear(16 * 16, data.n_classes))
+    cfg = TrainConfig(optimizer="adamw", epochs=2, lr=0.01, batch_size=64, label_smoothing=0.0)
+    history = train(model, data.train, cfg, resolution=16, mean=data.mean, std=data.std, seed=0, progress=False,
+                    pad=1, flip=False)
+    assert history.losses[-1] < 0.6 * history.losses[0]
+
+
+class _Stop(Exception):
+    pass
+
+
+def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
+    data = learnable_set(n=192)
+    cfg = TrainConfig(epochs=3, lr=0.05, batch_size=32, warmup_epochs=1)
+    common = dict(resolution_sampler=lambda rng: int(rng.choice([12, 16])), seed=7, progress=False)
+
+    straight = tiny_cnn(dropout=0.3)
+    h_straight = train(straight, data, cfg, **common)
+
+    state = tmp_path / "state" / "run.pt"
+
+    def kill_after_two(epoch, row, net):
+        if epoch == 2:
+            raise _Stop
+
+    with pytest.raises(_Stop):
+        train(tiny_cnn(dropout=0.3), data, cfg, resume=state, on_epoch_end=kill_after_two, **common)
+    assert state.is_file()
+
+    resumed = tiny_cnn(dropout=0.3, seed=99)  # different init: everything must come from the state
+    h_resumed = train(resumed, data, cfg, resume=state, **common)
+    assert [r["epoch"] for r in h_resumed.rows] == [1, 2, 3]
+    assert h_resumed.losses == h_straight.losses
+    for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), key
+
+    # a state written under other settings is refused, naming the setting
+    with pytest.raises(Natv2Error, match="lr=0.05"):
+        train(tiny_cnn(), data, TrainConfig(epochs=3, lr=0.1, batch_size=32, warmup_epochs=1), resume=state, **common)
+
+
+class _NaNAfter(nn.Module):
+    """Gives finite logits for the first ``n`` calls, then NaN."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n, self.calls = n, 0
+        self.fc = nn.Linear(3, 4)
+
+    def forward(self, x):
+        self.calls += 1
+        out = self.fc(x.mean(dim=(2, 3)))
+        return out * float("nan") if self.calls > self.n else out
+
+
+def test_nan_loss_stops_with_epoch_and_step():
+    data = learnable_set(n=128)
+    cfg = TrainConfig(epochs=2, lr=0.01, batch_size=32)  # 4 steps per epoch
+    with pytest.raises(Natv2Error, match=r"loss is nan at epoch 2, step 2"):
+        train(_NaNAfter(5), data, cfg, resolution=16, seed=0, progress=False)
+
+
+class _ToyElastic(nn.Module):
+    """A two-width 'supernet': the genome's first gene picks how many features the head reads."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+        self.width, self.calls, self.resolutions = 8, [], []
+
+    def set_active(self, genome):
+        self.width = int(genome[0])
+        self.calls.append(self.width)
+
+    def forward(self, x):
+        self.resolutions.append(x.shape[-1])
+        h = F.relu(self.conv(x)).mean(dim=(2, 3))[:, : self.width]
+        return F.linear(h, self.fc.weight[:, : self.width], self.fc.bias)
+
+
+def test_subnets_per_step_samples_and_distils():
+    data = learnable_set(n=96)
+    net = _ToyElastic()
+    teacher = tiny_cnn()
+    cfg = TrainConfig(epochs=1, lr=0.05, batch_size=32, kd_weight=1.0)
+    train(net, data, cfg, resolution_sampler=lambda rng: int(rng.choice([8, 16])),
+          subnet_sampler=lambda rng: [int(rng.choice([4, 8]))], subnets_per_step=3, teacher=teacher,
+          seed=0, progress=False)
+    assert len(net.calls) == 3 * 3  # 3 steps x 3 subnets
+    assert set(net.calls) == {4, 8} and set(net.resolutions) == {8, 16}

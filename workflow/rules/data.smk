@@ -1,0 +1,18 @@
+"""Data: the deterministic train/val/test split and the uint8 tensor cache every step reads."""
+
+
+rule split:
+    output:
+        split=f"{RESULTS}/{{ds}}/data/split.json",
+        cache=f"{RESULTS}/{{ds}}/data/images.pt",
+    params:
+        fingerprint=fingerprint("seed", "data", "datasets.{ds}"),
+    log:
+        "logs/{ds}/split.log",
+    benchmark:
+        "benchmarks/{ds}/split.tsv"
+    threads: 2
+    resources:
+        **resources_for("data"),
+    shell:
+        "natv2 split --config {CONFIG} --dataset {wildcards.ds} --out $(dirname {output.split}) > {log} 2>&1"

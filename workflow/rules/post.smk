@@ -1,0 +1,100 @@
+"""Post-processing: one fine-tune job per front member (after the `front` checkpoint), the
+pareto.csv deliverable, OFA3 ensembles and the report (plots + metrics.json)."""
+
+import pandas as pd
+
+
+def front_ids(wildcards) -> list[str]:
+    """Ids of the front members, known once the `front` checkpoint has run."""
+    front = checkpoints.front.get(ds=wildcards.ds).output[0]
+    return [str(i) for i in pd.read_csv(front)["id"]]
+
+
+def member_nets(wildcards) -> list[str]:
+    return [f"{RESULTS}/{wildcards.ds}/nets/{i}" for i in front_ids(wildcards)]
+
+
+POST_KEYS = ("seed", "supernet", "evaluation", "finetune", "data", "datasets.{ds}")
+
+
+rule finetune:
+    input:
+        data=SPLIT,
+        supernet=final_supernet,
+        front=f"{RESULTS}/{{ds}}/front.csv",
+    output:
+        directory(f"{RESULTS}/{{ds}}/nets/{{id}}"),
+    params:
+        fingerprint=fingerprint(*POST_KEYS),
+    log:
+        "logs/{ds}/nets/{id}/finetune.log",
+    benchmark:
+        "benchmarks/{ds}/nets/{id}/finetune.tsv"
+    resources:
+        **resources_for("finetune"),
+    shell:
+        "natv2 finetune --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        " --front {input.front} --id {wildcards.id} --out {output} > {log} 2>&1"
+
+
+rule pareto:
+    input:
+        front=f"{RESULTS}/{{ds}}/front.csv",
+        nets=member_nets,
+    output:
+        report(
+            f"{RESULTS}/{{ds}}/pareto.csv",
+            caption="../report/pareto.rst",
+            category="Front",
+        ),
+    log:
+        "logs/{ds}/pareto.log",
+    benchmark:
+        "benchmarks/{ds}/pareto.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 pareto --front {input.front} --nets {input.nets} --out {output} > {log} 2>&1"
+
+
+rule ensembles:
+    input:
+        data=SPLIT,
+        pareto=f"{RESULTS}/{{ds}}/pareto.csv",
+    output:
+        f"{RESULTS}/{{ds}}/ensembles.csv",
+    params:
+        fingerprint=fingerprint("seed", "ensemble", "evaluation"),
+    log:
+        "logs/{ds}/ensembles.log",
+    benchmark:
+        "benchmarks/{ds}/ensembles.tsv"
+    resources:
+        **resources_for("evaluate"),
+    shell:
+        "natv2 ensembles --config {CONFIG} --data {input.data} --pareto {input.pareto}"
+        " --out {output} > {log} 2>&1"
+
+
+rule report:
+    input:
+        pareto=f"{RESULTS}/{{ds}}/pareto.csv",
+        ensembles=f"{RESULTS}/{{ds}}/ensembles.csv",
+        hv=f"{RESULTS}/{{ds}}/search/hv.csv",
+    output:
+        metrics=f"{RESULTS}/{{ds}}/report/metrics.json",
+        front=report(f"{RESULTS}/{{ds}}/report/front.png", caption="../report/front.rst", category="Front"),
+        ensembles=report(
+            f"{RESULTS}/{{ds}}/report/ensembles.png", caption="../report/ensembles.rst", category="Front"
+        ),
+        hv=report(f"{RESULTS}/{{ds}}/report/hypervolume.png", caption="../report/hypervolume.rst", category="Search"),
+        tau=report(f"{RESULTS}/{{ds}}/report/surrogate_tau.png", caption="../report/tau.rst", category="Search"),
+    log:
+        "logs/{ds}/report.log",
+    benchmark:
+        "benchmarks/{ds}/report.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 report --pareto {input.pareto} --ensembles {input.ensembles} --hv {input.hv}"
+        " --benchmarks benchmarks/{wildcards.ds} --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -1,0 +1,274 @@
+"""The NAT / NATv2 search: archive initialisation (iter0), then per iteration i (input: i-1)
+surrogate fit + search + candidate subset, evaluation (scattered into shards), archive update,
+supernet adaptation and re-evaluation of the archive; then the front and the hypervolume table."""
+
+
+def iter_dir(ds, i) -> str:
+    return f"{RESULTS}/{ds}/search/iter{i}"
+
+
+def supernet_before(wildcards) -> str:
+    """The supernet iteration i starts from: the warmed-up one for i=1, else iteration i-1's."""
+    i = int(wildcards.i)
+    if i <= 1:
+        return f"{RESULTS}/{wildcards.ds}/supernet/warmup.pt"
+    return f"{iter_dir(wildcards.ds, i - 1)}/supernet.pt"
+
+
+def final_supernet(wildcards) -> str:
+    n = n_iterations()
+    return f"{iter_dir(wildcards.ds, n)}/supernet.pt" if n else f"{RESULTS}/{wildcards.ds}/supernet/warmup.pt"
+
+
+def final_archive(wildcards) -> str:
+    return f"{iter_dir(wildcards.ds, n_iterations())}/archive.csv"
+
+
+def previous_archive(wildcards) -> str:
+    return f"{iter_dir(wildcards.ds, int(wildcards.i) - 1)}/archive.csv"
+
+
+def shards(pattern: str):
+    def _shards(wildcards):
+        return [pattern.format(**dict(wildcards.items()), k=k) for k in range(eval_shards())]
+
+    return _shards
+
+
+def all_archives(wildcards) -> list[str]:
+    return [f"{iter_dir(wildcards.ds, i)}/archive.csv" for i in range(n_iterations() + 1)]
+
+
+def all_surrogates(wildcards) -> list[str]:
+    return [f"{iter_dir(wildcards.ds, i)}/update.json" for i in range(1, n_iterations() + 1)]
+
+
+SPLIT = f"{RESULTS}/{{ds}}/data/split.json"
+ITER = f"{RESULTS}/{{ds}}/search/iter{{i}}"
+# outputs of iterations 1..N (iteration 0 is the initial archive, made by its own rules)
+ITER_OUT = f"{RESULTS}/{{ds}}/search/iter{{i,[1-9][0-9]*}}"
+SEARCH_KEYS = ("seed", "supernet", "evaluation", "search")
+
+
+# --- iteration 0: initial archive -------------------------------------------------------------
+
+
+rule init_sample:
+    input:
+        supernet=f"{RESULTS}/{{ds}}/supernet/warmup.pt",
+    output:
+        f"{RESULTS}/{{ds}}/search/iter0/pool.csv",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+    log:
+        "logs/{ds}/search/iter0/init_sample.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter0/init_sample.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 init --config {CONFIG} --supernet {input.supernet} --out {output} > {log} 2>&1"
+
+
+rule evaluate_pool:
+    input:
+        data=SPLIT,
+        supernet=f"{RESULTS}/{{ds}}/supernet/warmup.pt",
+        genomes=f"{RESULTS}/{{ds}}/search/iter0/pool.csv",
+    output:
+        f"{RESULTS}/{{ds}}/search/iter0/eval/pool.{{k}}.csv",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+        shards=eval_shards(),
+    log:
+        "logs/{ds}/search/iter0/evaluate_pool.{k}.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter0/evaluate_pool.{k}.tsv"
+    resources:
+        **resources_for("evaluate"),
+    shell:
+        "natv2 evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
+        " --out {output} > {log} 2>&1"
+
+
+rule init_select:
+    input:
+        shards(f"{RESULTS}/{{ds}}/search/iter0/eval/pool.{{k}}.csv"),
+    output:
+        f"{RESULTS}/{{ds}}/search/iter0/archive.csv",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+    log:
+        "logs/{ds}/search/iter0/init_select.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter0/init_select.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 init-select --config {CONFIG} --evaluated {input} --out {output} > {log} 2>&1"
+
+
+# --- iterations 1..N ----------------------------------------------------------------------------
+
+
+rule surrogate_search:
+    input:
+        archive=previous_archive,
+        supernet=supernet_before,
+    output:
+        candidates=f"{ITER_OUT}/candidates.csv",
+        surrogate=f"{ITER_OUT}/surrogate.json",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+    log:
+        "logs/{ds}/search/iter{i}/surrogate_search.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter{i}/surrogate_search.tsv"
+    resources:
+        **resources_for("search"),
+    shell:
+        "natv2 search --config {CONFIG} --archive {input.archive} --supernet {input.supernet}"
+        " --iteration {wildcards.i} --out {output.candidates} --surrogate-out {output.surrogate}"
+        " > {log} 2>&1"
+
+
+rule evaluate_candidates:
+    input:
+        data=SPLIT,
+        supernet=supernet_before,
+        genomes=f"{ITER}/candidates.csv",
+    output:
+        f"{ITER_OUT}/eval/candidates.{{k}}.csv",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+        shards=eval_shards(),
+    log:
+        "logs/{ds}/search/iter{i}/evaluate_candidates.{k}.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter{i}/evaluate_candidates.{k}.tsv"
+    resources:
+        **resources_for("evaluate"),
+    shell:
+        "natv2 evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
+        " --out {output} > {log} 2>&1"
+
+
+rule update:
+    input:
+        archive=previous_archive,
+        candidates=shards(f"{ITER}/eval/candidates.{{k}}.csv"),
+        surrogate=f"{ITER}/surrogate.json",
+    output:
+        archive=f"{ITER_OUT}/archive_pre.csv",
+        report=f"{ITER_OUT}/update.json",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+    log:
+        "logs/{ds}/search/iter{i}/update.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter{i}/update.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 update --config {CONFIG} --archive {input.archive} --candidates {input.candidates}"
+        " --surrogate {input.surrogate} --iteration {wildcards.i}"
+        " --out {output.archive} --report {output.report} > {log} 2>&1"
+
+
+rule adapt:
+    input:
+        data=SPLIT,
+        supernet=supernet_before,
+        archive=f"{ITER}/archive_pre.csv",
+    output:
+        maybe_temp(f"{ITER_OUT}/supernet.pt"),
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS, "data", "datasets.{ds}"),
+    log:
+        "logs/{ds}/search/iter{i}/adapt.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter{i}/adapt.tsv"
+    resources:
+        **resources_for("train"),
+    shell:
+        "natv2 adapt --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        " --archive {input.archive} --iteration {wildcards.i} --out {output} > {log} 2>&1"
+
+
+rule reevaluate:
+    input:
+        data=SPLIT,
+        supernet=f"{ITER}/supernet.pt",
+        genomes=f"{ITER}/archive_pre.csv",
+    output:
+        f"{ITER_OUT}/eval/archive.{{k}}.csv",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+        shards=eval_shards(),
+    log:
+        "logs/{ds}/search/iter{i}/reevaluate.{k}.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter{i}/reevaluate.{k}.tsv"
+    resources:
+        **resources_for("evaluate"),
+    shell:
+        "natv2 evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
+        " --out {output} > {log} 2>&1"
+
+
+rule collect:
+    input:
+        shards(f"{ITER}/eval/archive.{{k}}.csv"),
+    output:
+        f"{ITER_OUT}/archive.csv",
+    log:
+        "logs/{ds}/search/iter{i}/collect.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter{i}/collect.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 collect --inputs {input} --out {output} > {log} 2>&1"
+
+
+
+# --- after the last iteration -------------------------------------------------------------------
+
+
+rule hypervolume:
+    input:
+        archives=all_archives,
+        updates=all_surrogates,
+    output:
+        f"{RESULTS}/{{ds}}/search/hv.csv",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+    log:
+        "logs/{ds}/search/hypervolume.log",
+    benchmark:
+        "benchmarks/{ds}/search/hypervolume.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 hypervolume --config {CONFIG} --archives {input.archives} --updates {input.updates}"
+        " --out {output} > {log} 2>&1"
+
+
+checkpoint front:
+    input:
+        final_archive,
+    output:
+        f"{RESULTS}/{{ds}}/front.csv",
+    params:
+        fingerprint=fingerprint(*SEARCH_KEYS),
+    log:
+        "logs/{ds}/front.log",
+    benchmark:
+        "benchmarks/{ds}/front.tsv"
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 front --config {CONFIG} --archive {input} --out {output} > {log} 2>&1"
