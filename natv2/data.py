@@ -22,6 +22,7 @@ normalised; evaluation batches are only resized and normalised.
 """
 from __future__ import annotations
 
+import json
 import logging
 import math
 import time
@@ -35,7 +36,7 @@ import torch.nn.functional as F
 
 from natv2.config import DatasetConfig, Settings
 from natv2.errors import Natv2Error
-from natv2.io import load_torch, read_json, save_torch, write_json
+from natv2.io import atomic_path, load_torch, read_json
 
 log = logging.getLogger(__name__)
 
@@ -256,13 +257,24 @@ def prepare_split(settings: Settings, ds_key: str, out_dir: str | Path, *, worke
     return split_json
 
 
+def _json_text(meta: dict) -> str:
+    return json.dumps(meta, indent=2) + "\n"
+
+
 def _write_outputs(out_dir: Path, images: torch.Tensor, labels: torch.Tensor, meta: dict) -> Path:
+    """Write the cache and split.json to temporary names, then rename both (cache first).
+
+    Old outputs go first, so a failure leaves neither an old split.json paired with a new
+    cache nor a cache without its split; a kill can only land between the two renames.
+    """
     split_json, cache = out_dir / SPLIT_FILE, out_dir / CACHE_FILE
-    # an old split.json must never pair with a new cache: drop it first, write it last
     split_json.unlink(missing_ok=True)
+    cache.unlink(missing_ok=True)
     try:
-        save_torch(cache, {"images": images.contiguous(), "labels": labels})
-        write_json(split_json, meta)
+        # contexts exit in reverse order: the cache is renamed into place, then split.json
+        with atomic_path(split_json) as tmp_json, atomic_path(cache) as tmp_cache:
+            torch.save({"images": images.contiguous(), "labels": labels}, tmp_cache)
+            tmp_json.write_text(_json_text(meta))
     except BaseException:
         cache.unlink(missing_ok=True)
         split_json.unlink(missing_ok=True)

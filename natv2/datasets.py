@@ -109,8 +109,10 @@ def _torchvision_class(cfg: DatasetConfig):
         raise Natv2Error(f"config key datasets.{cfg.key}.name: required for kind torchvision (e.g. CIFAR10)")
     cls = getattr(tvd, cfg.name, None)
     if not (isinstance(cls, type) and issubclass(cls, torch.utils.data.Dataset)):
-        known = ", ".join(n for n in sorted(tvd.__all__) if n[0].isupper() and n not in ("ImageFolder", "DatasetFolder", "VisionDataset"))
-        raise Natv2Error(f"config key datasets.{cfg.key}.name: {cfg.name!r} is not a torchvision dataset class (known: {known})")
+        raise Natv2Error(
+            f"config key datasets.{cfg.key}.name: {cfg.name!r} is not a torchvision dataset class "
+            f"(e.g. CIFAR10, CIFAR100, MNIST, FashionMNIST, SVHN, STL10; names are case-sensitive)"
+        )
     return cls
 
 
@@ -335,7 +337,7 @@ def load_imagefolder(cfg: DatasetConfig, workers: int = 1) -> RawDataset:
     root = _require_root(cfg)
     layout = f"expected {root}/train/<class>/<image files> and optionally {root}/test/<class>/..."
     if not root.is_dir():
-        raise Natv2Error(f"config key datasets.{cfg.key}.root: {root} does not exist ({layout})")
+        raise Natv2Error(f"config key datasets.{cfg.key}.root: {root} does not exist or is not a folder ({layout})")
     if not (root / "train").is_dir():
         raise Natv2Error(f"{root}: no train/ folder ({layout})")
     train = _scan_classes(root / "train")

@@ -41,7 +41,7 @@ def prepare_batches(
     resolution: int,
     mean: Sequence[float],
     std: Sequence[float],
-    batch_size: int = 500,
+    batch_size: int = 200,
     device=None,
     channels_last: bool = True,
 ) -> Batches:
@@ -54,6 +54,10 @@ def prepare_batches(
     for x, y in batches(images, batch_size, resolution=resolution, mean=mean, std=std, train=False, device=device):
         out.append((x.contiguous(memory_format=_fmt(channels_last)), y))
     return out
+
+
+class _AllBNDone(Exception):
+    """Raised inside a recalibration forward pass once every BN layer has seen the batch."""
 
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -83,14 +87,30 @@ def recalibrate_on(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
     model.train()
     if channels_last:
         model.to(memory_format=torch.channels_last)
+    # stop each forward pass once every BN layer has run: the rest (head mix, classifier) cannot
+    # change the statistics
+    ran: set[int] = set()
+
+    def _after_bn(module, args, output):
+        ran.add(id(module))
+        if len(ran) == len(bns):
+            raise _AllBNDone
+
+    hooks = [bn.register_forward_hook(_after_bn) for bn in bns]
     try:
         seen = 0
         for x, _ in batches:
-            model(x)
+            ran.clear()
+            try:
+                model(x)
+            except _AllBNDone:
+                pass
             seen += 1
         if seen == 0:
             raise Natv2Error("BN recalibration: no batches (empty image set)")
     finally:
+        for h in hooks:
+            h.remove()
         for bn, m in zip(bns, momenta):
             bn.momentum = m
         model.train(was_training)
@@ -123,7 +143,7 @@ def recalibrate_bn(
     resolution: int,
     mean: Sequence[float],
     std: Sequence[float],
-    batch_size: int = 500,
+    batch_size: int = 200,
     device=None,
     channels_last: bool = True,
 ) -> nn.Module:
@@ -140,7 +160,7 @@ def top1(
     resolution: int,
     mean: Sequence[float],
     std: Sequence[float],
-    batch_size: int = 500,
+    batch_size: int = 200,
     device=None,
     channels_last: bool = True,
     fold: bool = True,

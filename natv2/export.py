@@ -183,6 +183,7 @@ def export_ensemble(member_dirs: Sequence[str | Path], out_dir: str | Path, *, m
         "resolution": resolution,
         "mean": configs[0]["mean"],
         "std": configs[0]["std"],
+        **({"image_size": configs[0]["image_size"]} if "image_size" in configs[0] else {}),
         **dict(extra or {}),
     }
     _trace(_load_dir(out_dir, config), resolution, out_dir / TORCHSCRIPT)
@@ -281,12 +282,26 @@ def load_torchscript(path: str | Path):
 
 
 def preprocess(images, config: Mapping[str, Any]):
-    """uint8 or [0, 1] float images (N, 3, H, W) -> normalised float at the export's resolution."""
+    """uint8 or [0, 1] float images (N, 3, H, W) -> normalised float at the export's resolution.
+
+    Square-cropped at the centre, resized (bilinear, antialiased) and normalised with the export's
+    mean/std; uint8 images first take the dataset cache's path when the export records ``image_size``.
+    """
     import torch
     import torch.nn.functional as F
 
     x = torch.as_tensor(images)
+    if x.dtype == torch.uint8 and "image_size" in config:
+        # the path the training images took: fit to the dataset cache's size, then to the net's resolution
+        from natv2.datasets import fit_images
+
+        x = fit_images(x, int(config["image_size"]))
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    h, w = x.shape[-2:]
+    if h != w:  # centre square crop, as the dataset cache does (natv2.datasets.fit_images)
+        s = min(h, w)
+        top, left = (h - s) // 2, (w - s) // 2
+        x = x[..., top : top + s, left : left + s]
     r = int(config["resolution"])
     if tuple(x.shape[-2:]) != (r, r):
         x = F.interpolate(x, size=(r, r), mode="bilinear", align_corners=False, antialias=True)

@@ -33,7 +33,8 @@ from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
-from natv2.archive import ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, survive
+from natv2.archive import (ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique,
+                           survive)
 from natv2.errors import Natv2Error
 
 log = logging.getLogger(__name__)
@@ -157,8 +158,6 @@ def make_algorithm(space, cfg, n_obj: int, initial: np.ndarray):
 
 def initial_population(archive_X: np.ndarray, archive_F: np.ndarray, space, cfg, rng: np.random.Generator) -> np.ndarray:
     """The archive's non-dominated genomes (by survival if too many), topped up by samples."""
-    from natv2.archive import sample_unique
-
     front = archive_X[non_dominated(archive_F)] if len(archive_X) else archive_X
     if len(front) > cfg.pop_size:
         front = front[survive(archive_F[non_dominated(archive_F)], cfg.pop_size, rng)]

@@ -429,6 +429,7 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
             torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
         scaler.step(optimizer)
         scaler.update()
+        lr_used = float(optimizer.param_groups[0]["lr"])
         scheduler.step()
         loss_sum += step_loss / subnets_per_step
         n_steps += 1
@@ -443,7 +444,7 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
     return {
         "epoch": epoch + 1,
         "loss": loss_sum / n_steps,
-        "lr": float(optimizer.param_groups[0]["lr"]),
+        "lr": lr_used,  # of the epoch's last step
         "images_per_s": n_images / max(seconds, 1e-9),
         "seconds": seconds,
     }

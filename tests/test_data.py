@@ -222,10 +222,13 @@ def test_a_failure_while_writing_leaves_neither_file(tmp_path, monkeypatch):
     def broken(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(natv2.data, "write_json", broken)
+    out = tmp_path / "out"
+    settings = load_settings(overrides={"data": {"image_size": 8}})
+    prepare_split(settings, "digits", out, workers=1)  # an earlier, complete run
+    monkeypatch.setattr(natv2.data, "_json_text", broken)  # fails after the cache is written
     with pytest.raises(OSError, match="disk full"):
-        prepare_split(load_settings(overrides={"data": {"image_size": 8}}), "digits", tmp_path / "out", workers=1)
-    assert_nothing_written(tmp_path / "out")
+        prepare_split(settings, "digits", out, workers=1)
+    assert_nothing_written(out)
 
 
 # --------------------------------------------------------------------------------------------

@@ -164,8 +164,12 @@ def test_front_member_errors():
         front_member(front.drop(columns="genome"), "0", "front.csv")
 
 
-def test_member_jobs_then_pareto_ensembles_report_and_predict(tmp_path, capsys):
-    """The post-processing chain on digits: bad members fail alone, the others' results are kept."""
+def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
+    """The post-processing chain on digits (finetune -> pareto -> ensembles -> predict).
+
+    A member job on a corrupt checkpoint fails alone; a member whose export is broken is left
+    out of the ensembles while the others' are written.
+    """
     import yaml
     from PIL import Image
 
@@ -179,8 +183,8 @@ def test_member_jobs_then_pareto_ensembles_report_and_predict(tmp_path, capsys):
         "device": "cpu",
         "results_dir": str(tmp_path / "results"),
         "datasets": {"digits": {"kind": "digits", "max_train": 60, "val_size": 40, "test_size": 80}},
-        "data": {"image_size": 16},
-        "supernet": {"resolutions": [16]},
+        "data": {"image_size": 8},  # digits are 8 x 8: no resize at all
+        "supernet": {"resolutions": [8]},
         "finetune": {"patience": 1, "max_epochs": 2, "batch_size": 32, "lr": 0.01, "bn_images": 40,
                      "latency_repeats": 2},
         "ensemble": {"population": 8, "generations": 4, "modes": ["parallel"]},
@@ -195,7 +199,12 @@ def test_member_jobs_then_pareto_ensembles_report_and_predict(tmp_path, capsys):
     supernet = build_supernet(settings.raw["supernet"], 10)
     save_supernet(tmp_path / "supernet.pt", supernet)
     space = supernet.space
-    genomes = [space.smallest(), *space.sample(2, np.random.default_rng(0), policy="natv2")]
+    # three small members: the shallowest net with 3x3, 5x5 and 7x7 kernels (expand 3)
+    genomes = []
+    for code in (1, 2, 3):
+        g = space.smallest().copy()
+        g[space.block_offset:][g[space.block_offset:] > 0] = code
+        genomes.append(space.validate(g))
     front = pd.DataFrame({"id": [0, 1, 2], "genome": [space.to_string(g) for g in genomes], "top1_err": [50.0, 60, 70]})
     front.to_csv(tmp_path / "front.csv", index=False)
 
@@ -211,7 +220,7 @@ def test_member_jobs_then_pareto_ensembles_report_and_predict(tmp_path, capsys):
 
     metrics = json.loads((nets / "0" / "metrics.json").read_text())
     assert {p.name for p in (nets / "0").iterdir()} == {"weights.pt", "config.json", "model.ts", "metrics.json"}
-    assert metrics["resolution"] == 16 and metrics["params"] > 0 and metrics["macs"] > 0 and metrics["latency_ms"] > 0
+    assert metrics["resolution"] == 8 and metrics["params"] > 0 and metrics["macs"] > 0 and metrics["latency_ms"] > 0
     assert 0 <= metrics["test_top1"] <= 100 and 0 <= metrics["test_top1_finetuned"] <= 100
     assert metrics["step2_epochs"] == metrics["best_epoch"] <= 2
 
@@ -229,12 +238,8 @@ def test_member_jobs_then_pareto_ensembles_report_and_predict(tmp_path, capsys):
     assert ensembles["latency_ms"][0] == pytest.approx(max(pareto.loc[0, "latency_ms"], pareto.loc[1, "latency_ms"]))
     assert ensembles["params"][0] == pareto.loc[0, "params"] + pareto.loc[1, "params"]
 
-    assert main(["report", "--pareto", str(tmp_path / "pareto.csv"), "--ensembles", str(tmp_path / "ensembles.csv"),
-                 "--out", str(tmp_path / "report")]) == 0
-    assert (tmp_path / "report" / "front.png").stat().st_size > 5000
-
     image = tmp_path / "digit.png"
-    Image.fromarray(np.zeros((16, 16, 3), dtype=np.uint8)).save(image)
+    Image.fromarray(np.zeros((24, 20, 3), dtype=np.uint8)).save(image)
     capsys.readouterr()
     assert main(["predict", "--net", str(tmp_path / "ens" / "e000"), str(image)]) == 0
     line = capsys.readouterr().out.strip()

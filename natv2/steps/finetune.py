@@ -118,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp)
     try:
         export_network(net.to("cpu"), tmp, classes=data.classes, resolution=resolution, mean=data.mean, std=data.std,
-                       extra={"id": str(args.id), "genome": str(member["genome"])})
+                       extra={"id": str(args.id), "genome": str(member["genome"]), "image_size": int(data.image_size)})
         write_json(tmp / "metrics.json", metrics)
         if out.exists():
             shutil.rmtree(out)

@@ -48,7 +48,7 @@ def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
                     "params": int(m["params"]),
                     "macs": int(m["macs"]),
                     "latency_ms": float(m["latency_ms"]),
-                    "val_top1": float(m.get("val_top1", 100.0 - float(member["top1_err"]))),
+                    "val_top1": float(m["val_top1"]) if "val_top1" in m else 100.0 - float(member["top1_err"]),
                     "test_top1": float(m["test_top1"]),
                     "test_top1_finetuned": float(m["test_top1_finetuned"]),
                     "path": paths[mid],

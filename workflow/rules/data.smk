@@ -15,4 +15,4 @@ rule split:
     resources:
         **resources_for("data"),
     shell:
-        "natv2 split --config {CONFIG} --dataset {wildcards.ds} --out $(dirname {output.split}) > {log} 2>&1"
+        "natv2 split --config {CONFIG} --dataset {wildcards.ds} --threads {threads} --out $(dirname {output.split}) > {log} 2>&1"
