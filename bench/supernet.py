@@ -2,10 +2,13 @@
 CIFAR-10 subset for a few CPU-minutes; top-1 on the test split of its largest, smallest and 10
 random subnets; training images/s (per phase, and channels_last vs the default format).
 
-    python bench/supernet.py [--train-images 5000] [--full-epochs 3] [--phase-epochs 1] [--threads 2]
+    python bench/supernet.py [--train-images 2500] [--full-epochs 4] [--phase-epochs 1] [--threads 1]
+
+About 15-20 minutes on a busy 2-core machine with the defaults.
 
 Variant: EE_D when the OFAv2 variants are registered (natv2.nets.SUPERNETS), else the plain
-OFA MobileNetV3 (``ofa_mbv3``); the table says which. Every phase that applies runs (full ->
+OFA MobileNetV3 (``ofa_mbv3``); the table says which. Early-exit variants also list the largest
+subnet stopped at each earlier exit (``largest-exit{e}``). Every phase that applies runs (full ->
 kernel -> [exit] -> depth1 -> depth2 -> expand1 -> expand2), with KD from the re-extracted
 largest subnet, through the same code as ``natv2 supernet``. Data: decoded once with
 natv2.data into --cache (shared with bench/evaluate.py), in memory as tensors.
@@ -73,16 +76,16 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=REPO.parent / "shared" / "data" / "cifar10")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/natv2-bench-cifar10"))
     parser.add_argument("--variant", default="auto", help="supernet variant (auto = EE_D if registered, else ofa_mbv3)")
-    parser.add_argument("--train-images", type=int, default=5000)
-    parser.add_argument("--full-epochs", type=int, default=3)
+    parser.add_argument("--train-images", type=int, default=2500)
+    parser.add_argument("--full-epochs", type=int, default=4)
     parser.add_argument("--phase-epochs", type=int, default=1)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=50)
     parser.add_argument("--resolutions", default="24,32")
-    parser.add_argument("--bn-images", type=int, default=1000)
-    parser.add_argument("--test-images", type=int, default=10000)
+    parser.add_argument("--bn-images", type=int, default=500)
+    parser.add_argument("--test-images", type=int, default=2000)
     parser.add_argument("--random", type=int, default=10)
-    parser.add_argument("--speed-images", type=int, default=640, help="images per channels_last speed trial (0 = skip)")
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--speed-images", type=int, default=256, help="images per channels_last speed trial (0 = skip)")
+    parser.add_argument("--threads", type=int, default=1, help="torch threads (1 is kinder to a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -146,6 +149,13 @@ def main() -> None:
     rng = np.random.default_rng(args.seed)
     genomes = [space.largest(), space.smallest()] + list(space.sample(args.random, rng, policy="natv2"))
     names = ["largest", "smallest"] + [f"random{i + 1}" for i in range(args.random)]
+    if space.n_exits:
+        # early-exit variants: the largest subnet stopped at each earlier exit too
+        for e in range(space.n_exits - 1, 0, -1):
+            g = space.largest().copy()
+            g[space.exit_position] = e
+            genomes.append(g)
+            names.append(f"largest-exit{e}")
     table = evaluate_genomes(net, genomes, data, settings.evaluation, split="test", device="cpu", progress=False,
                              seed=args.seed)
     table.insert(0, "subnet", names)

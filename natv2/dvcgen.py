@@ -19,6 +19,7 @@ Snakemake's rerun triggers, so a restored phase is not recomputed.
 from __future__ import annotations
 
 import ast
+import functools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,6 +46,7 @@ _PHASE_PATTERNS: list[tuple[str, str]] = [
 @dataclass
 class Stage:
     name: str
+    targets: list[str] = field(default_factory=list)  # what the stage asks snakemake for
     outs: list[str] = field(default_factory=list)
     deps: set[str] = field(default_factory=set)
     params: set[str] = field(default_factory=set)
@@ -62,7 +64,8 @@ def phase_of(path: str, results_dir: str) -> str | None:
     return None
 
 
-def step_modules(step: str) -> list[str]:
+@functools.lru_cache(maxsize=None)
+def step_modules(step: str) -> tuple[str, ...]:
     """natv2 modules (as repo paths) imported, transitively, by ``natv2/steps/<step>.py``."""
     seen: set[str] = set()
     todo = [f"natv2.steps.{step.replace('-', '_')}"]
@@ -82,7 +85,7 @@ def step_modules(step: str) -> list[str]:
             elif isinstance(node, ast.Import):
                 todo.extend(a.name for a in node.names if a.name.startswith("natv2"))
     paths = {_module_path(m) for m in seen}
-    return sorted(str(p.relative_to(REPO_ROOT)) for p in paths if p is not None)
+    return tuple(sorted(str(p.relative_to(REPO_ROOT)) for p in paths if p is not None))
 
 
 def _module_path(mod: str) -> Path | None:
@@ -97,7 +100,33 @@ def _module_path(mod: str) -> Path | None:
 _STEP_RE = re.compile(r"\bnatv2 ([a-z][a-z0-9-]*)")
 
 
-def workflow_jobs(configfiles: list[str], targets: list[str], snakefile: Path | None = None):
+def _params_keys(rule, wildcards: dict) -> list[str]:
+    """Config keys of the rule's ``fingerprint`` param (see workflow/rules/common.smk)."""
+    keys: list[str] = []
+    for value in rule.params:
+        for key in getattr(value, "config_keys", ()):
+            keys.append(key.format(**wildcards))
+    return keys
+
+
+def _job_record(rule, wildcards: dict, inputs, outputs) -> dict:
+    step = _STEP_RE.search(rule.shellcmd or "")
+    return dict(
+        rule=rule.name,
+        step=step.group(1) if step else None,
+        rulefile=str(Path(rule.snakefile).resolve().relative_to(Path.cwd().resolve())),
+        inputs=[str(f) for f in inputs],
+        outputs=[str(f) for f in outputs],
+        params=_params_keys(rule, wildcards),
+    )
+
+
+# Rules whose jobs exist only once the `front` checkpoint has run: one placeholder job each
+# (wildcard id "0") stands for all of them, so their stage, deps and params are known.
+_AFTER_CHECKPOINT = {"finetune": {"id": "0"}}
+
+
+def workflow_jobs(configfiles: list[str], targets: list[str], snakefile: Path | None = None) -> list[dict]:
     """(rule, shell step, rule file, inputs, outputs, fingerprint keys) of every job of the DAG."""
     from snakemake.api import (
         ConfigSettings,
@@ -109,7 +138,7 @@ def workflow_jobs(configfiles: list[str], targets: list[str], snakefile: Path | 
     )
     from snakemake.settings.types import Quietness
 
-    snakefile = (snakefile or REPO_ROOT / "Snakefile").absolute()
+    snakefile = (snakefile or Path.cwd() / "Snakefile").absolute()
     jobs = []
     with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
         wf_api = api.workflow(
@@ -124,23 +153,33 @@ def workflow_jobs(configfiles: list[str], targets: list[str], snakefile: Path | 
         workflow = dag_api.workflow_api._workflow
         workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
         workflow._build_dag()
-        fp_keys = workflow.globals.get("FINGERPRINT_KEYS", {})
+        datasets = set()
         for job in workflow.dag.jobs:
-            rule = job.rule
-            shellcmd = rule.shellcmd or ""
-            step = _STEP_RE.search(shellcmd)
-            keys = [k.format(**dict(job.wildcards.items())) for k in fp_keys.get(rule.name, [])]
-            jobs.append(
-                dict(
-                    rule=rule.name,
-                    step=step.group(1) if step else None,
-                    rulefile=str(Path(rule.snakefile).resolve().relative_to(REPO_ROOT)),
-                    inputs=[str(f) for f in job.input],
-                    outputs=[str(f) for f in job.output],
-                    params=keys,
-                )
-            )
+            wildcards = dict(job.wildcards.items())
+            datasets.update([wildcards["ds"]] if "ds" in wildcards else [])
+            jobs.append(_job_record(job.rule, wildcards, job.input, job.output))
+        for name, extra in _AFTER_CHECKPOINT.items():
+            rule = workflow.get_rule(name)
+            for ds in sorted(datasets):
+                wildcards = {"ds": ds, **extra}
+                inputs = rule.expand_input(wildcards)[0]
+                outputs = rule.expand_output(wildcards)[0]
+                jobs.append({**_job_record(rule, wildcards, inputs, outputs), "placeholder": True})
+        config = dict(workflow.config)
+    for job in jobs:
+        job["params"] = _expand_search(job["params"], config)
     return jobs
+
+
+def _expand_search(keys: list[str], config: dict) -> list[str]:
+    """``search`` as its sub-keys minus ``iterations``: adding iterations reruns only the new ones."""
+    out = []
+    for key in keys:
+        if key == "search":
+            out += [f"search.{k}" for k in sorted(config.get("search", {})) if k != "iterations"]
+        else:
+            out.append(key)
+    return out
 
 
 def build_stages(jobs: Iterable[dict], results_dir: str, configfile: str) -> dict[str, Stage]:
@@ -156,8 +195,11 @@ def build_stages(jobs: Iterable[dict], results_dir: str, configfile: str) -> dic
         stage.rules.add(job["rule"])
         stage.params.update(job["params"])
         for out in job["outputs"]:
-            if name.endswith("-finetune") and "/nets/" in out:
-                out = out[: out.index("/nets/") + len("/nets")]
+            if job.get("placeholder"):
+                # one job stands for all front members: the stage owns their parent folder
+                out = str(Path(out).parent)
+            elif out not in stage.targets:
+                stage.targets.append(out)
             if out not in stage.outs:
                 stage.outs.append(out)
             owner[out] = name
@@ -171,12 +213,35 @@ def build_stages(jobs: Iterable[dict], results_dir: str, configfile: str) -> dic
     return stages
 
 
-def to_dvc_yaml(stages: dict[str, Stage], configfile: str, metrics: list[str], plots: list) -> str:
+_PHASE_RANK = ["data", "supernet", "warmup", "iter", "front", "finetune", "ensembles", "report"]
+
+
+def _stage_order(stage: Stage, phase_order: dict[str, int]) -> tuple:
+    """Upstream first: by dataset, then phase of the workflow, training phase or iteration."""
+    ds, _, rest = stage.name.partition("-")
+    kind = next(k for k in _PHASE_RANK if rest.startswith(k))
+    sub = rest[len(kind):].lstrip("-")
+    if kind == "supernet":
+        minor = phase_order.get(sub, len(phase_order))  # 'source' after every training phase
+    elif kind == "iter":
+        minor = int(sub)
+    else:
+        minor = 0
+    return (ds, _PHASE_RANK.index(kind), minor)
+
+
+def to_dvc_yaml(stages: dict[str, Stage], configfile: str, metrics: list[str], plots: list,
+                phase_order: list[str] = ()) -> str:
     body: dict = {"stages": {}}
-    for name, stage in stages.items():
-        targets = " ".join(o for o in stage.outs)
+    rank = {name: i for i, name in enumerate(phase_order)}
+    ordered = sorted(stages.values(), key=lambda st: _stage_order(st, rank))
+    for stage in ordered:
+        name = stage.name
+        stage.targets.sort()
+        stage.outs.sort()
+        targets = " ".join(stage.targets)
         body["stages"][name] = {
-            "cmd": f"snakemake --cores all --configfile {configfile} {targets}",
+            "cmd": f"snakemake --cores all {targets} --configfile {configfile}",
             "deps": sorted(stage.deps),
             "params": sorted(stage.params) if stage.params else [],
             "outs": list(stage.outs),
@@ -187,6 +252,6 @@ def to_dvc_yaml(stages: dict[str, Stage], configfile: str, metrics: list[str], p
     body["plots"] = plots
     header = (
         "# Generated by `natv2 dvc` from the Snakemake DAG; do not edit by hand.\n"
-        "# Regenerate after changing the workflow: natv2 dvc --params params.yaml --out dvc.yaml\n"
+        "# Regenerate after changing the workflow or the paper config: natv2 dvc --config config/paper.yaml\n"
     )
     return header + yaml.safe_dump(body, sort_keys=False, width=1000)

@@ -18,7 +18,6 @@ import math
 import time
 from typing import Any, Iterable, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
@@ -194,6 +193,7 @@ def evaluate_genomes(
 
     from natv2.costs import count_macs, count_params, measure_latency
 
+    cfg = getattr(cfg, "evaluation", cfg)  # Settings or its EvaluationConfig
     space = supernet.space
     device = torch.device(device) if device is not None else next(supernet.parameters()).device
     gs = [space.from_string(g) if isinstance(g, str) else space.validate(g) for g in genomes]

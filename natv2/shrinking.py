@@ -224,11 +224,14 @@ def run_phase(
     device,
     seed: int,
     resume: Path | None = None,
+    pad: int = 4,
+    flip: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``supernet`` in place through one phase; return a summary for the checkpoint meta.
 
-    ``data`` is a DataBundle; ``cfg`` the ``supernet_train`` settings. A phase that does not
+    ``data`` is a DataBundle; ``cfg`` the ``supernet_train`` settings; ``pad``/``flip`` the
+    augmentation (``data:`` settings). A phase that does not
     apply to the variant, or has 0 epochs, leaves the weights unchanged (``skipped`` true).
     """
     from natv2.train import train
@@ -261,8 +264,8 @@ def run_phase(
         seed=seed,
         mean=data.mean,
         std=data.std,
-        pad=getattr(data, "pad", 4),
-        flip=getattr(data, "flip", True),
+        pad=pad,
+        flip=flip,
         progress=progress,
     )
     supernet.set_active(space.largest())

@@ -2,12 +2,15 @@
 
 A genome is an int vector laid out as
 
-    [r, w, s1b1 .. s1bM, s2b1 .. s2bM, ..., sSb1 .. sSbM, (exit)]
+    [r, w, s1b1 .. s1bM, s2b1 .. s2bM, ..., sSb1 .. sSbM, (l1 .. lS), (exit)]
 
 ``r`` indexes ``resolutions``, ``w`` indexes ``widths``; each block slot is 0 = skipped, or
 ``len(kernels) * idx(expand) + idx(kernel) + 1`` (1..9 for the OFA space). The first
 ``min(depths)`` slots of a stage are never skipped. With ``n_exits > 0`` the last gene is the
-exit (1..n_exits) whose head produces the output.
+exit (1..n_exits) whose head produces the output. Parallel-block supernets (OFAv2 *_P, *_DP)
+have one level gene per stage (``levels`` non-empty), just before the exit gene: the index into
+``levels`` of how many parallel branches each block of that stage runs (natv2.variants).
+``from_config`` derives ``n_exits`` and ``levels`` from ``supernet.variant`` (natv2.variants).
 
 A *valid* genome is canonical: in every stage the active blocks form a prefix (skips only at
 the end). ``repair`` maps any integer (or float, as pymoo operators produce) vector onto a
@@ -52,6 +55,7 @@ class Arch:
     width: float
     stages: tuple[tuple[Block, ...], ...]
     exit: int | None = None
+    levels: tuple[int, ...] | None = None  # per stage: parallel branches run (parallel-block nets)
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -64,6 +68,7 @@ class Arch:
             "width": self.width,
             "stages": [[list(b) for b in s] for s in self.stages],
             "exit": self.exit,
+            "levels": None if self.levels is None else list(self.levels),
         }
 
     @classmethod
@@ -73,6 +78,7 @@ class Arch:
             width=float(d["width"]),
             stages=tuple(tuple((int(b[0]), int(b[1])) for b in s) for s in d["stages"]),
             exit=None if d.get("exit") is None else int(d["exit"]),
+            levels=None if d.get("levels") is None else tuple(int(v) for v in d["levels"]),
         )
 
 
@@ -100,6 +106,7 @@ class SearchSpace:
     n_stages: int = 5
     max_blocks: int = 4
     n_exits: int = 0
+    levels: tuple[int, ...] = ()  # parallel branches per block (empty = no level genes)
 
     def __post_init__(self) -> None:
         # normalise lists (from YAML) to tuples so the space is hashable and comparable
@@ -119,18 +126,27 @@ class SearchSpace:
             )
         if self.n_exits < 0:
             raise Natv2Error(f"search space n_exits: expected >= 0, got {self.n_exits}")
+        levels = tuple(sorted(_as_tuple(self.levels, int, "levels"))) if len(tuple(self.levels or ())) else ()
+        if any(v < 1 for v in levels):
+            raise Natv2Error(f"search space levels: expected positive branch counts, got {list(levels)}")
+        object.__setattr__(self, "levels", levels)
 
     # ---------------------------------------------------------------- construction
 
     @classmethod
     def from_config(cls, cfg: Any) -> "SearchSpace":
         """Build from a ``supernet:`` config section (dataclass or mapping)."""
+        from natv2.variants import space_fields
+
         get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
         kwargs = {}
-        for name in ("resolutions", "widths", "kernels", "expands", "depths", "n_stages", "max_blocks", "n_exits"):
+        for name in ("resolutions", "widths", "kernels", "expands", "depths", "n_stages", "max_blocks"):
             value = get(name)
             if value is not None:
                 kwargs[name] = value
+        # the variant implies the exit and level genes (natv2.variants)
+        kwargs.update(space_fields(get("variant"), int(kwargs.get("n_stages", cls.n_stages)),
+                                   n_exits=get("n_exits"), levels=get("levels")))
         return cls(**kwargs)
 
     # ---------------------------------------------------------------- layout (derived)
@@ -154,12 +170,25 @@ class SearchSpace:
         return self.n_stages * self.max_blocks
 
     @property
+    def level_offset(self) -> int:
+        """Position of the first level gene (one per stage, present when ``levels`` is non-empty)."""
+        return self.block_offset + self.n_blocks
+
+    @property
+    def n_level_genes(self) -> int:
+        return self.n_stages if self.levels else 0
+
+    @property
+    def level_positions(self) -> np.ndarray:
+        return self.level_offset + np.arange(self.n_level_genes)
+
+    @property
     def exit_position(self) -> int | None:
-        return self.block_offset + self.n_blocks if self.n_exits else None
+        return self.level_offset + self.n_level_genes if self.n_exits else None
 
     @property
     def n_var(self) -> int:
-        return self.block_offset + self.n_blocks + (1 if self.n_exits else 0)
+        return self.level_offset + self.n_level_genes + (1 if self.n_exits else 0)
 
     @cached_property
     def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -170,6 +199,7 @@ class SearchSpace:
         slots = self._slot_matrix  # (n_stages, max_blocks) gene positions
         xu[slots] = self.n_choices
         xl[slots[:, : self.min_depth]] = 1  # the first min(depths) slots are never skipped
+        xu[self.level_positions] = len(self.levels) - 1
         if self.n_exits:
             xl[self.exit_position] = 1
             xu[self.exit_position] = self.n_exits
@@ -203,6 +233,8 @@ class SearchSpace:
             return "width gene"
         if self.n_exits and pos == self.exit_position:
             return "exit gene"
+        if self.n_level_genes and self.level_offset <= pos < self.level_offset + self.n_level_genes:
+            return f"stage {pos - self.level_offset + 1} level gene"
         stage, block = divmod(pos - self.block_offset, self.max_blocks)
         return f"stage {stage + 1} block {block + 1}"
 
@@ -256,6 +288,7 @@ class SearchSpace:
         g[0] = len(self.resolutions) - 1
         g[1] = len(self.widths) - 1
         g[self._slot_matrix] = self.code(max(self.kernels), max(self.expands))
+        g[self.level_positions] = len(self.levels) - 1
         if self.n_exits:
             g[self.exit_position] = self.n_exits
         return g
@@ -349,6 +382,7 @@ class SearchSpace:
             width=self.widths[g[1]],
             stages=stages,
             exit=int(g[self.exit_position]) if self.n_exits else None,
+            levels=tuple(self.levels[int(v)] for v in g[self.level_positions]) if self.levels else None,
         )
 
     def encode(self, arch: Arch) -> np.ndarray:
@@ -373,15 +407,23 @@ class SearchSpace:
             g[self.exit_position] = arch.exit
         elif arch.exit is not None:
             raise Natv2Error(f"exit {arch.exit}: this search space has no exit gene")
+        if self.levels:
+            if arch.levels is None or len(arch.levels) != self.n_stages or any(v not in self.levels for v in arch.levels):
+                raise Natv2Error(f"levels {arch.levels}: expected {self.n_stages} values in {list(self.levels)}")
+            g[self.level_positions] = [self.levels.index(v) for v in arch.levels]
+        elif arch.levels is not None:
+            raise Natv2Error(f"levels {list(arch.levels)}: this search space has no level genes")
         return g
 
     # ---------------------------------------------------------------- string form
 
     def to_string(self, g: Any) -> str:
-        """One CSV-safe token, e.g. ``r32-w1.0-k3e4.k5e6-k7e3.k3e3.k3e3-...(-x3)``."""
+        """One CSV-safe token, e.g. ``r32-w1.0-k3e4.k5e6-k7e3.k3e3.k3e3-...(-l3.1.2.3.3)(-x3)``."""
         arch = self.decode(g)
         parts = [f"r{arch.resolution}", f"w{arch.width!r}"]
         parts += [".".join(f"k{k}e{e}" for k, e in stage) for stage in arch.stages]
+        if arch.levels is not None:
+            parts.append("l" + ".".join(str(v) for v in arch.levels))
         if arch.exit is not None:
             parts.append(f"x{arch.exit}")
         return "-".join(parts)
@@ -393,11 +435,12 @@ class SearchSpace:
         if not isinstance(s, str):
             raise Natv2Error(f"genome string: expected text, got {s!r}")
         parts = s.strip().split("-")
-        expected = 2 + self.n_stages + (1 if self.n_exits else 0)
+        expected = 2 + self.n_stages + (1 if self.levels else 0) + (1 if self.n_exits else 0)
         if len(parts) != expected:
             raise Natv2Error(
                 f"genome string {s!r}: expected {expected} '-'-separated parts "
-                f"(r<res>-w<width>-<stage>x{self.n_stages}{'-x<exit>' if self.n_exits else ''})"
+                f"(r<res>-w<width>-<stage>x{self.n_stages}{'-l<levels>' if self.levels else ''}"
+                f"{'-x<exit>' if self.n_exits else ''})"
             )
         try:
             if not parts[0].startswith("r") or not parts[1].startswith("w"):
@@ -412,6 +455,12 @@ class SearchSpace:
                         raise ValueError
                     blocks.append((int(m.group(1)), int(m.group(2))))
                 stages.append(tuple(blocks))
+            levels = None
+            if self.levels:
+                part = parts[2 + self.n_stages]
+                if not part.startswith("l"):
+                    raise ValueError
+                levels = tuple(int(v) for v in part[1:].split("."))
             exit_ = None
             if self.n_exits:
                 if not parts[-1].startswith("x"):
@@ -420,6 +469,6 @@ class SearchSpace:
         except ValueError:
             raise Natv2Error(f"genome string {s!r}: not of the form r32-w1.0-k3e4.k5e6-...") from None
         try:
-            return self.encode(Arch(resolution, width, tuple(stages), exit_))
+            return self.encode(Arch(resolution, width, tuple(stages), exit_, levels))
         except Natv2Error as e:
             raise Natv2Error(f"genome string {s!r}: {e}") from None

@@ -298,6 +298,8 @@ def train(
     dist_info = _init_distributed(device)
     if dist_info.world > 1 and device.type == "cuda" and device.index is None:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist_info.rank)))
+    if dist_info.world > 1 and device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl collectives run on the current device
     use_amp = cfg.amp and device.type == "cuda"  # autocast + GradScaler on GPU only
     memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
@@ -363,6 +365,8 @@ def train(
         _barrier(dist_info)
 
     net.train(was_training)
+    if cfg.channels_last:
+        net.to(memory_format=torch.contiguous_format)  # hand the model back in the default layout
     if dist_info.created:
         import torch.distributed as dist
 

@@ -61,6 +61,8 @@ def warmup(
     seed: int,
     source_classes: list[str] | None = None,
     state_dir: Path | None = None,
+    pad: int = 4,
+    flip: bool = True,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run NAT's warm-up on ``supernet`` in place; return a summary for the checkpoint meta.
@@ -75,7 +77,7 @@ def warmup(
     largest = space.largest()
     new_head = ensure_head(supernet, data.classes, source_classes, seed=seed)
     log.info("warm-up: %s classification head for %d classes", "new" if new_head else "kept the", data.n_classes)
-    common = dict(device=device, seed=seed, mean=data.mean, std=data.std, progress=progress)
+    common = dict(device=device, seed=seed, mean=data.mean, std=data.std, pad=pad, flip=flip, progress=progress)
     summary: dict[str, Any] = {"new_head": new_head}
 
     # stage 1: the largest subnet alone

@@ -21,7 +21,7 @@ from natv2.space import SearchSpace
 ofa_networks = pytest.importorskip("ofa.imagenet_classification.elastic_nn.networks")
 
 RESOLUTIONS = (32, 48, 64)
-N_GENOMES = 24
+N_GENOMES = 20
 TOL = 1e-4
 
 
@@ -70,7 +70,7 @@ def test_same_logits_and_params_as_ofa(width, tmp_path):
     cfg = {"variant": "ofa_mbv3", "resolutions": list(RESOLUTIONS), "widths": [width], "stem_stride": 2}
     ours = official.load_official(path, cfg, n_classes).eval()
     space = ours.space
-    n = N_GENOMES if width == 1.0 else 6  # width 1.2: a shorter check of the other channel counts
+    n = N_GENOMES if width == 1.0 else 4  # width 1.2: a shorter check of the other channel counts
     genomes = np.concatenate([space.sample(n - 2, np.random.default_rng(0), "natv2"), [space.smallest(), space.largest()]])
     gen = torch.Generator().manual_seed(1)
     worst = 0.0

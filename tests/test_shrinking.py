@@ -55,6 +55,17 @@ def test_each_phase_unlocks_its_dimension_and_keeps_earlier_ones(phase, kernels,
     assert seen["exit"] == {None}
 
 
+def test_level_genes_are_locked_at_all_branches_until_the_level_phase():
+    space = SearchSpace(resolutions=(32,), levels=(1, 2, 3))
+    assert phases_for(space) == ["full", "kernel", "level", "depth1", "depth2", "expand1", "expand2"]
+
+    def levels(phase):
+        sample, rng = phase_sampler(space, get_phase(phase)), np.random.default_rng(0)
+        return {v for _ in range(200) for v in space.decode(sample(rng)).levels}
+
+    assert levels("kernel") == {3} and levels("level") == {1, 2, 3} and levels("expand2") == {1, 2, 3}
+
+
 def test_exit_gene_is_locked_at_the_last_exit_until_the_exit_phase():
     assert sampled(EE, "kernel")["exit"] == {5}
     assert sampled(EE, "exit")["exit"] == {1, 2, 3, 4, 5}
@@ -122,3 +133,45 @@ def test_warmup_step_trains_from_a_source_supernet(tiny_run):
     assert meta["warmup"]["new_head"] is False  # the source was trained on these very classes
     assert len(meta["warmup"]["head_history"]) == 1 and len(meta["warmup"]["supernet_history"]) == 1
     assert not torch.equal(before.head.classifier.weight, after.head.classifier.weight)
+
+
+class _Killed(Exception):
+    pass
+
+
+def test_killed_phase_resumes_to_the_same_weights(tiny_run, tmp_path, monkeypatch):
+    import natv2.train
+    from natv2.config import load_settings
+    from natv2.data import load_data
+    from natv2.nets import build_supernet
+    from natv2.shrinking import run_phase
+
+    root, config, split = tiny_run
+    settings = load_settings([config], overrides={"supernet_train": {"phases": {"kernel": {"epochs": 2}}}})
+    data = load_data(split)
+
+    def fresh():
+        torch.manual_seed(0)
+        return build_supernet(settings.supernet, data.n_classes)
+
+    common = dict(device=torch.device("cpu"), seed=0, progress=False)
+    straight = fresh()
+    run_phase(straight, "kernel", data, settings.supernet_train, **common)
+
+    state = tmp_path / "kernel.state"
+    save = natv2.train._save_state
+
+    def save_then_die(path, **kw):
+        save(path, **kw)
+        if kw["epoch"] == 1:
+            raise _Killed  # the process dies right after the state of epoch 1 is on disk
+
+    monkeypatch.setattr(natv2.train, "_save_state", save_then_die)
+    with pytest.raises(_Killed):
+        run_phase(fresh(), "kernel", data, settings.supernet_train, resume=state, **common)
+    monkeypatch.setattr(natv2.train, "_save_state", save)
+    resumed = fresh()
+    summary = run_phase(resumed, "kernel", data, settings.supernet_train, resume=state, **common)
+    assert [r["epoch"] for r in summary["history"]] == [1, 2]
+    for key, value in straight.state_dict().items():
+        assert torch.equal(value, resumed.state_dict()[key]), key

@@ -185,8 +185,8 @@ def test_reorder_channels_keeps_the_largest_subnet_and_ranks_channels():
 
 def test_stem_stride_and_width():
     torch.manual_seed(0)
-    s1 = build_supernet({**CFG, "stem_stride": 1}, 10)
-    s2 = build_supernet({**CFG, "stem_stride": 2}, 10)
+    s1 = build_supernet({**CFG, "stem_stride": 1}, 10).eval()
+    s2 = build_supernet({**CFG, "stem_stride": 2}, 10).eval()
     assert sum(p.numel() for p in s1.parameters()) == sum(p.numel() for p in s2.parameters())
     x = torch.randn(1, 3, 32, 32)
     assert s1.forward_features(x).shape[-1] == 2 and s2.forward_features(x).shape[-1] == 1
@@ -211,9 +211,8 @@ def test_kernel_transform_starts_as_centre_crop():
 
 
 def _ofa_layout_file(tmp_path, n_classes=1000):
-    """A checkpoint in the official layout: our net's weights renamed back to ofa's keys."""
+    """A checkpoint in the official layout (their OFAMobileNetV3, random weights)."""
     torch.manual_seed(0)
-    ours = randomize(build_supernet({"resolutions": [32], "stem_stride": 2}, n_classes), 4)
     ofa = pytest.importorskip("ofa.imagenet_classification.elastic_nn.networks")
     import warnings
 
@@ -230,7 +229,10 @@ def test_fetch_official_from_a_local_mirror_records_and_checks_sha(tmp_path):
     src, _ = _ofa_layout_file(tmp_path)
     cache = tmp_path / "cache"
     name = "ofa_mbv3_d234_e346_k357_w1.0"
-    mirrors = ["file:///nonexistent/{name}", (src.parent.as_uri() + "/{name}")]
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / name).write_text("<html>404 not found</html>")  # a mirror serving an error page
+    mirrors = ["file:///nonexistent/{name}", garbage.as_uri() + "/{name}", src.parent.as_uri() + "/{name}"]
     path = official.fetch_official(name, cache, mirrors)
     assert path == cache / name and path.read_bytes() == src.read_bytes()
     manifest = json.loads((cache / "manifest.json").read_text())

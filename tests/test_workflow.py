@@ -1,7 +1,8 @@
-"""The Snakemake workflow end to end, in a temporary copy of the repository's workflow files.
+"""The Snakemake workflow end to end, in temporary copies of the repository's workflow files.
 
-A tiny config (tests/configs/tiny.yaml) keeps every phase but shrinks epochs, archive and
-iterations so a whole run takes well under a minute on 2 cores.
+tests/configs/tiny.yaml keeps every phase of the default config but shrinks epochs, archive and
+iterations, so a whole run takes about a minute on 2 cores. One DVC-driven run (module fixture)
+serves several tests; the kill-and-resume test compares its own run against it.
 """
 from __future__ import annotations
 
@@ -19,39 +20,46 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = REPO / "tests" / "configs" / "tiny.yaml"
-SNAKEMAKE = [sys.executable, "-m", "snakemake"]
+BIN = Path(sys.executable).parent
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+PARETO_COLUMNS = ["id", "genome", "resolution", "params", "macs", "latency_ms", "val_top1", "test_top1",
+                  "test_top1_finetuned", "path"]
+ENSEMBLE_COLUMNS = ["id", "members", "mode", "params", "macs", "latency_ms", "val_top1", "test_top1"]
+TARGETS = ["results/digits/pareto.csv", "results/digits/ensembles.csv", "results/digits/report/metrics.json"]
 
 
 def make_workdir(tmp: Path) -> Path:
-    """Copy what the workflow needs (not results/, logs/ or .snakemake/)."""
-    for name in ("Snakefile", "workflow", "config", "profiles"):
+    """Copy what the workflow needs (no results/, logs/ or .snakemake/) into ``tmp``."""
+    tmp.mkdir(parents=True, exist_ok=True)
+    for name in ("Snakefile", "workflow", "config", "profiles", "natv2"):
         src = REPO / name
         if src.is_dir():
-            shutil.copytree(src, tmp / name)
+            shutil.copytree(src, tmp / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
             shutil.copy(src, tmp / name)
     shutil.copy(TINY, tmp / "tiny.yaml")
     return tmp
 
 
-def smk(workdir: Path, *args: str, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [*SNAKEMAKE, "--cores", "2", "--configfile", "tiny.yaml", *args],
-        cwd=workdir, capture_output=True, text=True, timeout=timeout, env=env,
-    )
+def run(cmd: list[str], cwd: Path, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=ENV)
+
+
+def smk(workdir: Path, *args: str, configfiles=("tiny.yaml",), check: bool = True) -> subprocess.CompletedProcess:
+    proc = run([str(BIN / "snakemake"), "--cores", "2", *args, "--configfile", *configfiles], workdir)
     if check and proc.returncode != 0:
         raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
 
 
-def dry_run_jobs(workdir: Path, *args: str, configfile: str = "tiny.yaml") -> dict[str, int]:
-    """Rule name -> job count of a dry run."""
-    proc = subprocess.run(
-        [*SNAKEMAKE, "-n", "--forceall", "--quiet", "rules", "--configfile", configfile, *args],
-        cwd=workdir, capture_output=True, text=True, timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def natv2_jobs_ran(workdir: Path, since: float) -> list[str]:
+    """Benchmark files (one per finished job) written after ``since``."""
+    return sorted(str(p.relative_to(workdir)) for p in (workdir / "benchmarks").rglob("*.tsv") if p.stat().st_mtime > since)
+
+
+def rule_counts(workdir: Path, *args: str, configfiles=("tiny.yaml",)) -> dict[str, int]:
+    """Rule name -> job count of a forced dry run."""
+    proc = smk(workdir, "-n", "--forceall", "--quiet", "rules", *args, configfiles=configfiles)
     counts: dict[str, int] = {}
     for line in (proc.stdout + proc.stderr).splitlines():
         parts = line.split()
@@ -60,14 +68,140 @@ def dry_run_jobs(workdir: Path, *args: str, configfile: str = "tiny.yaml") -> di
     return counts
 
 
-@pytest.fixture
-def workdir(tmp_path: Path) -> Path:
-    return make_workdir(tmp_path)
+def comparable(pareto: pd.DataFrame) -> pd.DataFrame:
+    """pareto.csv without what is measured rather than computed (latency) and the run's paths."""
+    return pareto.drop(columns=["latency_ms", "path"])
 
 
-def test_config_error_stops_before_any_job(workdir: Path):
-    (workdir / "bad.yaml").write_text("data: {val_size: many}\n")
-    proc = smk(workdir, "--configfile", "bad.yaml", "-n", check=False)
+@pytest.fixture(scope="module")
+def dvc_run(tmp_path_factory) -> Path:
+    """A DVC repository (no git) whose generated pipeline has been reproduced once."""
+    work = make_workdir(tmp_path_factory.mktemp("dvc"))
+    proc = run([str(BIN / "dvc"), "init", "--no-scm", "-q"], work)
+    assert proc.returncode == 0, proc.stderr
+    proc = run([str(BIN / "natv2"), "dvc", "--config", "tiny.yaml"], work)
+    assert proc.returncode == 0, proc.stderr
+    start = time.time()
+    proc = run([str(BIN / "dvc"), "repro"], work, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    (work / "first_repro_seconds").write_text(f"{time.time() - start:.1f}")
+    return work
+
+
+def test_config_error_stops_before_any_job(tmp_path: Path):
+    work = make_workdir(tmp_path)
+    (work / "bad.yaml").write_text("data: {val_size: many}\n")
+    proc = smk(work, "-n", configfiles=("tiny.yaml", "bad.yaml"), check=False)
     assert proc.returncode != 0
-    assert "data.val_size" in proc.stdout + proc.stderr
-    assert not (workdir / "results").exists()
+    assert "config key data.val_size" in proc.stdout + proc.stderr
+    assert not (work / "results").exists()
+
+
+def test_dry_run_of_the_paper_config_has_every_phase(tmp_path: Path):
+    from natv2.config import load_settings
+    from natv2.shrinking import phases_for
+    from natv2.space import SearchSpace
+
+    work = make_workdir(tmp_path)
+    paper = load_settings([REPO / "config" / "config.yaml", REPO / "config" / "paper.yaml"])
+    datasets = paper.raw["workflow"]["datasets"]
+    n_iter = paper.search.iterations
+    n_phases = len(phases_for(SearchSpace.from_config(paper.supernet)))
+    counts = rule_counts(work, configfiles=("config/paper.yaml",))
+    n_ds = len(datasets)
+    assert counts["split"] >= n_ds
+    assert counts["warmup"] == n_ds
+    assert counts["init_sample"] == counts["init_select"] == n_ds
+    for rule in ("surrogate_search", "update", "adapt", "collect"):
+        assert counts[rule] == n_ds * n_iter, rule
+    assert counts["evaluate_candidates"] == counts["reevaluate"] == n_ds * n_iter * paper.raw["workflow"]["eval_shards"]
+    # the source supernet is trained once per source dataset, shared by the targets
+    assert counts["supernet_phase"] == n_phases * len({paper.supernet_train.dataset or d for d in datasets})
+    assert counts["front"] == n_ds and counts["pareto"] == n_ds
+
+
+def test_dvc_repro_runs_everything_then_nothing_then_restores(dvc_run: Path):
+    work = dvc_run
+    pareto = pd.read_csv(work / "results/digits/pareto.csv")
+    assert list(pareto.columns[: len(PARETO_COLUMNS)]) == PARETO_COLUMNS and len(pareto) >= 1
+    ensembles = pd.read_csv(work / "results/digits/ensembles.csv")
+    assert list(ensembles.columns[: len(ENSEMBLE_COLUMNS)]) == ENSEMBLE_COLUMNS
+    for png in ("front", "ensembles", "hypervolume", "surrogate_tau"):
+        assert (work / f"results/digits/report/{png}.png").stat().st_size > 1000
+    assert (work / "results/digits/report/metrics.json").is_file()
+
+    # a second snakemake run and a second dvc repro have nothing to do
+    proc = smk(work, *TARGETS, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    before = time.time()
+    proc = run([str(BIN / "dvc"), "repro"], work)
+    assert proc.returncode == 0, proc.stderr
+    assert "Running stage" not in proc.stdout, proc.stdout
+    assert natv2_jobs_ran(work, before) == []
+
+    # every phase restored from DVC's cache, nothing trained or evaluated
+    reference = pareto.copy()
+    shutil.rmtree(work / "results")
+    before = time.time()
+    proc = run([str(BIN / "dvc"), "repro"], work, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    assert natv2_jobs_ran(work, before) == []
+    pd.testing.assert_frame_equal(pd.read_csv(work / "results/digits/pareto.csv"), reference)
+    for phase in ("supernet/warmup.pt", "search/iter0/archive.csv", "search/iter2/supernet.pt", "front.csv"):
+        assert (work / "results/digits" / phase).is_file(), phase
+    # restored files have new modification times: snakemake must still see nothing to do
+    proc = smk(work, *TARGETS, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+
+
+def test_killed_run_resumes_without_recomputing(dvc_run: Path, tmp_path: Path):
+    work = make_workdir(tmp_path)
+    cmd = [str(BIN / "snakemake"), "--cores", "2", *TARGETS, "--configfile", "tiny.yaml"]
+    proc = subprocess.Popen(cmd, cwd=work, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    marker = work / "results/digits/search/iter1/candidates.csv"
+    deadline = time.time() + 900
+    while not marker.exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+    assert marker.exists(), "the run never reached iteration 1"
+    time.sleep(2)  # into the middle of iteration 1's evaluation
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    finished = sorted(p for p in (work / "results/digits").rglob("*") if p.is_file() and "iter0" in str(p))
+    stamps = {p: p.stat().st_mtime for p in finished}
+    # no partial file under a declared output name: every table and checkpoint present reads whole
+    from natv2.io import load_torch
+
+    for path in (work / "results").rglob("*"):
+        if path.name.startswith("."):
+            continue
+        if path.suffix == ".csv":
+            pd.read_csv(path)
+        elif path.suffix == ".pt":
+            load_torch(path)
+
+    smk(work, *TARGETS)  # the profile sets --rerun-incomplete
+    assert {p: p.stat().st_mtime for p in finished} == stamps, "a finished phase was recomputed"
+    resumed = pd.read_csv(work / "results/digits/pareto.csv")
+    reference = pd.read_csv(dvc_run / "results/digits/pareto.csv")
+    pd.testing.assert_frame_equal(comparable(resumed), comparable(reference))
+
+
+def test_more_iterations_rerun_only_the_new_ones(dvc_run: Path):
+    more = dvc_run / "more.yaml"
+    more.write_text(yaml.safe_dump({"search": {"iterations": 3}}))
+    counts = {}
+    proc = smk(dvc_run, *TARGETS, "-n", "--quiet", "rules", configfiles=("tiny.yaml", "more.yaml"))
+    for line in (proc.stdout + proc.stderr).splitlines():
+        parts = line.split()
+        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
+            counts[parts[0]] = int(parts[1])
+    assert counts.get("surrogate_search") == 1 and counts.get("adapt") == 1
+    for rule in ("split", "supernet_phase", "warmup", "init_sample", "evaluate_pool"):
+        assert rule not in counts, rule
+
+
+def test_committed_dvc_pipeline_is_up_to_date():
+    proc = run([str(BIN / "natv2"), "dvc", "--config", "config/paper.yaml", "--check"], REPO, timeout=300)
+    assert proc.returncode == 0, proc.stderr

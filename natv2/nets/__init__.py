@@ -39,6 +39,13 @@ def register_static(name: str, cls: type) -> None:
 register_supernet("ofa_mbv3", build_ofa_mbv3)
 register_static("ofa_mbv3", StaticNet)
 
+# the OFAv2 variants (early exits, dense skips, parallel blocks; natv2.nets.ofav2)
+from natv2.nets.ofav2 import OFAV2_VARIANTS, OFAv2StaticNet, build_ofav2  # noqa: E402
+
+for _name in OFAV2_VARIANTS:
+    register_supernet(_name, build_ofav2)
+    register_static(_name, OFAv2StaticNet)
+
 Supernet = OFAMobileNetV3  # the base class other variants extend
 
 

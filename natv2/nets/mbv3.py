@@ -14,7 +14,7 @@ Layout (state_dict keys; the official OFA layout is mapped onto this by natv2.ne
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field, asdict
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 import numpy as np

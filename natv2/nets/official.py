@@ -100,8 +100,10 @@ def fetch_official(
             url = template.format(name=name)
             try:
                 _fetch_one(url, dest, timeout)
+                load_torch(dest)  # an error page or a cut-off transfer is not a checkpoint
                 break
             except Exception as e:  # noqa: BLE001 - any failure: try the next mirror
+                dest.unlink(missing_ok=True)
                 errors.append(f"{url}: {type(e).__name__}: {e}")
         else:
             tried = "; ".join(errors) or "no mirrors configured"
@@ -235,18 +237,21 @@ def official_supernet(
     n_classes: int,
     *,
     cache_dir: str | Path | None = None,
+    mirrors: Sequence[str] | None = None,
+    download: bool | None = None,
     generator: torch.Generator | None = None,
 ) -> torch.nn.Module:
-    """Our supernet for the ``supernet:`` config ``cfg`` (a SupernetConfig, or a Settings whose
-    ``.supernet`` is used) with the official weights of its width and a new head.
+    """Our supernet for the ``supernet:`` config ``cfg`` (a SupernetConfig or mapping) with the
+    official weights of its width and a new head for ``n_classes``.
 
-    The file is fetched into ``cfg.weights_dir`` (or ``cache_dir``) from ``cfg.mirrors`` and then
-    the built-in :data:`MIRRORS`, unless already cached; ``cfg.download`` false = never download.
+    The file is looked up in ``cache_dir`` (default ``cfg.weights_dir``) and otherwise fetched from
+    ``mirrors`` (default ``cfg.mirrors``), then the built-in :data:`MIRRORS`; ``download``
+    (default ``cfg.download``) false = never download.
     """
-    cfg = getattr(cfg, "supernet", cfg)
     get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
     name = official_name(float(list(get("widths", [1.0]))[0]))
-    mirrors = list(get("mirrors", None) or []) + list(MIRRORS)
+    extra = list(mirrors if mirrors is not None else (get("mirrors", None) or []))
     cache = Path(cache_dir if cache_dir is not None else get("weights_dir", "data/weights"))
-    path = fetch_official(name, cache, mirrors, download=bool(get("download", True)))
+    allow = bool(get("download", True)) if download is None else download
+    path = fetch_official(name, cache, extra + [m for m in MIRRORS if m not in extra], download=allow)
     return load_official(path, cfg, n_classes, generator=generator)

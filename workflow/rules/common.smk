@@ -102,7 +102,11 @@ def maybe_temp(path: str):
 
 
 def all_targets() -> list[str]:
-    return [f"{ds_dir(ds)}/pareto.csv" for ds in section("workflow").get("datasets", ["digits"])]
+    """What a bare `snakemake` builds: the deliverables and the report of every workflow.datasets key."""
+    targets = []
+    for ds in section("workflow").get("datasets", ["digits"]):
+        targets += [f"{ds_dir(ds)}/pareto.csv", f"{ds_dir(ds)}/ensembles.csv", f"{ds_dir(ds)}/report/metrics.json"]
+    return targets
 
 
 # ---------------------------------------------------------------------------------------------

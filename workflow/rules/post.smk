@@ -62,7 +62,8 @@ rule ensembles:
         data=SPLIT,
         pareto=f"{RESULTS}/{{ds}}/pareto.csv",
     output:
-        f"{RESULTS}/{{ds}}/ensembles.csv",
+        table=f"{RESULTS}/{{ds}}/ensembles.csv",
+        nets=directory(f"{RESULTS}/{{ds}}/ensembles"),
     params:
         fingerprint=fingerprint("seed", "ensemble", "evaluation"),
     log:
@@ -73,7 +74,7 @@ rule ensembles:
         **resources_for("evaluate"),
     shell:
         "natv2 ensembles --config {CONFIG} --data {input.data} --pareto {input.pareto}"
-        " --out {output} > {log} 2>&1"
+        " --export-dir {output.nets} --out {output.table} > {log} 2>&1"
 
 
 rule report:

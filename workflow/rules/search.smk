@@ -185,7 +185,7 @@ rule adapt:
     output:
         maybe_temp(f"{ITER_OUT}/supernet.pt"),
     params:
-        fingerprint=fingerprint(*SEARCH_KEYS, "data", "datasets.{ds}"),
+        fingerprint=fingerprint(*SEARCH_KEYS, "adapt", "data", "datasets.{ds}"),
     log:
         "logs/{ds}/search/iter{i}/adapt.log",
     benchmark:

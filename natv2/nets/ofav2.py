@@ -1,0 +1,461 @@
+"""The OFAv2 supernets (Sarti et al., arXiv 2302.01888): early exits, dense skips, parallel blocks.
+
+Every variant is the OFA MobileNetV3 supernet of :mod:`natv2.nets.mbv3` with up to three
+additions, named ``<exits>_<blocks>`` (see :mod:`natv2.variants`):
+
+- **EE, early exits**: an exit head after each of the 5 stages (1x1 expand -> pool -> 1x1 mix
+  -> linear, as the OFA head, widths scaled with the stage's width: 6x and 8x its channels, so
+  the last exit is exactly OFA's 960/1280 head). The genome's exit gene picks the exit; the
+  forward stops at that stage. ``extract(g, all_exits=True)`` gives a multi-exit static net
+  whose forward returns every exit's logits, shallowest first (teacher ensemble, AEP).
+- **D, dense skips**: inside a stage, block b >= 1 receives the sum of the outputs of all
+  earlier active blocks of the stage (not only the last one); inactive blocks (elastic depth)
+  simply do not contribute. The stage output is its last active block's output.
+- **P, parallel blocks**: each block position holds the MBConv plus a 1x1 conv branch and an
+  average-pool + 1x1 projection branch (both linear: conv + BN, as the MBConv's projection),
+  summed. The stage's level gene says how many branches run (1 = MBConv, 2 = + conv,
+  3 = + pool), in that order, so the branch set is nested and elastic like the other dimensions.
+
+State-dict keys of a static net are a subset of its supernet's (``exits.{i}`` for the exit
+after stage i+1, ``stages.{s}.{b}.mbconv|conv|pool`` for parallel blocks), so BN statistics
+recalibrated on a static net write back by name (``load_bn_stats_from``).
+
+    net = build_supernet({"variant": "EE_D", "resolutions": [32]}, n_classes=10)
+    g = net.space.sample(1, np.random.default_rng(0), "natv2")[0]
+    static = net.extract(g)                      # single exit: logits
+    multi = net.extract(g, all_exits=True)       # list of 5 exit logits
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from natv2.errors import Natv2Error
+from natv2.nets.elastic import ElasticMBConv
+from natv2.nets.layers import ConvBNAct, MBConv, fold_bn, make_divisible
+from natv2.nets.mbv3 import Head, MBv3Spec, OFAMobileNetV3, Stem
+from natv2.space import SearchSpace
+from natv2.variants import OFAV2_VARIANTS, VariantFeatures, features
+
+OUTPUTS = ("list", "weighted")  # multi-exit forward: every exit's logits, or their weighted sum
+
+
+# ------------------------------------------------------------------------------------- layers
+
+
+class PoolProject(nn.Module):
+    """3x3 average pool (with the block's stride) -> 1x1 conv -> BN: the parallel pooling branch."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
+        super().__init__()
+        self.stride = stride
+        self.proj = ConvBNAct(in_chs, out_chs, 1, act="none")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False)
+        return self.proj(x)
+
+
+class ParallelBlock(nn.Module):
+    """Static parallel block: MBConv (+ 1x1 conv branch) (+ pool/projection branch), summed."""
+
+    def __init__(self, mbconv: Mapping[str, Any], level: int) -> None:
+        super().__init__()
+        if level not in (1, 2, 3):
+            raise ValueError(f"parallel block level {level}: expected 1, 2 or 3")
+        self.level = level
+        self.mbconv = MBConv(**mbconv)
+        m = self.mbconv
+        self.conv = ConvBNAct(m.in_chs, m.out_chs, 1, m.stride, act="none") if level >= 2 else None
+        self.pool = PoolProject(m.in_chs, m.out_chs, m.stride) if level >= 3 else None
+
+    def config(self) -> dict:
+        return {"mbconv": self.mbconv.config(), "level": self.level}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mbconv(x)
+        if self.conv is not None:
+            y = y + self.conv(x)
+        if self.pool is not None:
+            y = y + self.pool(x)
+        return y
+
+
+class ElasticParallelBlock(nn.Module):
+    """An elastic MBConv with the two parallel branches; ``active_level`` branches run."""
+
+    def __init__(self, in_chs: int, out_chs: int, *, levels: tuple[int, ...], **mbconv: Any) -> None:
+        super().__init__()
+        self.levels = tuple(sorted(levels))
+        self.mbconv = ElasticMBConv(in_chs, out_chs, **mbconv)
+        stride = mbconv["stride"]
+        # every branch a level may use is built (max level); a lower level leaves it unused
+        self.conv = ConvBNAct(in_chs, out_chs, 1, stride, act="none") if self.levels[-1] >= 2 else None
+        self.pool = PoolProject(in_chs, out_chs, stride) if self.levels[-1] >= 3 else None
+        self.active_level = self.levels[-1]
+
+    def set_active(self, kernel: int, expand: int, level: int | None = None) -> None:
+        self.mbconv.set_active(kernel, expand)
+        if level is not None:
+            if level not in self.levels:
+                raise ValueError(f"level {level} not in {self.levels}")
+            self.active_level = level
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.mbconv(x)
+        if self.active_level >= 2:
+            y = y + self.conv(x)
+        if self.active_level >= 3:
+            y = y + self.pool(x)
+        return y
+
+    def active_config(self) -> dict:
+        return {"mbconv": self.mbconv.active_config(), "level": self.active_level}
+
+    @torch.no_grad()
+    def extract(self) -> ParallelBlock:
+        block = ParallelBlock(self.mbconv.active_config(), self.active_level)
+        block.mbconv = self.mbconv.extract()
+        if block.conv is not None:
+            block.conv.load_state_dict(self.conv.state_dict())
+        if block.pool is not None:
+            block.pool.load_state_dict(self.pool.state_dict())
+        return block
+
+    def reorder_channels(self) -> None:
+        # the branches have no hidden channels; only the MBConv's are sorted
+        self.mbconv.reorder_channels()
+
+
+def run_stage(blocks: Sequence[nn.Module], x: torch.Tensor, dense: bool) -> torch.Tensor:
+    """Run a stage's active blocks; with ``dense`` block b >= 1 gets the sum of all earlier outputs."""
+    if not dense:
+        for block in blocks:
+            x = block(x)
+        return x
+    outs: list[torch.Tensor] = []
+    for block in blocks:
+        inp = x
+        if outs:
+            inp = outs[0]
+            for o in outs[1:]:
+                inp = inp + o
+        outs.append(block(inp))
+    return outs[-1]
+
+
+def exit_widths(spec: MBv3Spec, stage_chs: int) -> tuple[int, int]:
+    """(expand, mix) widths of the exit after a stage of ``stage_chs`` channels.
+
+    OFA's head is 960/1280 after 160 channels (6x, 8x); earlier exits keep those ratios.
+    """
+    last = spec.stage_chs[-1]
+    return (make_divisible(spec.head_mid * stage_chs / last, 8), make_divisible(spec.head_out * stage_chs / last, 8))
+
+
+def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
+    """Exit-combination weights: uniform by default (NATv2 AEP), normalised to sum 1."""
+    w = [1.0] * n if weights is None else [float(v) for v in weights]
+    if len(w) != n or any(v < 0 for v in w) or sum(w) <= 0:
+        raise Natv2Error(f"exit weights {w}: expected {n} non-negative numbers with a positive sum")
+    return [v / sum(w) for v in w]
+
+
+# ------------------------------------------------------------------------------------- static
+
+
+class OFAv2StaticNet(nn.Module):
+    """A static OFAv2 subnet: stem, stages (dense / parallel as configured), head or exits.
+
+    ``config["exits"]`` (early-exit nets) lists the attached exit heads, each with its ``stage``
+    (1-based); the stages run up to the deepest one. One exit: the forward returns its logits.
+    Several: ``config["output"]`` = ``list`` returns every exit's logits (shallowest first),
+    ``weighted`` their sum weighted by ``config["exit_weights"]`` (normalised; uniform if null).
+    """
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        super().__init__()
+        cfg = copy.deepcopy(dict(config))
+        self._config = cfg
+        self.variant = cfg["variant"]
+        self.dense = bool(cfg["dense"])
+        self.parallel = bool(cfg["parallel"])
+        st = cfg["stem"]
+        self.stem = Stem(3, st["chs"], st["block_chs"], st["stride"])
+        make = (lambda b: ParallelBlock(b["mbconv"], int(b["level"]))) if self.parallel else (lambda b: MBConv(**b))
+        self.stages = nn.ModuleList(nn.ModuleList(make(b) for b in stage) for stage in cfg["stages"])
+        self.head: nn.Module | None = None
+        self.exits = nn.ModuleDict()
+        self.exit_stages: list[int] = []  # 0-based stage index of each attached exit, in order
+        if cfg.get("exits"):
+            for ex in cfg["exits"]:
+                s = int(ex["stage"]) - 1
+                if not 0 <= s < len(self.stages):
+                    raise ValueError(f"exit after stage {s + 1}, but the net has {len(self.stages)} stages")
+                self.exits[str(s)] = Head(ex["in_chs"], ex["mid_chs"], ex["out_chs"], cfg["n_classes"], ex["dropout"])
+                self.exit_stages.append(s)
+            if self.exit_stages != sorted(set(self.exit_stages)):
+                raise ValueError(f"exits {[s + 1 for s in self.exit_stages]}: expected distinct stages in ascending order")
+            self.output = cfg.get("output", "list")
+            if self.output not in OUTPUTS:
+                raise ValueError(f"output {self.output!r}: expected one of {OUTPUTS}")
+            self.exit_weights = _weights(len(self.exit_stages), cfg.get("exit_weights"))
+        else:
+            hd = cfg["head"]
+            self.head = Head(hd["in_chs"], hd["mid_chs"], hd["out_chs"], cfg["n_classes"], hd["dropout"])
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self._config)
+
+    @property
+    def resolution(self) -> int | None:
+        return self._config.get("resolution")
+
+    @property
+    def n_outputs(self) -> int:
+        """Number of logits tensors the forward returns (1 unless a multi-exit ``list`` net)."""
+        return len(self.exit_stages) if self.head is None and self.output == "list" else 1
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "OFAv2StaticNet":
+        try:
+            return cls(config)
+        except (KeyError, TypeError, ValueError, Natv2Error) as e:
+            raise Natv2Error(f"static net config: missing or bad field ({type(e).__name__}: {e})") from None
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of every attached exit (or of the head), shallowest first."""
+        x = self.stem(x)
+        outs: list[torch.Tensor] = []
+        for s, stage in enumerate(self.stages):
+            x = run_stage(stage, x, self.dense)
+            if str(s) in self.exits:
+                outs.append(self.exits[str(s)](x))
+        if self.head is not None:
+            outs.append(self.head(x))
+        return outs
+
+    def forward(self, x: torch.Tensor):
+        outs = self.forward_exits(x)
+        if len(outs) == 1:
+            return outs[0]
+        if self.output == "list":
+            return outs
+        return sum(w * z for w, z in zip(self.exit_weights, outs))
+
+    def with_exits(self, stages: Sequence[int], *, weights: Sequence[float] | None = None,
+                   output: str = "weighted") -> "OFAv2StaticNet":
+        """A copy keeping only the exits after ``stages`` (1-based) and the stages they need."""
+        keep = sorted(int(s) for s in stages)
+        have = [s + 1 for s in self.exit_stages]
+        if not keep or any(s not in have for s in keep):
+            raise Natv2Error(f"exits {keep}: expected a non-empty subset of the attached exits {have}")
+        cfg = self.config
+        cfg["exits"] = [ex for ex in cfg["exits"] if int(ex["stage"]) in keep]
+        cfg["stages"] = cfg["stages"][: keep[-1]]
+        cfg["output"] = output
+        cfg["exit_weights"] = None if weights is None else list(map(float, weights))
+        net = type(self)(cfg)
+        own = self.state_dict()
+        net.load_state_dict({k: own[k] for k in net.state_dict()})
+        p = next(self.parameters())
+        return net.to(p.device).train(self.training)
+
+    def fused(self) -> nn.Module:
+        """An eval-mode copy with BN folded into the convolutions (for fast inference)."""
+        return fold_bn(self)
+
+
+# ------------------------------------------------------------------------------------- supernet
+
+
+class OFAv2MobileNetV3(OFAMobileNetV3):
+    """An OFAv2 supernet: the OFA MobileNetV3 with early exits, dense skips and/or parallel blocks."""
+
+    static_class = OFAv2StaticNet
+
+    def __init__(self, spec: MBv3Spec, space: SearchSpace, n_classes: int, feats: VariantFeatures) -> None:
+        nn.Module.__init__(self)
+        if space.n_stages != len(spec.strides):
+            raise Natv2Error(f"supernet: the space has {space.n_stages} stages, the network {len(spec.strides)}")
+        if len(space.widths) != 1 or abs(space.widths[0] - spec.width_mult) > 1e-9:
+            raise Natv2Error(
+                f"supernet.widths: one supernet holds one width; got {list(space.widths)} for width {spec.width_mult}"
+            )
+        self.variant = feats.name
+        self.feats = feats
+        self.spec, self.space, self.n_classes = spec, space, n_classes
+        self.dense, self.parallel, self.early_exits = feats.dense, feats.parallel, feats.early_exits
+        self.stem = Stem(3, spec.stem_chs, spec.stem_block_chs, spec.stem_stride)
+        stages = []
+        in_chs = spec.stem_block_chs
+        for out_chs, stride, act, se in zip(spec.stage_chs, spec.strides, spec.acts, spec.se):
+            blocks = []
+            for b in range(space.max_blocks):
+                kw = dict(kernels=space.kernels, expands=space.expands, stride=stride if b == 0 else 1, act=act, se=se)
+                if self.parallel:
+                    blocks.append(ElasticParallelBlock(in_chs, out_chs, levels=space.levels, **kw))
+                else:
+                    blocks.append(ElasticMBConv(in_chs, out_chs, **kw))
+                in_chs = out_chs
+            stages.append(nn.ModuleList(blocks))
+        self.stages = nn.ModuleList(stages)
+        if self.early_exits:
+            self.exits = nn.ModuleList(
+                Head(c, *exit_widths(spec, c), n_classes, spec.dropout) for c in spec.stage_chs
+            )
+        else:
+            self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
+        self.active_depths = [space.max_blocks] * space.n_stages
+        self.active_exit: int | None = space.n_stages if self.early_exits else None
+        self.active_genome = space.largest()
+        self.set_active(self.active_genome)
+
+    @property
+    def config(self) -> dict[str, Any]:
+        cfg = super().config
+        cfg["levels"] = list(self.space.levels)
+        return cfg
+
+    def _head_device(self) -> torch.device:
+        return self.stem.first.conv.weight.device
+
+    # ------------------------------------------------------------------ active subnet
+
+    def set_active(self, genome: Any) -> None:
+        g = self.space.validate(genome)
+        arch = self.space.decode(g)
+        for s, blocks in enumerate(arch.stages):
+            self.active_depths[s] = len(blocks)
+            level = arch.levels[s] if arch.levels is not None else None
+            for b, (k, e) in enumerate(blocks):
+                if self.parallel:
+                    self.stages[s][b].set_active(k, e, level)
+                else:
+                    self.stages[s][b].set_active(k, e)
+        self.active_exit = arch.exit
+        self.active_genome = g
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.stem(x)
+        last = self.active_exit if self.early_exits else self.space.n_stages
+        for s in range(last):
+            x = run_stage(self.stages[s][: self.active_depths[s]], x, self.dense)
+        return x
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.forward_features(x)
+        return self.exits[self.active_exit - 1](x) if self.early_exits else self.head(x)
+
+    # ------------------------------------------------------------------ extraction
+
+    @staticmethod
+    def _head_config(head: Head, dropout: float) -> dict[str, Any]:
+        return {
+            "in_chs": head.expand.conv.in_channels,
+            "mid_chs": head.expand.conv.out_channels,
+            "out_chs": head.mix.conv.out_channels,
+            "dropout": dropout,
+        }
+
+    def active_config(self, exits: Sequence[int] | None = None) -> dict[str, Any]:
+        """Static config of the active subnet; ``exits`` (1-based) overrides the genome's exit."""
+        arch = self.space.decode(self.active_genome)
+        first = self.stem.first.conv
+        if self.early_exits:
+            exits = [arch.exit] if exits is None else sorted(int(e) for e in exits)
+            n_run = exits[-1]
+        else:
+            n_run = self.space.n_stages
+        cfg: dict[str, Any] = {
+            "variant": self.variant,
+            "n_classes": self.n_classes,
+            "resolution": arch.resolution,
+            "width": arch.width,
+            "genome": self.space.to_string(self.active_genome),
+            "dense": self.dense,
+            "parallel": self.parallel,
+            "stem": {"chs": first.out_channels, "block_chs": self.spec.stem_block_chs, "stride": first.stride[0]},
+            "stages": [
+                [self.stages[s][b].active_config() for b in range(self.active_depths[s])] for s in range(n_run)
+            ],
+        }
+        if self.early_exits:
+            cfg["exits"] = [{"stage": e, **self._head_config(self.exits[e - 1], self.spec.dropout)} for e in exits]
+            cfg["output"] = "list"
+            cfg["exit_weights"] = None
+        else:
+            cfg["head"] = self._head_config(self.head, self.spec.dropout)
+        return cfg
+
+    @torch.no_grad()
+    def extract(self, genome: Any | None = None, *, all_exits: bool = False,
+                exits: Sequence[int] | None = None) -> OFAv2StaticNet:
+        """A static net equal to the subnet ``genome`` (default: the active one).
+
+        Early-exit supernets: the genome's exit by default; ``all_exits=True`` attaches every
+        exit (forward returns the list of their logits, shallowest first); ``exits`` attaches
+        the given ones (1-based, e.g. the chosen exit and all later ones for AEP).
+        """
+        if (all_exits or exits is not None) and not self.early_exits:
+            raise Natv2Error(f"extract: the {self.variant} supernet has no early exits")
+        previous = self.active_genome
+        if genome is not None:
+            self.set_active(genome)
+        try:
+            if all_exits:
+                exits = range(1, self.space.n_stages + 1)
+            if exits is not None:
+                exits = sorted({int(e) for e in exits})
+                if not exits or exits[0] < 1 or exits[-1] > self.space.n_stages:
+                    raise Natv2Error(f"extract: exits {exits}: expected values in 1..{self.space.n_stages}")
+            net = self.static_class(self.active_config(exits))
+            net.stem.load_state_dict(self.stem.state_dict())
+            for s, stage in enumerate(net.stages):
+                for b in range(len(stage)):
+                    stage[b] = self.stages[s][b].extract()
+            if self.early_exits:
+                for s in net.exit_stages:
+                    net.exits[str(s)].load_state_dict(self.exits[s].state_dict())
+            else:
+                net.head.load_state_dict(self.head.state_dict())
+        finally:
+            self.set_active(previous)
+        return net.to(self._head_device()).train(self.training)
+
+    def reset_classifier(self, n_classes: int, generator: torch.Generator | None = None) -> None:
+        heads = list(self.exits) if self.early_exits else [self.head]
+        for head in heads:
+            head.reset_classifier(n_classes, generator)
+        self.n_classes = n_classes
+
+
+def build_ofav2(cfg: Any, n_classes: int) -> OFAv2MobileNetV3:
+    """Registry builder: the OFAv2 supernet named by ``cfg.variant``."""
+    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    feats = features(get("variant"))
+    space = SearchSpace.from_config(cfg)  # derives the exit and level genes from the variant
+    spec = MBv3Spec(
+        width_mult=space.widths[0],
+        stem_stride=int(get("stem_stride", 2)),
+        dropout=float(get("dropout", 0.1)),
+    )
+    return OFAv2MobileNetV3(spec, space, n_classes, feats)
+
+
+__all__ = [
+    "ElasticParallelBlock",
+    "OFAV2_VARIANTS",
+    "OFAv2MobileNetV3",
+    "OFAv2StaticNet",
+    "ParallelBlock",
+    "PoolProject",
+    "build_ofav2",
+    "run_stage",
+]
