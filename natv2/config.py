@@ -46,6 +46,7 @@ class DatasetConfig:
     max_train: int | None = None
     pad: int = 4
     flip: bool = True
+    resolutions: tuple[int, ...] | list[int] | None = None
 
 
 @dataclass(frozen=True)
@@ -110,6 +111,7 @@ class FinetuneConfig:
     patience: int
     max_epochs: int
     min_delta: float
+    max_members: int
     optimizer: str
     lr: float
     weight_decay: float
@@ -312,6 +314,11 @@ class Settings:
         merged = {f.name: getattr(self.data, f.name) for f in dataclasses.fields(DataConfig)}
         merged.update(entry)
         return _build(DatasetConfig, {"key": key, **merged}, f"datasets.{key}")
+
+    def supernet_for(self, key: str) -> SupernetConfig:
+        """The ``supernet:`` section with the dataset's own ``resolutions`` when it sets them."""
+        own = self.dataset(key).resolutions
+        return dataclasses.replace(self.supernet, resolutions=tuple(own)) if own else self.supernet
 
     def dataset_dir(self, key: str) -> Path:
         return Path(self.results_dir) / key

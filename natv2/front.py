@@ -74,6 +74,31 @@ def pareto_front(archive: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFra
     return front
 
 
+def spread_members(front: pd.DataFrame, objectives: Sequence[str], k: int) -> np.ndarray:
+    """Boolean mask of at most ``k`` front members spread along the front (``k`` <= 0: all).
+
+    The most accurate and the cheapest member come first, then the knee points, then members
+    evenly spaced in the order of the first cost objective, so a small fine-tuning budget
+    still covers the whole range of costs.
+    """
+    n = len(front)
+    mask = np.zeros(n, dtype=bool)
+    if k <= 0 or k >= n:
+        mask[:] = True
+        return mask
+    costs = [o for o in objectives if o != ERROR] or list(objectives)
+    by_cost = np.argsort(front[costs[0]].to_numpy(float), kind="stable")
+    order = [int(np.argmin(front[ERROR].to_numpy(float))) if ERROR in front else 0, int(by_cost[0])]
+    order += [int(i) for i in np.flatnonzero(front["knee"].to_numpy(bool))] if "knee" in front else []
+    order += [int(by_cost[int(round(q))]) for q in np.linspace(0, n - 1, k)]  # evenly spaced
+    order += [int(i) for i in by_cost]  # then any member, should rounding have merged positions
+    for i in order:
+        if mask.sum() >= k:
+            break
+        mask[i] = True
+    return mask
+
+
 def hypervolume(F: np.ndarray, ref_point: np.ndarray) -> float:
     """pymoo's exact hypervolume of ``F`` (minimisation) w.r.t. ``ref_point``; 0 when empty."""
     from pymoo.indicators.hv import HV

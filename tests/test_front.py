@@ -109,3 +109,20 @@ def test_front_and_hypervolume_steps(tmp_path):
     assert np.isnan(hv["cv_tau"][0]) and hv["cv_tau"][1:].tolist() == pytest.approx([0.6, 0.7])
     assert hv["tau_candidates"][1:].tolist() == pytest.approx([0.1, 0.2])
     assert main(["front", "--archive", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "f.csv")]) == 2
+
+
+def test_spread_members_keeps_the_extremes_and_the_knee_and_spreads_the_rest():
+    import numpy as np
+    import pandas as pd
+
+    from natv2.front import spread_members
+
+    front = pd.DataFrame({"top1_err": np.arange(10.0)[::-1], "params": np.arange(10.0), "knee": False})
+    front.loc[5, "knee"] = True
+    chosen = np.flatnonzero(spread_members(front, ["top1_err", "params"], 4))
+    assert len(chosen) == 4
+    assert {9, 0, 5} <= set(chosen)  # most accurate (row 9), cheapest (row 0), the knee
+    assert spread_members(front, ["top1_err", "params"], 0).all()
+    assert spread_members(front, ["top1_err", "params"], 20).all()
+    even = np.flatnonzero(spread_members(front.assign(knee=False), ["top1_err", "params"], 4))
+    assert list(even) == [0, 3, 6, 9]

@@ -72,6 +72,7 @@ def test_same_logits_and_params_as_ofa(width, tmp_path):
     space = ours.space
     n = N_GENOMES if width == 1.0 else 4  # width 1.2: a shorter check of the other channel counts
     genomes = np.concatenate([space.sample(n - 2, np.random.default_rng(0), "natv2"), [space.smallest(), space.largest()]])
+    genomes[:, 0] = np.arange(len(genomes)) % len(RESOLUTIONS)  # every resolution, several times
     gen = torch.Generator().manual_seed(1)
     worst = 0.0
     for genome in genomes:

@@ -44,9 +44,9 @@ def supernet():
 @pytest.mark.parametrize("variant", sorted(SUPERNETS))
 def test_registry_forward_backward(variant):
     torch.manual_seed(0)
-    net = build_supernet({**CFG, "variant": variant}, 7)
+    net = build_supernet({**CFG, "resolutions": [32], "variant": variant}, 7)
     space = net.space
-    for g in (space.smallest(), space.largest(), space.sample(1, np.random.default_rng(0), "natv2")[0]):
+    for g in (space.largest(), space.sample(1, np.random.default_rng(0), "natv2")[0]):
         net.set_active(g)
         res = space.decode(g).resolution
         out = net(torch.randn(2, 3, res, res))

@@ -24,12 +24,14 @@ def run(args: argparse.Namespace) -> int:
 
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
-    from natv2.front import pareto_front
+    from natv2.front import pareto_front, spread_members
     from natv2.io import write_csv
 
     settings = settings_from_args(args)
     objectives = settings.search.objectives
     front = pareto_front(read_archive(args.archive, objectives), objectives)
+    # members the post-processing fine-tunes (finetune.max_members, spread along the front)
+    front["finetune"] = spread_members(front, objectives, settings.finetune.max_members)
     logging.getLogger(__name__).info("front: %d members, %d knee point(s)", len(front), int(front["knee"].sum()))
     write_csv(args.out, front)
     return 0

@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     q = sub.add_parser("init-select", help="the initial archive from the evaluated pool")
     add_config_argument(q)
+    q.add_argument("--supernet", required=True, metavar="PT", help="supernet checkpoint (for its search space)")
     q.add_argument("--evaluated", required=True, nargs="+", metavar="CSV", help="evaluated pool (shards)")
     q.add_argument("--out", required=True, metavar="CSV", help="archive.csv of iteration 0")
     q.set_defaults(func=run_select)
@@ -48,12 +49,12 @@ def run_init(args: argparse.Namespace) -> int:
 def run_select(args: argparse.Namespace) -> int:
     from natv2.archive import check_table, select_initial, write_archive
     from natv2.config import settings_from_args
-    from natv2.space import SearchSpace
+    from natv2.nets.checkpoint import load_supernet
     from natv2.steps.search import step_rng
     from natv2.steps.update import read_evaluated
 
     settings = settings_from_args(args)
-    space = SearchSpace.from_config(settings.supernet)
+    space = load_supernet(args.supernet)[0].space
     evaluated = check_table(read_evaluated(args.evaluated), settings.search.objectives, "evaluated pool")
     archive = select_initial(evaluated, space, settings.search, step_rng(settings.seed, 0, STREAM + 1))
     write_archive(args.out, archive)

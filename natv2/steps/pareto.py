@@ -20,7 +20,8 @@ COLUMNS = [
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("pareto", help="assemble pareto.csv from the front and the fine-tuned nets")
     p.add_argument("--front", required=True, metavar="CSV", help="front.csv of the search")
-    p.add_argument("--nets", nargs="*", default=[], metavar="DIR", help="exported nets (each with metrics.json)")
+    p.add_argument("--nets", nargs="*", default=[], metavar="PATH",
+                   help="exported nets: their directories or their metrics.json files")
     p.add_argument("--out", required=True, metavar="CSV")
     p.set_defaults(func=run)
 
@@ -33,6 +34,8 @@ def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
 
     if front.empty:
         raise Natv2Error("front.csv is empty: the search produced no front member")
+    if "finetune" in front.columns:  # only the members chosen for fine-tuning (finetune.max_members)
+        front = front[front["finetune"].astype(bool)]
     rows = []
     for _, member in front.iterrows():
         mid = str(member["id"])
@@ -67,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
     front = read_csv(args.front)
     metrics, paths = {}, {}
     for net in args.nets:
-        m = read_json(Path(net) / "metrics.json")
+        net = Path(net).parent if Path(net).name == "metrics.json" else Path(net)
+        m = read_json(net / "metrics.json")
         mid = str(m.get("id", Path(net).name))
         metrics[mid], paths[mid] = m, str(net)
     write_csv(args.out, assemble(front, metrics, paths))

@@ -95,7 +95,7 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
         import torch
 
         torch.manual_seed(settings.seed)  # weight init of the new supernet (nn.Module init uses the global RNG)
-        net = build_supernet(settings.supernet, data.n_classes)
+        net = build_supernet(settings.supernet_for(dataset_key(data_json)), data.n_classes)
         meta = {"phases": []}
     else:
         net, meta = load_supernet(init)
@@ -114,6 +114,13 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
     log.info("phase %s -> %s", phase, out)
 
 
+def dataset_key(data_json) -> str:
+    """The dataset key a split.json was made for."""
+    from natv2.io import read_json
+
+    return str(read_json(data_json)["dataset"])
+
+
 def make_official(settings, data_json, out) -> None:
     """The published OFA weights with a new head for the dataset's classes -> ``out``."""
     from natv2.data import load_data
@@ -124,7 +131,7 @@ def make_official(settings, data_json, out) -> None:
     import torch
 
     data = load_data(data_json, device=None)
-    cfg = settings.supernet
+    cfg = settings.supernet_for(dataset_key(data_json))
     if cfg.variant != "ofa_mbv3":
         raise Natv2Error(f"supernet_train.source official: published weights exist for variant ofa_mbv3 only, not {cfg.variant!r}")
     net = official.official_supernet(cfg, data.n_classes, cache_dir=cfg.weights_dir, mirrors=list(cfg.mirrors),

@@ -113,6 +113,18 @@ def all_targets() -> list[str]:
 # resources: threads, memory, GPUs and runtime by kind of step, overridable in config
 
 
+# Every torch step gets as many intra-op threads as the job has cores, so parallel jobs
+# (evaluation shards, fine-tune members) do not oversubscribe the machine.
+NATV2 = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} natv2 "
+
+# cores of one job by kind of step: training uses the machine, the scattered work one core each
+_THREADS = {"data": 2, "train": 2, "evaluate": 1, "search": 1, "finetune": 1, "light": 1}
+
+
+def threads_for(kind: str) -> int:
+    return int(res(kind, "threads", _THREADS[kind]))
+
+
 def res(kind: str, key: str, default):
     return section("workflow").get("resources", {}).get(kind, {}).get(key, default)
 

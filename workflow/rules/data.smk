@@ -11,8 +11,8 @@ rule split:
         "logs/{ds}/split.log",
     benchmark:
         "benchmarks/{ds}/split.tsv"
-    threads: 2
+    threads: threads_for("data")
     resources:
         **resources_for("data"),
     shell:
-        "natv2 split --config {CONFIG} --dataset {wildcards.ds} --threads {threads} --out $(dirname {output.split}) > {log} 2>&1"
+        NATV2 + "split --config {CONFIG} --dataset {wildcards.ds} --threads {threads} --out $(dirname {output.split}) > {log} 2>&1"

@@ -6,12 +6,19 @@ import pandas as pd
 
 def front_ids(wildcards) -> list[str]:
     """Ids of the front members, known once the `front` checkpoint has run."""
-    front = checkpoints.front.get(ds=wildcards.ds).output[0]
-    return [str(i) for i in pd.read_csv(front)["id"]]
+    front = pd.read_csv(checkpoints.front.get(ds=wildcards.ds).output[0])
+    if "finetune" in front.columns:  # finetune.max_members picked a spread subset
+        front = front[front["finetune"].astype(bool)]
+    return [str(i) for i in front["id"]]
 
 
-def member_nets(wildcards) -> list[str]:
-    return [f"{RESULTS}/{wildcards.ds}/nets/{i}" for i in front_ids(wildcards)]
+def member_metrics(wildcards) -> list[str]:
+    return [f"{RESULTS}/{wildcards.ds}/nets/{i}/metrics.json" for i in front_ids(wildcards)]
+
+
+# A fine-tuned member is declared file by file (not as a directory): Snakemake keeps checksums
+# of files only, and without one a restored (newer) file would look updated.
+NET = f"{RESULTS}/{{ds}}/nets/{{id}}"
 
 
 POST_KEYS = ("seed", "supernet", "evaluation", "finetune", "data", "datasets.{ds}")
@@ -23,24 +30,28 @@ rule finetune:
         supernet=final_supernet,
         front=f"{RESULTS}/{{ds}}/front.csv",
     output:
-        directory(f"{RESULTS}/{{ds}}/nets/{{id}}"),
+        metrics=f"{NET}/metrics.json",
+        weights=f"{NET}/weights.pt",
+        config=f"{NET}/config.json",
+        torchscript=f"{NET}/model.ts",
     params:
         fingerprint=fingerprint(*POST_KEYS),
     log:
         "logs/{ds}/nets/{id}/finetune.log",
     benchmark:
         "benchmarks/{ds}/nets/{id}/finetune.tsv"
+    threads: threads_for("finetune")
     resources:
         **resources_for("finetune"),
     shell:
-        "natv2 finetune --config {CONFIG} --data {input.data} --supernet {input.supernet}"
-        " --front {input.front} --id {wildcards.id} --out {output} > {log} 2>&1"
+        NATV2 + "finetune --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        " --front {input.front} --id {wildcards.id} --out $(dirname {output.metrics}) > {log} 2>&1"
 
 
 rule pareto:
     input:
         front=f"{RESULTS}/{{ds}}/front.csv",
-        nets=member_nets,
+        nets=member_metrics,
     output:
         report(
             f"{RESULTS}/{{ds}}/pareto.csv",
@@ -51,10 +62,11 @@ rule pareto:
         "logs/{ds}/pareto.log",
     benchmark:
         "benchmarks/{ds}/pareto.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 pareto --front {input.front} --nets {input.nets} --out {output} > {log} 2>&1"
+        NATV2 + "pareto --front {input.front} --nets {input.nets} --out {output} > {log} 2>&1"
 
 
 rule ensembles:
@@ -70,10 +82,11 @@ rule ensembles:
         "logs/{ds}/ensembles.log",
     benchmark:
         "benchmarks/{ds}/ensembles.tsv"
+    threads: threads_for("evaluate")
     resources:
         **resources_for("evaluate"),
     shell:
-        "natv2 ensembles --config {CONFIG} --data {input.data} --pareto {input.pareto}"
+        NATV2 + "ensembles --config {CONFIG} --data {input.data} --pareto {input.pareto}"
         " --export-dir {output.nets} --out {output.table} > {log} 2>&1"
 
 
@@ -94,8 +107,9 @@ rule report:
         "logs/{ds}/report.log",
     benchmark:
         "benchmarks/{ds}/report.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 report --pareto {input.pareto} --ensembles {input.ensembles} --hv {input.hv}"
+        NATV2 + "report --pareto {input.pareto} --ensembles {input.ensembles} --hv {input.hv}"
         " --benchmarks benchmarks/{wildcards.ds} --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -64,10 +64,11 @@ rule init_sample:
         "logs/{ds}/search/iter0/init_sample.log",
     benchmark:
         "benchmarks/{ds}/search/iter0/init_sample.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 init --config {CONFIG} --supernet {input.supernet} --out {output} > {log} 2>&1"
+        NATV2 + "init --config {CONFIG} --supernet {input.supernet} --out {output} > {log} 2>&1"
 
 
 rule evaluate_pool:
@@ -84,17 +85,19 @@ rule evaluate_pool:
         "logs/{ds}/search/iter0/evaluate_pool.{k}.log",
     benchmark:
         "benchmarks/{ds}/search/iter0/evaluate_pool.{k}.tsv"
+    threads: threads_for("evaluate")
     resources:
         **resources_for("evaluate"),
     shell:
-        "natv2 evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        NATV2 + "evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
         " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
 
 
 rule init_select:
     input:
-        shards(f"{RESULTS}/{{ds}}/search/iter0/eval/pool.{{k}}.csv"),
+        supernet=f"{RESULTS}/{{ds}}/supernet/warmup.pt",
+        pool=shards(f"{RESULTS}/{{ds}}/search/iter0/eval/pool.{{k}}.csv"),
     output:
         f"{RESULTS}/{{ds}}/search/iter0/archive.csv",
     params:
@@ -103,10 +106,12 @@ rule init_select:
         "logs/{ds}/search/iter0/init_select.log",
     benchmark:
         "benchmarks/{ds}/search/iter0/init_select.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 init-select --config {CONFIG} --evaluated {input} --out {output} > {log} 2>&1"
+        NATV2 + "init-select --config {CONFIG} --supernet {input.supernet} --evaluated {input.pool}"
+        " --out {output} > {log} 2>&1"
 
 
 # --- iterations 1..N ----------------------------------------------------------------------------
@@ -125,10 +130,11 @@ rule surrogate_search:
         "logs/{ds}/search/iter{i}/surrogate_search.log",
     benchmark:
         "benchmarks/{ds}/search/iter{i}/surrogate_search.tsv"
+    threads: threads_for("search")
     resources:
         **resources_for("search"),
     shell:
-        "natv2 search --config {CONFIG} --archive {input.archive} --supernet {input.supernet}"
+        NATV2 + "search --config {CONFIG} --archive {input.archive} --supernet {input.supernet}"
         " --iteration {wildcards.i} --out {output.candidates} --surrogate-out {output.surrogate}"
         " > {log} 2>&1"
 
@@ -147,10 +153,11 @@ rule evaluate_candidates:
         "logs/{ds}/search/iter{i}/evaluate_candidates.{k}.log",
     benchmark:
         "benchmarks/{ds}/search/iter{i}/evaluate_candidates.{k}.tsv"
+    threads: threads_for("evaluate")
     resources:
         **resources_for("evaluate"),
     shell:
-        "natv2 evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        NATV2 + "evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
         " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
 
@@ -169,10 +176,11 @@ rule update:
         "logs/{ds}/search/iter{i}/update.log",
     benchmark:
         "benchmarks/{ds}/search/iter{i}/update.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 update --config {CONFIG} --archive {input.archive} --candidates {input.candidates}"
+        NATV2 + "update --config {CONFIG} --archive {input.archive} --candidates {input.candidates}"
         " --surrogate {input.surrogate} --iteration {wildcards.i}"
         " --out {output.archive} --report {output.report} > {log} 2>&1"
 
@@ -190,10 +198,11 @@ rule adapt:
         "logs/{ds}/search/iter{i}/adapt.log",
     benchmark:
         "benchmarks/{ds}/search/iter{i}/adapt.tsv"
+    threads: threads_for("train")
     resources:
         **resources_for("train"),
     shell:
-        "natv2 adapt --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        NATV2 + "adapt --config {CONFIG} --data {input.data} --supernet {input.supernet}"
         " --archive {input.archive} --iteration {wildcards.i} --out {output} > {log} 2>&1"
 
 
@@ -211,10 +220,11 @@ rule reevaluate:
         "logs/{ds}/search/iter{i}/reevaluate.{k}.log",
     benchmark:
         "benchmarks/{ds}/search/iter{i}/reevaluate.{k}.tsv"
+    threads: threads_for("evaluate")
     resources:
         **resources_for("evaluate"),
     shell:
-        "natv2 evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        NATV2 + "evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
         " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
 
@@ -228,10 +238,11 @@ rule collect:
         "logs/{ds}/search/iter{i}/collect.log",
     benchmark:
         "benchmarks/{ds}/search/iter{i}/collect.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 collect --inputs {input} --out {output} > {log} 2>&1"
+        NATV2 + "collect --inputs {input} --out {output} > {log} 2>&1"
 
 
 
@@ -250,10 +261,11 @@ rule hypervolume:
         "logs/{ds}/search/hypervolume.log",
     benchmark:
         "benchmarks/{ds}/search/hypervolume.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 hypervolume --config {CONFIG} --archives {input.archives} --updates {input.updates}"
+        NATV2 + "hypervolume --config {CONFIG} --archives {input.archives} --updates {input.updates}"
         " --out {output} > {log} 2>&1"
 
 
@@ -268,7 +280,8 @@ checkpoint front:
         "logs/{ds}/front.log",
     benchmark:
         "benchmarks/{ds}/front.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 front --config {CONFIG} --archive {input} --out {output} > {log} 2>&1"
+        NATV2 + "front --config {CONFIG} --archive {input} --out {output} > {log} 2>&1"

@@ -70,10 +70,11 @@ rule supernet_phase:
         "logs/{ds}/supernet/{phase}.log",
     benchmark:
         "benchmarks/{ds}/supernet/{phase}.tsv"
+    threads: threads_for("train")
     resources:
         **resources_for("train"),
     shell:
-        "natv2 supernet --config {CONFIG} --data {input.data} --phase {wildcards.phase} {params.init}"
+        NATV2 + "supernet --config {CONFIG} --data {input.data} --phase {wildcards.phase} {params.init}"
         " --state-dir {RESULTS}/{wildcards.ds}/supernet/.resume --no-progress --out {output} > {log} 2>&1"
 
 
@@ -89,10 +90,11 @@ rule supernet_source:
         "logs/{ds}/supernet/source.log",
     benchmark:
         "benchmarks/{ds}/supernet/source.tsv"
+    threads: threads_for("light")
     resources:
         **resources_for("light"),
     shell:
-        "natv2 supernet --config {CONFIG} --data {input.data} {params.phases} --no-progress"
+        NATV2 + "supernet --config {CONFIG} --data {input.data} {params.phases} --no-progress"
         " --out {output} > {log} 2>&1"
 
 
@@ -108,8 +110,9 @@ rule warmup:
         "logs/{ds}/supernet/warmup.log",
     benchmark:
         "benchmarks/{ds}/supernet/warmup.tsv"
+    threads: threads_for("train")
     resources:
         **resources_for("train"),
     shell:
-        "natv2 warmup --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        NATV2 + "warmup --config {CONFIG} --data {input.data} --supernet {input.supernet}"
         " --state-dir {RESULTS}/{wildcards.ds}/supernet/.resume --no-progress --out {output} > {log} 2>&1"
