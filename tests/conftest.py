@@ -12,10 +12,11 @@ CIFAR10 = Path(os.environ.get("NATV2_CIFAR10", REPO.parent / "shared" / "data" /
 
 @pytest.fixture(autouse=True, scope="session")
 def _few_threads():
-    # CI has 2 cores; several torch pools fighting over them is slower than one
+    # Test tensors are small: one thread is faster than two fighting over CI's 2 cores (the
+    # workflow tests' subprocesses get their own threads from the rules).
     import torch
 
-    torch.set_num_threads(min(2, os.cpu_count() or 1))
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.data import load_data
     from natv2.evaluate import recalibrate_bn, top1
     from natv2.export import export_network
-    from natv2.finetune import two_step_finetune
+    from natv2.finetune import aep_exits, aep_finetune, two_step_finetune
     from natv2.io import read_csv, write_json
     from natv2.nets.checkpoint import load_supernet
 
@@ -82,14 +82,23 @@ def run(args: argparse.Namespace) -> int:
             recalibrate_bn(net, bn_images, **common)
         return net.eval()
 
+    def extract_with_exits():
+        """For AEP: the member with its chosen exit and every later one re-attached."""
+        net = supernet.extract(genome, exits=aep_exits(space, genome)).to(device)
+        if bn_images is not None:
+            recalibrate_bn(net, bn_images, **common)
+        return net.eval()
+
     before = extract()
     val_before = top1(before, data.val, **common)
     test_before = top1(before, data.test, **common)
     log.info("member %s: before fine-tune val %.2f %%, test %.2f %%", args.id, val_before, test_before)
     del before
 
-    result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=settings.seed,
-                               early_exit=early_exit)
+    if early_exit:  # NATv2's AEP: exits after the chosen one, weighted sum of their logits
+        result = aep_finetune(extract_with_exits, data, cfg, resolution=resolution, device=device, seed=settings.seed)
+    else:
+        result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=settings.seed)
     net = result.model.eval()
     test_after = top1(net, data.test, **common)
     log.info("member %s: after fine-tune test %.2f %% (best epoch %d)", args.id, test_after, result.best_epoch)
