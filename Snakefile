@@ -17,6 +17,15 @@ configfile: "config/config.yaml"
 
 
 include: "workflow/rules/common.smk"
+
+
+wildcard_constraints:
+    ds="[A-Za-z0-9_.-]+",
+    i="[0-9]+",
+    k="[0-9]+",
+    id="[A-Za-z0-9_-]+",
+
+
 include: "workflow/rules/data.smk"
 include: "workflow/rules/supernet.smk"
 include: "workflow/rules/search.smk"

@@ -21,6 +21,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="natv2", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"natv2 {natv2.__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("--threads", type=int, metavar="N",
+                        help="CPU threads of torch and BLAS (the workflow passes each job's cores)")
     sub = parser.add_subparsers(dest="command", metavar="STEP", required=True)
     for info in sorted(pkgutil.iter_modules(natv2.steps.__path__), key=lambda m: m.name):
         if info.name.startswith("_"):
@@ -30,9 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def set_threads(n: int) -> None:
+    """Limit intra-op threads, so parallel jobs do not oversubscribe the machine's cores."""
+    import os
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(n)  # read by the BLAS libraries when they load
+    import torch
+
+    torch.set_num_threads(n)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.threads:
+        set_threads(args.threads)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",

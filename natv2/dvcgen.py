@@ -97,7 +97,7 @@ def _module_path(mod: str) -> Path | None:
     return None
 
 
-_STEP_RE = re.compile(r"\bnatv2 ([a-z][a-z0-9-]*)")
+_STEP_RE = re.compile(r"\bnatv2 (?:--threads \S+ )?([a-z][a-z0-9-]*)")
 
 
 def _params_keys(rule, wildcards: dict) -> list[str]:

@@ -21,10 +21,11 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     import numpy as np
+    import pandas as pd
 
     from natv2.config import settings_from_args
     from natv2.data import load_data
-    from natv2.ensemble import ensembles_table, member_tables
+    from natv2.ensemble import CSV_COLUMNS, ensembles_table, member_tables
     from natv2.errors import Natv2Error
     from natv2.export import export_ensemble
     from natv2.io import read_csv, write_csv
@@ -43,11 +44,23 @@ def run(args: argparse.Namespace) -> int:
     tables, labels, failed = member_tables(paths, {"val": data.val, "test": data.test}, mean=data.mean, std=data.std,
                                            k=cfg.top_k, batch_size=cfg.batch_size, device=device)
     usable = pareto[pareto["id"].astype(str).isin(tables["val"].keys())]
-    table = ensembles_table(usable, tables["val"], labels["val"], tables["test"], labels["test"], cfg,
-                            rng=np.random.default_rng(settings.seed))
+    if len(usable) == 0:
+        raise Natv2Error(f"{args.pareto}: no usable front member (every member failed to load)")
+    if len(usable) < max(2, cfg.min_members):
+        # a one-member front is a valid result: there is simply no ensemble of it
+        import logging
+
+        logging.getLogger("natv2.ensembles").warning(
+            "the front has %d usable member(s); an ensemble needs at least %d: no ensembles", len(usable),
+            max(2, cfg.min_members))
+        table = pd.DataFrame(columns=CSV_COLUMNS)
+    else:
+        table = ensembles_table(usable, tables["val"], labels["val"], tables["test"], labels["test"], cfg,
+                                rng=np.random.default_rng(settings.seed))
     write_csv(args.out, table)
     print(table.to_string(index=False))
     if args.export_dir:
+        Path(args.export_dir).mkdir(parents=True, exist_ok=True)
         for _, row in table.iterrows():
             export_ensemble([paths[m] for m in row["members"].split(";")], Path(args.export_dir) / row["id"],
                             mode=row["mode"], extra={"id": row["id"], "val_top1": float(row["val_top1"]),

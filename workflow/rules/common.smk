@@ -44,11 +44,6 @@ def _write_merged_config(cfg: dict) -> str:
 CONFIG = _write_merged_config(dict(config))
 
 
-wildcard_constraints:
-    ds="[A-Za-z0-9_.-]+",
-    i="[0-9]+",
-    k="[0-9]+",
-    id="[A-Za-z0-9_-]+",
 
 
 def fingerprint(*keys: str):
@@ -113,11 +108,8 @@ def all_targets() -> list[str]:
 # resources: threads, memory, GPUs and runtime by kind of step, overridable in config
 
 
-# Every torch step gets as many intra-op threads as the job has cores, so parallel jobs
-# (evaluation shards, fine-tune members) do not oversubscribe the machine.
-NATV2 = "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} natv2 "
-
-# cores of one job by kind of step: training uses the machine, the scattered work one core each
+# Cores of one job by kind of step (`natv2 --threads {threads}` limits torch to them, so
+# parallel jobs do not oversubscribe): training uses the machine, the scattered work one core each.
 _THREADS = {"data": 2, "train": 2, "evaluate": 1, "search": 1, "finetune": 1, "light": 1}
 
 
@@ -135,3 +127,137 @@ def resources_for(kind: str) -> dict:
         runtime=res(kind, "runtime", 60),
         gpu=res(kind, "gpu", 0),
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# supernet phase: input functions and paths
+
+def supernet_phases() -> list[str]:
+    """The shrinking phases that apply to the configured supernet variant, in order."""
+    from natv2.shrinking import phases_for
+    from natv2.space import SearchSpace
+
+    return phases_for(SearchSpace.from_config(SETTINGS.supernet))
+
+
+def source_dataset(ds: str) -> str:
+    """Dataset the supernet is trained on: supernet_train.dataset, or the target itself.
+
+    Several targets sharing one source dataset share its trained phases (results/{src}/supernet/phases).
+    """
+    return SETTINGS.supernet_train.dataset or ds
+
+
+def official_source() -> bool:
+    return SETTINGS.supernet_train.source == "official"
+
+
+def phase_inputs(wildcards) -> dict:
+    phases = supernet_phases()
+    if wildcards.phase not in phases:
+        raise WorkflowError(
+            f"supernet phase {wildcards.phase!r} does not apply to variant "
+            f"{SETTINGS.supernet.variant!r} (phases: {', '.join(phases)})"
+        )
+    inputs = {"data": f"{RESULTS}/{wildcards.ds}/data/split.json"}
+    k = phases.index(wildcards.phase)
+    if k > 0:
+        inputs["init"] = f"{RESULTS}/{wildcards.ds}/supernet/phases/{phases[k - 1]}.pt"
+    return inputs
+
+
+def init_option(wildcards, input) -> str:
+    return f"--init {input.init}" if "init" in input.keys() else ""
+
+
+def source_inputs(wildcards) -> dict:
+    inputs = {"data": f"{RESULTS}/{wildcards.ds}/data/split.json"}
+    if not official_source():
+        src = source_dataset(wildcards.ds)
+        inputs["phases"] = [f"{RESULTS}/{src}/supernet/phases/{p}.pt" for p in supernet_phases()]
+    return inputs
+
+
+def phases_dir_option(wildcards) -> str:
+    if official_source():
+        return ""
+    return f"--work-dir {RESULTS}/{source_dataset(wildcards.ds)}/supernet/phases"
+
+
+SUPERNET_KEYS = ("seed", "supernet", "supernet_train", "evaluation", "data", "datasets.{ds}")
+
+
+# ---------------------------------------------------------------------------------------------
+# search phase: input functions and paths
+
+def iter_dir(ds, i) -> str:
+    return f"{RESULTS}/{ds}/search/iter{i}"
+
+
+def supernet_before(wildcards) -> str:
+    """The supernet iteration i starts from: the warmed-up one for i=1, else iteration i-1's."""
+    i = int(wildcards.i)
+    if i <= 1:
+        return f"{RESULTS}/{wildcards.ds}/supernet/warmup.pt"
+    return f"{iter_dir(wildcards.ds, i - 1)}/supernet.pt"
+
+
+def final_supernet(wildcards) -> str:
+    n = n_iterations()
+    return f"{iter_dir(wildcards.ds, n)}/supernet.pt" if n else f"{RESULTS}/{wildcards.ds}/supernet/warmup.pt"
+
+
+def final_archive(wildcards) -> str:
+    return f"{iter_dir(wildcards.ds, n_iterations())}/archive.csv"
+
+
+def previous_archive(wildcards) -> str:
+    return f"{iter_dir(wildcards.ds, int(wildcards.i) - 1)}/archive.csv"
+
+
+def shards(pattern: str):
+    def _shards(wildcards):
+        return [pattern.format(**dict(wildcards.items()), k=k) for k in range(eval_shards())]
+
+    return _shards
+
+
+def all_archives(wildcards) -> list[str]:
+    return [f"{iter_dir(wildcards.ds, i)}/archive.csv" for i in range(n_iterations() + 1)]
+
+
+def all_surrogates(wildcards) -> list[str]:
+    return [f"{iter_dir(wildcards.ds, i)}/update.json" for i in range(1, n_iterations() + 1)]
+
+
+SPLIT = f"{RESULTS}/{{ds}}/data/split.json"
+ITER = f"{RESULTS}/{{ds}}/search/iter{{i}}"
+# outputs of iterations 1..N (iteration 0 is the initial archive, made by its own rules)
+ITER_OUT = f"{RESULTS}/{{ds}}/search/iter{{i,[1-9][0-9]*}}"
+SEARCH_KEYS = ("seed", "supernet", "evaluation", "search")
+
+
+# ---------------------------------------------------------------------------------------------
+# post phase: input functions and paths
+
+import pandas as pd
+
+
+def front_ids(wildcards) -> list[str]:
+    """Ids of the front members, known once the `front` checkpoint has run."""
+    front = pd.read_csv(checkpoints.front.get(ds=wildcards.ds).output[0])
+    if "finetune" in front.columns:  # finetune.max_members picked a spread subset
+        front = front[front["finetune"].astype(bool)]
+    return [str(i) for i in front["id"]]
+
+
+def member_metrics(wildcards) -> list[str]:
+    return [f"{RESULTS}/{wildcards.ds}/nets/{i}/metrics.json" for i in front_ids(wildcards)]
+
+
+# A fine-tuned member is declared file by file (not as a directory): Snakemake keeps checksums
+# of files only, and without one a restored (newer) file would look updated.
+NET = f"{RESULTS}/{{ds}}/nets/{{id}}"
+
+
+POST_KEYS = ("seed", "supernet", "evaluation", "finetune", "data", "datasets.{ds}")

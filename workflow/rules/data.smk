@@ -6,6 +6,7 @@ rule split:
         split=f"{RESULTS}/{{ds}}/data/split.json",
         cache=f"{RESULTS}/{{ds}}/data/images.pt",
     params:
+        config=CONFIG,
         fingerprint=fingerprint("seed", "data", "datasets.{ds}"),
     log:
         "logs/{ds}/split.log",
@@ -15,4 +16,4 @@ rule split:
     resources:
         **resources_for("data"),
     shell:
-        NATV2 + "split --config {CONFIG} --dataset {wildcards.ds} --threads {threads} --out $(dirname {output.split}) > {log} 2>&1"
+        "natv2 --threads {threads} split --config {params.config} --dataset {wildcards.ds} --threads {threads} --out $(dirname {output.split}) > {log} 2>&1"

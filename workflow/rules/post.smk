@@ -1,29 +1,6 @@
 """Post-processing: one fine-tune job per front member (after the `front` checkpoint), the
 pareto.csv deliverable, OFA3 ensembles and the report (plots + metrics.json)."""
 
-import pandas as pd
-
-
-def front_ids(wildcards) -> list[str]:
-    """Ids of the front members, known once the `front` checkpoint has run."""
-    front = pd.read_csv(checkpoints.front.get(ds=wildcards.ds).output[0])
-    if "finetune" in front.columns:  # finetune.max_members picked a spread subset
-        front = front[front["finetune"].astype(bool)]
-    return [str(i) for i in front["id"]]
-
-
-def member_metrics(wildcards) -> list[str]:
-    return [f"{RESULTS}/{wildcards.ds}/nets/{i}/metrics.json" for i in front_ids(wildcards)]
-
-
-# A fine-tuned member is declared file by file (not as a directory): Snakemake keeps checksums
-# of files only, and without one a restored (newer) file would look updated.
-NET = f"{RESULTS}/{{ds}}/nets/{{id}}"
-
-
-POST_KEYS = ("seed", "supernet", "evaluation", "finetune", "data", "datasets.{ds}")
-
-
 rule finetune:
     input:
         data=SPLIT,
@@ -35,6 +12,7 @@ rule finetune:
         config=f"{NET}/config.json",
         torchscript=f"{NET}/model.ts",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*POST_KEYS),
     log:
         "logs/{ds}/nets/{id}/finetune.log",
@@ -44,7 +22,7 @@ rule finetune:
     resources:
         **resources_for("finetune"),
     shell:
-        NATV2 + "finetune --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        "natv2 --threads {threads} finetune --config {params.config} --data {input.data} --supernet {input.supernet}"
         " --front {input.front} --id {wildcards.id} --out $(dirname {output.metrics}) > {log} 2>&1"
 
 
@@ -66,7 +44,7 @@ rule pareto:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "pareto --front {input.front} --nets {input.nets} --out {output} > {log} 2>&1"
+        "natv2 --threads {threads} pareto --front {input.front} --nets {input.nets} --out {output} > {log} 2>&1"
 
 
 rule ensembles:
@@ -77,6 +55,7 @@ rule ensembles:
         table=f"{RESULTS}/{{ds}}/ensembles.csv",
         nets=directory(f"{RESULTS}/{{ds}}/ensembles"),
     params:
+        config=CONFIG,
         fingerprint=fingerprint("seed", "ensemble", "evaluation"),
     log:
         "logs/{ds}/ensembles.log",
@@ -86,7 +65,7 @@ rule ensembles:
     resources:
         **resources_for("evaluate"),
     shell:
-        NATV2 + "ensembles --config {CONFIG} --data {input.data} --pareto {input.pareto}"
+        "natv2 --threads {threads} ensembles --config {params.config} --data {input.data} --pareto {input.pareto}"
         " --export-dir {output.nets} --out {output.table} > {log} 2>&1"
 
 
@@ -111,5 +90,5 @@ rule report:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "report --pareto {input.pareto} --ensembles {input.ensembles} --hv {input.hv}"
+        "natv2 --threads {threads} report --pareto {input.pareto} --ensembles {input.ensembles} --hv {input.hv}"
         " --benchmarks benchmarks/{wildcards.ds} --out $(dirname {output.metrics}) > {log} 2>&1"

@@ -3,53 +3,6 @@ surrogate fit + search + candidate subset, evaluation (scattered into shards), a
 supernet adaptation and re-evaluation of the archive; then the front and the hypervolume table."""
 
 
-def iter_dir(ds, i) -> str:
-    return f"{RESULTS}/{ds}/search/iter{i}"
-
-
-def supernet_before(wildcards) -> str:
-    """The supernet iteration i starts from: the warmed-up one for i=1, else iteration i-1's."""
-    i = int(wildcards.i)
-    if i <= 1:
-        return f"{RESULTS}/{wildcards.ds}/supernet/warmup.pt"
-    return f"{iter_dir(wildcards.ds, i - 1)}/supernet.pt"
-
-
-def final_supernet(wildcards) -> str:
-    n = n_iterations()
-    return f"{iter_dir(wildcards.ds, n)}/supernet.pt" if n else f"{RESULTS}/{wildcards.ds}/supernet/warmup.pt"
-
-
-def final_archive(wildcards) -> str:
-    return f"{iter_dir(wildcards.ds, n_iterations())}/archive.csv"
-
-
-def previous_archive(wildcards) -> str:
-    return f"{iter_dir(wildcards.ds, int(wildcards.i) - 1)}/archive.csv"
-
-
-def shards(pattern: str):
-    def _shards(wildcards):
-        return [pattern.format(**dict(wildcards.items()), k=k) for k in range(eval_shards())]
-
-    return _shards
-
-
-def all_archives(wildcards) -> list[str]:
-    return [f"{iter_dir(wildcards.ds, i)}/archive.csv" for i in range(n_iterations() + 1)]
-
-
-def all_surrogates(wildcards) -> list[str]:
-    return [f"{iter_dir(wildcards.ds, i)}/update.json" for i in range(1, n_iterations() + 1)]
-
-
-SPLIT = f"{RESULTS}/{{ds}}/data/split.json"
-ITER = f"{RESULTS}/{{ds}}/search/iter{{i}}"
-# outputs of iterations 1..N (iteration 0 is the initial archive, made by its own rules)
-ITER_OUT = f"{RESULTS}/{{ds}}/search/iter{{i,[1-9][0-9]*}}"
-SEARCH_KEYS = ("seed", "supernet", "evaluation", "search")
-
-
 # --- iteration 0: initial archive -------------------------------------------------------------
 
 
@@ -59,6 +12,7 @@ rule init_sample:
     output:
         f"{RESULTS}/{{ds}}/search/iter0/pool.csv",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
     log:
         "logs/{ds}/search/iter0/init_sample.log",
@@ -68,7 +22,7 @@ rule init_sample:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "init --config {CONFIG} --supernet {input.supernet} --out {output} > {log} 2>&1"
+        "natv2 --threads {threads} init --config {params.config} --supernet {input.supernet} --out {output} > {log} 2>&1"
 
 
 rule evaluate_pool:
@@ -79,6 +33,7 @@ rule evaluate_pool:
     output:
         f"{RESULTS}/{{ds}}/search/iter0/eval/pool.{{k}}.csv",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
         shards=eval_shards(),
     log:
@@ -89,7 +44,7 @@ rule evaluate_pool:
     resources:
         **resources_for("evaluate"),
     shell:
-        NATV2 + "evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        "natv2 --threads {threads} evaluate --config {params.config} --data {input.data} --supernet {input.supernet}"
         " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
 
@@ -101,6 +56,7 @@ rule init_select:
     output:
         f"{RESULTS}/{{ds}}/search/iter0/archive.csv",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
     log:
         "logs/{ds}/search/iter0/init_select.log",
@@ -110,7 +66,7 @@ rule init_select:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "init-select --config {CONFIG} --supernet {input.supernet} --evaluated {input.pool}"
+        "natv2 --threads {threads} init-select --config {params.config} --supernet {input.supernet} --evaluated {input.pool}"
         " --out {output} > {log} 2>&1"
 
 
@@ -125,6 +81,7 @@ rule surrogate_search:
         candidates=f"{ITER_OUT}/candidates.csv",
         surrogate=f"{ITER_OUT}/surrogate.json",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
     log:
         "logs/{ds}/search/iter{i}/surrogate_search.log",
@@ -134,7 +91,7 @@ rule surrogate_search:
     resources:
         **resources_for("search"),
     shell:
-        NATV2 + "search --config {CONFIG} --archive {input.archive} --supernet {input.supernet}"
+        "natv2 --threads {threads} search --config {params.config} --archive {input.archive} --supernet {input.supernet}"
         " --iteration {wildcards.i} --out {output.candidates} --surrogate-out {output.surrogate}"
         " > {log} 2>&1"
 
@@ -147,6 +104,7 @@ rule evaluate_candidates:
     output:
         f"{ITER_OUT}/eval/candidates.{{k}}.csv",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
         shards=eval_shards(),
     log:
@@ -157,7 +115,7 @@ rule evaluate_candidates:
     resources:
         **resources_for("evaluate"),
     shell:
-        NATV2 + "evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        "natv2 --threads {threads} evaluate --config {params.config} --data {input.data} --supernet {input.supernet}"
         " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
 
@@ -171,6 +129,7 @@ rule update:
         archive=f"{ITER_OUT}/archive_pre.csv",
         report=f"{ITER_OUT}/update.json",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
     log:
         "logs/{ds}/search/iter{i}/update.log",
@@ -180,7 +139,7 @@ rule update:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "update --config {CONFIG} --archive {input.archive} --candidates {input.candidates}"
+        "natv2 --threads {threads} update --config {params.config} --archive {input.archive} --candidates {input.candidates}"
         " --surrogate {input.surrogate} --iteration {wildcards.i}"
         " --out {output.archive} --report {output.report} > {log} 2>&1"
 
@@ -193,6 +152,7 @@ rule adapt:
     output:
         maybe_temp(f"{ITER_OUT}/supernet.pt"),
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS, "adapt", "data", "datasets.{ds}"),
     log:
         "logs/{ds}/search/iter{i}/adapt.log",
@@ -202,7 +162,7 @@ rule adapt:
     resources:
         **resources_for("train"),
     shell:
-        NATV2 + "adapt --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        "natv2 --threads {threads} adapt --config {params.config} --data {input.data} --supernet {input.supernet}"
         " --archive {input.archive} --iteration {wildcards.i} --out {output} > {log} 2>&1"
 
 
@@ -214,6 +174,7 @@ rule reevaluate:
     output:
         f"{ITER_OUT}/eval/archive.{{k}}.csv",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
         shards=eval_shards(),
     log:
@@ -224,7 +185,7 @@ rule reevaluate:
     resources:
         **resources_for("evaluate"),
     shell:
-        NATV2 + "evaluate --config {CONFIG} --data {input.data} --supernet {input.supernet}"
+        "natv2 --threads {threads} evaluate --config {params.config} --data {input.data} --supernet {input.supernet}"
         " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
 
@@ -242,7 +203,7 @@ rule collect:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "collect --inputs {input} --out {output} > {log} 2>&1"
+        "natv2 --threads {threads} collect --inputs {input} --out {output} > {log} 2>&1"
 
 
 
@@ -256,6 +217,7 @@ rule hypervolume:
     output:
         f"{RESULTS}/{{ds}}/search/hv.csv",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
     log:
         "logs/{ds}/search/hypervolume.log",
@@ -265,7 +227,7 @@ rule hypervolume:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "hypervolume --config {CONFIG} --archives {input.archives} --updates {input.updates}"
+        "natv2 --threads {threads} hypervolume --config {params.config} --archives {input.archives} --updates {input.updates}"
         " --out {output} > {log} 2>&1"
 
 
@@ -275,6 +237,7 @@ checkpoint front:
     output:
         f"{RESULTS}/{{ds}}/front.csv",
     params:
+        config=CONFIG,
         fingerprint=fingerprint(*SEARCH_KEYS),
     log:
         "logs/{ds}/front.log",
@@ -284,4 +247,4 @@ checkpoint front:
     resources:
         **resources_for("light"),
     shell:
-        NATV2 + "front --config {CONFIG} --archive {input} --out {output} > {log} 2>&1"
+        "natv2 --threads {threads} front --config {params.config} --archive {input} --out {output} > {log} 2>&1"

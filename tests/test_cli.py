@@ -1,0 +1,52 @@
+"""The `natv2` command line: every workflow step is a subcommand; errors are one line, exit 2."""
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from natv2.cli import build_parser, main
+
+STEPS = {"split", "supernet", "warmup", "init", "init-select", "evaluate", "search", "update", "adapt",
+         "collect", "front", "hypervolume", "finetune", "pareto", "ensembles", "report", "predict", "dvc"}
+
+
+def test_every_workflow_step_is_a_subcommand():
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    assert STEPS <= set(sub.choices)
+
+
+def test_threads_option_limits_torch(tmp_path):
+    import torch
+
+    before = torch.get_num_threads()
+    try:
+        shard = tmp_path / "a.csv"
+        pd.DataFrame({"genome": ["x", "y"], "top1_err": [1.0, 2.0], "row": [1, 0]}).to_csv(shard, index=False)
+        assert main(["--threads", "1", "collect", "--inputs", str(shard), "--out", str(tmp_path / "out.csv")]) == 0
+        assert torch.get_num_threads() == 1
+        assert list(pd.read_csv(tmp_path / "out.csv")["genome"]) == ["y", "x"]  # back in row order
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
+    rc = main(["collect", "--inputs", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out.csv")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2
+    assert err.startswith("natv2: error: ") and "missing.csv" in err and "\n" not in err
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_pareto_needs_every_member(tmp_path, capsys):
+    front = tmp_path / "front.csv"
+    pd.DataFrame({"id": [0, 1], "genome": ["a", "b"], "top1_err": [10.0, 20.0]}).to_csv(front, index=False)
+    net = tmp_path / "nets" / "0"
+    net.mkdir(parents=True)
+    (net / "metrics.json").write_text('{"id": "0", "resolution": 32, "params": 10, "macs": 20, "latency_ms": 1.0,'
+                                      ' "test_top1": 80.0, "test_top1_finetuned": 85.0}')
+    assert main(["pareto", "--front", str(front), "--nets", str(net), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "front member 1" in capsys.readouterr().err
+    pd.DataFrame({"id": [0], "genome": ["a"], "top1_err": [10.0]}).to_csv(front, index=False)
+    assert main(["pareto", "--front", str(front), "--nets", str(net / "metrics.json"), "--out", str(tmp_path / "p.csv")]) == 0
+    table = pd.read_csv(tmp_path / "p.csv")
+    assert table.loc[0, "val_top1"] == pytest.approx(90.0) and table.loc[0, "test_top1_finetuned"] == 85.0
