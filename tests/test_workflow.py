@@ -181,7 +181,10 @@ def test_killed_run_resumes_without_recomputing(dvc_run: Path, tmp_path: Path):
         elif path.suffix == ".pt":
             load_torch(path)
 
-    smk(work, *TARGETS)  # the profile sets --rerun-incomplete
+    # the README's recipe after a kill: release Snakemake's lock, then the same command again
+    # (the profile sets --rerun-incomplete)
+    smk(work, "--unlock")
+    smk(work, *TARGETS)
     assert {p: p.stat().st_mtime for p in finished} == stamps, "a finished phase was recomputed"
     resumed = pd.read_csv(work / "results/digits/pareto.csv")
     reference = pd.read_csv(dvc_run / "results/digits/pareto.csv")
