@@ -244,3 +244,50 @@ def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
     assert main(["predict", "--net", str(tmp_path / "ens" / "e000"), str(image)]) == 0
     line = capsys.readouterr().out.strip()
     assert line.startswith(f"{image}: ") and len(line.split(", ")) == 5
+
+
+def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
+    """An EE_D member goes through AEP: exits from the chosen one on, exported and reloadable."""
+    import yaml
+
+    import natv2
+    from natv2.cli import main
+    from natv2.config import DEFAULT_CONFIG
+    from natv2.data import load_data, prepare_split
+    from natv2.nets import build_supernet
+    from natv2.nets.checkpoint import save_supernet
+
+    overrides = {
+        "device": "cpu",
+        "datasets": {"digits": {"kind": "digits", "max_train": 60, "val_size": 40, "test_size": 80,
+                                "image_size": 8, "resolutions": [8]}},
+        "supernet": {"variant": "EE_D"},
+        "finetune": {"patience": 1, "max_epochs": 1, "batch_size": 32, "lr": 0.01, "bn_images": 40,
+                     "latency_repeats": 2},
+    }
+    override_file = tmp_path / "ee.yaml"
+    override_file.write_text(yaml.safe_dump(overrides))
+    settings = load_settings([DEFAULT_CONFIG, override_file])
+    split = prepare_split(settings, "digits", tmp_path / "data")
+    torch.manual_seed(0)
+    supernet = build_supernet(settings.supernet_for("digits"), 10)
+    save_supernet(tmp_path / "supernet.pt", supernet)
+    space = supernet.space
+    genome = space.smallest().copy()
+    genome[-1] = 3  # exit after stage 3: AEP re-attaches exits 3, 4 and 5
+    pd.DataFrame({"id": [0], "genome": [space.to_string(space.validate(genome))], "top1_err": [50.0]}).to_csv(
+        tmp_path / "front.csv", index=False)
+
+    out = tmp_path / "nets" / "0"
+    rc = main(["finetune", "--config", str(DEFAULT_CONFIG), "--config", str(override_file), "--data", str(split),
+               "--supernet", str(tmp_path / "supernet.pt"), "--front", str(tmp_path / "front.csv"), "--id", "0",
+               "--out", str(out)])
+    assert rc == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["aep_attached"] == [3, 4, 5]
+    assert set(metrics["aep_exits"]) <= {3, 4, 5} and len(metrics["aep_exits"]) >= 1
+    net = natv2.load_network(out)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        assert net(x).shape == (2, 10)
+    assert len(load_data(split).classes) == 10

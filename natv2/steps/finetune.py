@@ -59,7 +59,10 @@ def run(args: argparse.Namespace) -> int:
     from natv2.io import read_csv, write_json
     from natv2.nets.checkpoint import load_supernet
 
+    import sys
+
     log = logging.getLogger("natv2.finetune")
+    progress = sys.stderr.isatty()  # bars on a terminal, log lines with rates in a job's log file
     t0 = time.perf_counter()
     settings = settings_from_args(args)
     cfg = settings.finetune
@@ -96,9 +99,11 @@ def run(args: argparse.Namespace) -> int:
     del before
 
     if early_exit:  # NATv2's AEP: exits after the chosen one, weighted sum of their logits
-        result = aep_finetune(extract_with_exits, data, cfg, resolution=resolution, device=device, seed=settings.seed)
+        result = aep_finetune(extract_with_exits, data, cfg, resolution=resolution, device=device, seed=settings.seed,
+                              progress=progress)
     else:
-        result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=settings.seed)
+        result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=settings.seed,
+                                   progress=progress)
     net = result.model.eval()
     test_after = top1(net, data.test, **common)
     log.info("member %s: after fine-tune test %.2f %% (best epoch %d)", args.id, test_after, result.best_epoch)
