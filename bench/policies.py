@@ -133,6 +133,17 @@ def main() -> int:
     else:
         parser.error("give --synthetic, or --supernet and --data")
 
+    # every search policy must fit its initial archive and one batch of candidates in the budget:
+    # check them all before the first (long) run, not when each policy's turn comes
+    from natv2.archive import init_genomes
+
+    for policy in (p for p in args.policies if p != "random"):
+        cfg = dataclasses.replace(settings.search, algorithm=policy, objectives=OBJECTIVES)
+        n_init = len(init_genomes(space, cfg, np.random.default_rng(0)))
+        if n_init + cfg.candidates > args.budget:
+            parser.error(f"--budget {args.budget}: {policy} spends {n_init} on its initial archive; "
+                         f"raise the budget or lower search.archive_size / preprocess_mult")
+
     runs = []
     for policy in args.policies:
         for seed in range(args.seeds):
