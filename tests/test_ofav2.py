@@ -6,6 +6,7 @@ import dataclasses
 import numpy as np
 import pytest
 import torch
+from net_helpers import randomize
 
 from natv2.errors import Natv2Error
 from natv2.nets import SUPERNETS, build_supernet, static_from_config
@@ -16,25 +17,6 @@ from natv2.variants import OFAV2_VARIANTS, features
 
 RES = 16
 CFG = {"resolutions": [RES], "stem_stride": 1}
-
-
-def randomize(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random BN statistics/affine and kernel transforms, so a wrong slice or branch shows."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "transform_" in name:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bn.weight"):
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        for name, b in net.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g))
-    return net
 
 
 def make(variant: str, seed: int = 0, **cfg) -> torch.nn.Module:

@@ -6,6 +6,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from net_helpers import randomize
 
 from natv2.errors import Natv2Error
 from natv2.nets import SUPERNETS, build_supernet, static_from_config
@@ -14,25 +15,6 @@ from natv2.nets.checkpoint import load_static, load_supernet, save_static, save_
 from natv2.nets.elastic import ElasticMBConv
 
 CFG = {"variant": "ofa_mbv3", "resolutions": [32, 40], "stem_stride": 1}
-
-
-def randomize(net: torch.nn.Module, seed: int) -> torch.nn.Module:
-    """Random BN statistics/affine and perturbed kernel transforms: no identity-like shortcuts."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in net.named_parameters():
-            if "transform_" in name:
-                p.add_(0.1 * torch.randn(p.shape, generator=g))
-            elif name.endswith("bn.weight"):
-                p.copy_(0.5 + torch.rand(p.shape, generator=g))
-            elif name.endswith("bias"):
-                p.copy_(0.1 * torch.randn(p.shape, generator=g))
-        for name, b in net.named_buffers():
-            if name.endswith("running_mean"):
-                b.copy_(0.1 * torch.randn(b.shape, generator=g))
-            elif name.endswith("running_var"):
-                b.copy_(0.5 + torch.rand(b.shape, generator=g))
-    return net
 
 
 @pytest.fixture(scope="module")
