@@ -119,6 +119,7 @@ class FinetuneConfig:
     batch_size: int
     warmup_epochs: int
     label_smoothing: float
+    selection_holdout: float
     bn_images: int
     latency_batch_size: int
     latency_repeats: int

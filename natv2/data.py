@@ -113,9 +113,28 @@ class DataBundle:
             raise Natv2Error(f"split {name!r}: expected one of train, val, test, trainval")
         return getattr(self, name)
 
-    def trainval(self) -> ImageSet:
-        """Train and val together (the final fine-tuning trains on both)."""
-        return ImageSet(torch.cat([self.train.images, self.val.images]), torch.cat([self.train.labels, self.val.labels]))
+    def trainval(self, val: ImageSet | None = None) -> ImageSet:
+        """Train and val (or the part ``val`` of it) together: what the final fine-tuning trains on."""
+        val = self.val if val is None else val
+        return ImageSet(torch.cat([self.train.images, val.images]), torch.cat([self.train.labels, val.labels]))
+
+    def holdout(self, fraction: float, seed: int) -> tuple[ImageSet, ImageSet]:
+        """Val cut in two, stratified and fixed by ``seed``: ``(fit, select)``.
+
+        ``select`` (``fraction`` of val) is kept out of the fine-tuning's step 2, so ensembles
+        can be chosen, and compared with the single nets, on images no member trained on.
+        """
+        if not 0.0 < fraction < 1.0:
+            raise Natv2Error(f"config key finetune.selection_holdout: {fraction} is not a fraction strictly between 0 and 1")
+        labels = self.val.labels.cpu().numpy()
+        n_select = int(round(fraction * len(labels)))
+        try:
+            select, fit = stratified_take(labels, n_select, np.random.default_rng([int(seed), 0x5E1EC7]))
+        except ValueError as err:
+            raise Natv2Error(f"finetune.selection_holdout={fraction}: val split: {err}") from None
+        if len(select) == 0:
+            raise Natv2Error(f"finetune.selection_holdout={fraction}: holds out no image of the {len(labels)} in val")
+        return self.val.select(torch.from_numpy(fit)), self.val.select(torch.from_numpy(select))
 
     def to(self, device) -> DataBundle:
         return DataBundle(self.classes, self.image_size, self.mean, self.std, self.train.to(device), self.val.to(device), self.test.to(device))

@@ -1,7 +1,10 @@
 """OFA3 ensembles of the fine-tuned front (Ito, Von Zuben et al.): which members to average.
 
-Each front member's softmax on the selection split is computed once and kept as **sparse
-top-k** (``TopKProbs``: class indices and probabilities, k per image). An ensemble's output is
+The selection split is the part of val held out of the members' fine-tuning
+(``finetune.selection_holdout``; ensembles.csv's ``val_top1`` is on it), so no member has
+trained on the images an ensemble is chosen and judged on. Each front member's softmax on the
+selection split is computed once and kept as **sparse top-k** (``TopKProbs``: class indices
+and probabilities, k per image). An ensemble's output is
 the mean of its members' probabilities; its top-1 is scored from the sparse tables without
 ever building a dense members x images x classes array:
 
@@ -407,3 +410,33 @@ def ensembles_table(pareto: pd.DataFrame, val: Mapping[str, TopKProbs], val_labe
     out = pd.concat(frames, ignore_index=True)
     out.insert(0, "id", [f"e{i:03d}" for i in range(len(out))])
     return out[CSV_COLUMNS]
+
+
+def dominated_pairs(singles: pd.DataFrame, ensembles: pd.DataFrame, *, single_top1: str, ensemble_top1: str = "val_top1",
+                    cost: str = "latency_ms") -> pd.DataFrame:
+    """Every (ensemble, single net) pair where the ensemble dominates the net on (error, ``cost``).
+
+    Dominates: top-1 at least as high and cost at least as low, one of them strictly. The two
+    accuracy columns must come from the same images (the held-out selection split, or test).
+    Columns: ``ensemble, mode, members, net, ensemble_top1, net_top1, ensemble_cost, net_cost``.
+    """
+    columns = ["ensemble", "mode", "members", "net", "ensemble_top1", "net_top1", "ensemble_cost", "net_cost"]
+    rows = []
+    for _, e in ensembles.iterrows():
+        for _, s in singles.iterrows():
+            acc_e, acc_s, cost_e, cost_s = (float(e[ensemble_top1]), float(s[single_top1]), float(e[cost]),
+                                            float(s[cost]))
+            if acc_e >= acc_s and cost_e <= cost_s and (acc_e > acc_s or cost_e < cost_s):
+                rows.append([e["id"], e["mode"], e["members"], str(s["id"]), acc_e, acc_s, cost_e, cost_s])
+    return pd.DataFrame(rows, columns=columns)
+
+
+def dominance_lines(singles: pd.DataFrame, ensembles: pd.DataFrame, *, single_top1: str = "select_top1",
+                    cost: str = "latency_ms") -> list[str]:
+    """Readable lines: which single nets each ensemble dominates on the selection split (or that none does)."""
+    pairs = dominated_pairs(singles, ensembles, single_top1=single_top1, cost=cost)
+    if pairs.empty:
+        return [f"no ensemble dominates a single net of the front on (held-out val error, {cost})"]
+    return [f"ensemble {p.ensemble} ({p.mode}, members {p.members}) dominates net {p.net} on (held-out val error, "
+            f"{cost}): {p.ensemble_top1:.2f} % at {p.ensemble_cost:.4g} vs {p.net_top1:.2f} % at {p.net_cost:.4g}"
+            for p in pairs.itertuples()]

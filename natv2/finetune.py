@@ -6,13 +6,15 @@ without improvement (or at ``max_epochs``) and records the best epoch. Epoch 0 (
 net, untrained) counts too: when no epoch beats it, the best epoch is 0 and step 2 does nothing.
 Step 2 re-extracts the subnet (fresh supernet weights) and trains it on train + val for exactly
 the best epoch count, with the same optimizer and a cosine schedule over that many epochs;
-the result is then tested. Paper values: patience 30, at most 150 epochs, SGD lr 1e-4
+the result is then tested. The fine-tune step keeps ``finetune.selection_holdout`` of val out
+of step 2 (``step2_images``), so ensembles are chosen on images no member trained on. Both
+steps resume after a kill (:class:`FinetuneState`). Paper values: patience 30, at most 150 epochs, SGD lr 1e-4
 (single-exit supernets), AdamW lr 1e-4 (early-exit ones).
 
 Early-exit supernets (OFAv2 EE_*) use NATv2's AEP variant, :func:`aep_finetune`: the subnet
 is extracted with its chosen exit *and every later exit* re-attached (``aep_exits``), both steps
-train on the weighted sum of the per-exit losses (:func:`train_multi_exit`; uniform weights by
-default) and early-stop on the same weighted loss on val; at the best epoch of step 1 every
+train on the weighted sum of the per-exit losses (:func:`exit_loss` as natv2.train's
+``loss_fn``; uniform weights by default) and early-stop on the same weighted loss on val; at the best epoch of step 1 every
 non-empty subset of the attached exits is scored on val with the weighted sum of its logits,
 and the step-2 net keeps the best subset (ties: the shallowest deepest exit, then fewer exits).
 """
@@ -61,6 +63,7 @@ class FinetuneResult:
     step1_epochs: int
     step2_epochs: int
     val_losses: list[tuple[int, float]] = field(default_factory=list)
+    val_extras: dict[int, Any] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
@@ -112,6 +115,69 @@ def mean_loss(model, images, *, resolution: int, mean, std, batch_size: int, dev
     return total / n
 
 
+def _is_stopped(cfg, records: dict[int, dict]) -> bool:
+    """Whether step 1's early stopping had already ended it, given the recorded val losses."""
+    stopper = EarlyStopping(cfg.patience, min_delta=cfg.min_delta, max_epochs=cfg.max_epochs)
+    for epoch in range(0, max(records, default=-1) + 1):
+        if epoch not in records:
+            return False
+        if stopper.step(epoch, records[epoch]["loss"]):
+            return True
+    return False
+
+
+class FinetuneState:
+    """The resume state of one member's fine-tune: a folder beside its output.
+
+    Holds natv2.train's state files of the two steps (``step1.pt``, ``step2.pt``) and
+    ``records.json``: step 1's val loss (and any extra, such as AEP's exit-subset scores) per
+    epoch, written before the training state of that epoch, so a killed job continues where it
+    stopped. ``fingerprint`` (any JSON) names what the state belongs to (genome, settings,
+    supernet, data); a folder left by a different fingerprint is discarded, not resumed.
+    """
+
+    def __init__(self, folder, fingerprint: dict):
+        import json
+        import shutil
+        from pathlib import Path
+
+        from natv2.io import read_json, write_json
+
+        fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back (tuples become lists)
+        self.folder = Path(folder)
+        stamp = self.folder / "fingerprint.json"
+        if self.folder.exists():
+            try:
+                same = read_json(stamp) == fingerprint
+            except Exception:  # noqa: BLE001 - a half-written or foreign folder is just discarded
+                same = False
+            if not same:
+                log.info("%s: left by a different fine-tune run; starting over", self.folder)
+                shutil.rmtree(self.folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        if not stamp.exists():
+            write_json(stamp, fingerprint)
+        self._records_path = self.folder / "records.json"
+        raw = read_json(self._records_path) if self._records_path.exists() else {}
+        self.records: dict[int, dict] = {int(k): v for k, v in raw.items()}
+        if self.records:
+            log.info("%s: resuming fine-tune (step-1 val loss known for epochs %s)", self.folder, sorted(self.records))
+
+    def path(self, name: str):
+        return self.folder / name
+
+    def record(self, epoch: int, loss: float, extra: Any = None) -> None:
+        from natv2.io import write_json
+
+        self.records[int(epoch)] = {"loss": float(loss), "extra": extra}
+        write_json(self._records_path, {str(k): v for k, v in sorted(self.records.items())})
+
+    def remove(self) -> None:
+        import shutil
+
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def two_step_finetune(
     extract: Callable[[], Any],
     data,
@@ -121,16 +187,21 @@ def two_step_finetune(
     device=None,
     seed: int = 0,
     early_exit: bool = False,
-    val_loss: Callable[[Any], float] | None = None,
+    val_loss: Callable[[Any], float | tuple[float, Any]] | None = None,
     train_fn: Callable | None = None,
+    step2_images=None,
+    state: FinetuneState | None = None,
     progress: bool = True,
 ) -> FinetuneResult:
     """NATv2's two steps for one subnet (see the module docstring).
 
     ``extract()`` returns a fresh copy of the subnet with the supernet's weights (called twice);
     ``data`` is a DataBundle (``train``, ``val``, ``trainval()``, ``mean``, ``std``); ``cfg`` the
-    ``finetune:`` section. ``val_loss(model)`` and ``train_fn`` default to :func:`mean_loss` on
-    ``data.val`` and :func:`natv2.train.train`.
+    ``finetune:`` section. ``val_loss(model)`` (a float, or ``(float, extra)`` where ``extra`` is
+    JSON data kept per epoch in ``result.val_extras``) and ``train_fn`` default to
+    :func:`mean_loss` on ``data.val`` and :func:`natv2.train.train`. ``step2_images``: what step
+    2 trains on (default train + val; the fine-tune step keeps a selection part of val out).
+    ``state``: a :class:`FinetuneState` to resume from and save to.
     """
     if train_fn is None:
         from natv2.train import train as train_fn
@@ -139,28 +210,49 @@ def two_step_finetune(
             return mean_loss(model, data.val, resolution=resolution, mean=data.mean, std=data.std,
                              batch_size=cfg.batch_size, device=device)
 
+    records: dict[int, dict] = dict(state.records) if state is not None else {}
+
+    def measure(epoch: int, model) -> None:
+        out = val_loss(model)
+        loss, extra = out if isinstance(out, tuple) else (out, None)
+        records[int(epoch)] = {"loss": float(loss), "extra": extra}
+        if state is not None:
+            state.record(epoch, loss, extra)
+
     common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, progress=progress)
 
     # step 1: find the best epoch count on val
+    if _is_stopped(cfg, records):
+        log.info("fine-tune step 1: already done (val loss of epochs 0..%d on record)", max(records))
+    else:
+        model = extract()
+        if 0 not in records:
+            measure(0, model)
+
+        def after_epoch(epoch, row=None, net=None):
+            measure(epoch, net if net is not None else model)
+            # replay the record: a resumed run's stopper sees the epochs before it too
+            stopper = EarlyStopping(cfg.patience, min_delta=cfg.min_delta, max_epochs=cfg.max_epochs)
+            for e in range(epoch + 1):
+                stop = stopper.step(e, records[e]["loss"])
+            log.info("fine-tune step 1, epoch %d: val loss %.4f (best %.4f at epoch %s)", epoch,
+                     records[epoch]["loss"], stopper.best_loss, stopper.best_epoch)
+            if stop:
+                raise _Stop
+
+        resume = {"resume": state.path("step1.pt")} if state is not None else {}
+        try:
+            train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
+                     on_epoch_end=after_epoch, **common, **resume)
+        except _Stop:
+            pass
+        del model
     stopper = EarlyStopping(cfg.patience, min_delta=cfg.min_delta, max_epochs=cfg.max_epochs)
-    model = extract()
-    stopper.step(0, val_loss(model))
     step1_epochs = 0
-
-    def after_epoch(epoch, row=None, net=None):
-        nonlocal step1_epochs
-        step1_epochs = int(epoch)
-        loss = val_loss(net if net is not None else model)
-        log.info("fine-tune step 1, epoch %d: val loss %.4f (best %.4f at epoch %s)", epoch, loss,
-                 min(stopper.best_loss, loss), stopper.best_epoch)
-        if stopper.step(epoch, loss):
-            raise _Stop
-
-    try:
-        train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
-                 on_epoch_end=after_epoch, **common)
-    except _Stop:
-        pass
+    for epoch in sorted(records):
+        step1_epochs = epoch
+        if stopper.step(epoch, records[epoch]["loss"]):
+            break
     best = int(stopper.best_epoch or 0)
     log.info("fine-tune step 1: stopped after %d epochs, best epoch %d", step1_epochs, best)
 
@@ -172,10 +264,16 @@ def two_step_finetune(
             nonlocal step2_epochs
             step2_epochs = int(epoch)
 
-        train_fn(model, data.trainval(), train_config(cfg, epochs=best, early_exit=early_exit),
-                 on_epoch_end=count, **common)
+        images = data.trainval() if step2_images is None else step2_images
+        resume = {"resume": state.path("step2.pt")} if state is not None else {}
+        history = train_fn(model, images, train_config(cfg, epochs=best, early_exit=early_exit),
+                           on_epoch_end=count, **common, **resume)
+        if history is not None and getattr(history, "rows", None):
+            step2_epochs = len(history.rows)  # a resumed run's history holds the epochs before it too
     model.eval()
-    return FinetuneResult(model, best, step1_epochs, step2_epochs, stopper.losses)
+    kept = [e for e in sorted(records) if e <= step1_epochs]
+    return FinetuneResult(model, best, step1_epochs, step2_epochs, [(e, records[e]["loss"]) for e in kept],
+                          val_extras={e: records[e]["extra"] for e in kept})
 
 
 # --------------------------------------------------------------------------------------------
@@ -204,67 +302,6 @@ def exit_loss(outputs, y, weights=None, *, label_smoothing: float = 0.0):
     outputs = list(outputs)
     w = _normalised(weights, len(outputs))
     return sum(wi * F.cross_entropy(z.float(), y, label_smoothing=label_smoothing) for wi, z in zip(w, outputs))
-
-
-def train_multi_exit(model, data, cfg, *, resolution: int, weights=None, device=None, seed: int = 0,
-                     mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5), pad: int = 4, flip: bool = True,
-                     on_epoch_end: Callable | None = None, progress: bool = True):
-    """Train a multi-exit net (forward -> list of exit logits) on the weighted per-exit loss.
-
-    The engine's optimizer (natv2.train.make_optimizer), warm-up + cosine schedule and seeding
-    per (seed, epoch); called like :func:`natv2.train.train` by :func:`two_step_finetune`.
-    Returns a natv2.train.History. A NaN/inf loss raises Natv2Error.
-    """
-    import time
-
-    import numpy as np
-    import torch
-    from tqdm.auto import tqdm
-
-    from natv2.data import batches
-    from natv2.train import History, lr_factor, make_optimizer
-
-    cfg.check()
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    net = model.to(device)
-    optimizer = make_optimizer(net, cfg)
-    steps_per_epoch = max(len(data) // cfg.batch_size, 1)
-    total, warm = max(cfg.epochs * steps_per_epoch, 1), round(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total, warm))
-    history = History()
-    for epoch in range(cfg.epochs):
-        epoch_seed = int(np.random.SeedSequence([seed, epoch, 7]).generate_state(1)[0])
-        net.train()
-        t0, loss_sum, n_steps, n_images = time.perf_counter(), 0.0, 0, 0
-        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(epoch_seed)  # dropout
-            gen = torch.Generator().manual_seed(epoch_seed)
-            it = batches(data, cfg.batch_size, resolution=resolution, mean=mean, std=std, train=True, generator=gen,
-                         device=device, pad=pad, flip=flip)
-            for x, y in tqdm(it, total=steps_per_epoch, desc=f"AEP epoch {epoch + 1}/{cfg.epochs}", leave=False,
-                             disable=not progress):
-                x, y = x.to(device), y.to(device)
-                optimizer.zero_grad(set_to_none=True)
-                loss = exit_loss(net(x), y, weights, label_smoothing=cfg.label_smoothing)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise Natv2Error(f"AEP training diverged: loss is {value} at epoch {epoch + 1}, step {n_steps + 1}; "
-                                     f"lower the learning rate (lr={cfg.lr})")
-                loss.backward()
-                if cfg.grad_clip is not None:
-                    torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-                optimizer.step()
-                lr_used = float(optimizer.param_groups[0]["lr"])
-                scheduler.step()
-                loss_sum, n_steps, n_images = loss_sum + value, n_steps + 1, n_images + len(y)
-        seconds = time.perf_counter() - t0
-        row = {"epoch": epoch + 1, "loss": loss_sum / max(n_steps, 1), "lr": lr_used,
-               "images_per_s": n_images / max(seconds, 1e-9), "seconds": seconds}
-        history.rows.append(row)
-        log.info("AEP epoch %d/%d: loss %.4f, %.0f images/s", epoch + 1, cfg.epochs, row["loss"], row["images_per_s"])
-        if on_epoch_end is not None:
-            on_epoch_end(epoch + 1, row, net)
-    return history
 
 
 def exit_logits(model, images, *, resolution: int, mean, std, batch_size: int, device=None):
@@ -329,6 +366,8 @@ def aep_finetune(
     seed: int = 0,
     weights=None,
     train_fn: Callable | None = None,
+    step2_images=None,
+    state: FinetuneState | None = None,
     progress: bool = True,
 ) -> AEPResult:
     """NATv2's AEP fine-tune of an early-exit subnet (see the module docstring).
@@ -338,26 +377,31 @@ def aep_finetune(
     exit (None = uniform), used for the loss, the prediction and the subset scores. The returned
     model predicts with the weighted sum of the chosen subset's logits (``with_exits``).
     """
-    common = dict(resolution=resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device)
-    scores_by_call: list[list[dict]] = []
-    attached: list[int] = []
+    from functools import partial
 
-    def val_loss(model) -> float:
+    common = dict(resolution=resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device)
+
+    def val_loss(model) -> tuple[float, list[dict]]:
         logits, labels = exit_logits(model, data.val, **common)
         stages = [s + 1 for s in model.exit_stages]
-        attached[:] = stages
-        scores_by_call.append(subset_scores(logits, labels, stages, weights))
-        return float(exit_loss(logits, labels, weights))
+        return float(exit_loss(logits, labels, weights)), subset_scores(logits, labels, stages, weights)
 
     def trainer(model, images, tcfg, **kwargs):
-        return (train_fn or train_multi_exit)(model, images, tcfg, weights=weights, **kwargs)
+        if train_fn is not None:
+            return train_fn(model, images, tcfg, weights=weights, **kwargs)
+        from natv2.train import train
+
+        loss = partial(exit_loss, weights=weights, label_smoothing=tcfg.label_smoothing)
+        return train(model, images, tcfg, loss_fn=loss, **kwargs)
 
     result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=seed, early_exit=True,
-                               val_loss=val_loss, train_fn=trainer, progress=progress)
+                               val_loss=val_loss, train_fn=trainer, step2_images=step2_images, state=state,
+                               progress=progress)
     # val_loss ran at epoch 0, 1, ... of step 1: the scores of the best epoch choose the subset
-    scores = scores_by_call[result.best_epoch]
+    scores = result.val_extras[result.best_epoch]
     best = scores[0]
     model = result.model
+    attached = [s + 1 for s in model.exit_stages]
     chosen = best["exits"]
     keep_w = None if weights is None else [_normalised(weights, len(attached))[attached.index(e)] for e in chosen]
     model = model.with_exits(chosen, weights=keep_w, output="weighted").eval()

@@ -275,6 +275,7 @@ def train(
     pad: int = 4,
     flip: bool = True,
     on_epoch_end: Callable[[int, dict, nn.Module], None] | None = None,
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
 ) -> History:
     """Train ``model`` in place on ``data`` (an ImageSet) and return the per-epoch history.
@@ -284,7 +285,11 @@ def train(
     ``teacher(x)`` returns logits (see natv2.distill); it is run without gradients in eval
     mode. ``resume``: state file written atomically after every epoch (keep it apart from the
     declared output); when it exists the run continues after its epoch. ``on_epoch_end(epoch,
-    row, model)`` runs on rank 0 after each epoch. Raises Natv2Error on a NaN/inf loss.
+    row, model)`` runs on rank 0 after each epoch, before that epoch's state is saved (so what
+    it records is never behind the state; an exception it raises leaves the state one epoch
+    back, and a resumed run redoes that epoch bit-exactly). ``loss_fn(outputs, labels)``
+    replaces the cross-entropy (e.g. the weighted per-exit loss of a multi-exit net); it
+    cannot be combined with a teacher. Raises Natv2Error on a NaN/inf loss.
     """
     cfg.check()
     if subnets_per_step < 1:
@@ -293,6 +298,8 @@ def train(
         raise Natv2Error("train: give resolution=, resolution_sampler= or subnet_sampler=")
     if len(data) == 0:
         raise Natv2Error("train: the training set is empty")
+    if loss_fn is not None and teacher is not None:
+        raise Natv2Error("train: loss_fn= and teacher= cannot be combined (distillation needs plain logits)")
 
     device = torch.device(device) if device is not None else torch.device("cpu")
     dist_info = _init_distributed(device)
@@ -349,7 +356,7 @@ def train(
                 resolution=resolution, resolution_sampler=resolution_sampler, subnet_sampler=subnet_sampler,
                 subnets_per_step=subnets_per_step, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, use_amp=use_amp, memory_format=memory_format, mean=mean, std=std, pad=pad,
-                flip=flip, steps_per_epoch=steps_per_epoch, progress=progress,
+                flip=flip, steps_per_epoch=steps_per_epoch, loss_fn=loss_fn, progress=progress,
             )
         history.rows.append(row)
         if dist_info.main:
@@ -357,11 +364,11 @@ def train(
                 "epoch %d/%d: loss %.4f, lr %.3g, %.0f images/s",
                 epoch + 1, cfg.epochs, row["loss"], row["lr"], row["images_per_s"],
             )
+            if on_epoch_end is not None:
+                on_epoch_end(epoch + 1, row, net)
             if resume_path is not None:
                 _save_state(resume_path, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
                             cfg=cfg, seed=seed, epoch=epoch + 1, history=history)
-            if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, row, net)
         _barrier(dist_info)
 
     net.train(was_training)
@@ -376,7 +383,7 @@ def train(
 
 def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, dist_info: _Dist, resolution,
                  resolution_sampler, subnet_sampler, subnets_per_step, teacher, optimizer, scheduler, scaler,
-                 use_amp, memory_format, mean, std, pad, flip, steps_per_epoch, progress) -> dict:
+                 use_amp, memory_format, mean, std, pad, flip, steps_per_epoch, loss_fn, progress) -> dict:
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(_seed_for(seed, epoch, 1))  # subnets and resolutions of this epoch
@@ -413,7 +420,10 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
             xr = resize(x, res).contiguous(memory_format=memory_format)
             with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
                 logits = trained(xr)
-                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+                if loss_fn is not None:
+                    loss = loss_fn(logits, y)
+                else:
+                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                 if teacher is not None and cfg.kd_weight > 0:
                     if res not in targets:
                         with torch.no_grad():

@@ -157,3 +157,19 @@ def test_bad_costs_and_too_small_fronts_are_clear_errors():
     with pytest.raises(Natv2Error, match="empty"):
         ensembles_table(pd.DataFrame(columns=["id", "latency_ms"]), {}, labels, {}, labels, cfg,
                         rng=np.random.default_rng(0))
+
+
+def test_dominated_pairs_compare_accuracy_and_cost_on_the_same_split():
+    from natv2.ensemble import dominance_lines, dominated_pairs
+
+    singles = pd.DataFrame({"id": ["a", "b", "c"], "select_top1": [80.0, 85.0, 90.0], "latency_ms": [1.0, 2.0, 3.0]})
+    ensembles = pd.DataFrame({"id": ["e0", "e1"], "mode": ["parallel", "sequential"], "members": ["a;b", "a;c"],
+                              "val_top1": [88.0, 90.0], "latency_ms": [2.0, 4.0]})
+    pairs = dominated_pairs(singles, ensembles, single_top1="select_top1")
+    # e0 (88 % at 2 ms) beats b (85 % at 2 ms) and nothing else; e1 (90 % at 4 ms) only ties c on accuracy
+    assert pairs[["ensemble", "net"]].values.tolist() == [["e0", "b"]]
+    assert dominance_lines(singles, ensembles)[0].startswith("ensemble e0 (parallel, members a;b) dominates net b")
+    worse = ensembles.assign(val_top1=[70.0, 75.0])
+    assert dominated_pairs(singles, worse, single_top1="select_top1").empty
+    assert dominance_lines(singles, worse) == ["no ensemble dominates a single net of the front on "
+                                               "(held-out val error, latency_ms)"]

@@ -223,6 +223,9 @@ def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
     assert metrics["resolution"] == 8 and metrics["params"] > 0 and metrics["macs"] > 0 and metrics["latency_ms"] > 0
     assert 0 <= metrics["test_top1"] <= 100 and 0 <= metrics["test_top1_finetuned"] <= 100
     assert metrics["step2_epochs"] == metrics["best_epoch"] <= 2
+    # half of val (20 of 40) was kept out of step 2; the resume state is gone once the member is written
+    assert metrics["select_images"] == 20 and 0 <= metrics["select_top1_finetuned"] <= 100
+    assert not any(p.name.endswith(".state") for p in nets.iterdir())
 
     assert main(["pareto", "--front", str(tmp_path / "front.csv"), "--nets", *[str(nets / str(i)) for i in range(3)],
                  "--out", str(tmp_path / "pareto.csv")]) == 0
@@ -230,11 +233,16 @@ def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
     (nets / "2" / "weights.pt").unlink()
     rc = main(["ensembles", *config, "--data", str(split), "--pareto", str(tmp_path / "pareto.csv"),
                "--out", str(tmp_path / "ensembles.csv"), "--export-dir", str(tmp_path / "ens")])
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err, out_text = captured.err, captured.out
     assert rc == 0 and "member 2 left out" in err and "weights.pt" in err
     ensembles = pd.read_csv(tmp_path / "ensembles.csv")
     assert list(ensembles["members"]) == ["0;1"] and list(ensembles["mode"]) == ["parallel"]
     pareto = pd.read_csv(tmp_path / "pareto.csv").set_index("id")
+    # the ensembles' val_top1 is on the held-out 20 images, like the nets' select_top1_finetuned
+    assert (ensembles["val_top1"] * 20 / 100).round(6).apply(float.is_integer).all()
+    assert (pareto["select_top1_finetuned"] * 20 / 100).round(6).apply(float.is_integer).all()
+    assert "dominate" in out_text
     assert ensembles["latency_ms"][0] == pytest.approx(max(pareto.loc[0, "latency_ms"], pareto.loc[1, "latency_ms"]))
     assert ensembles["params"][0] == pareto.loc[0, "params"] + pareto.loc[1, "params"]
 
@@ -291,3 +299,143 @@ def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
     with torch.no_grad():
         assert net(x).shape == (2, 10)
     assert len(load_data(split).classes) == 10
+
+
+def _seeded_tiny():
+    torch.manual_seed(0)
+    return TinyNet()
+
+
+def _scripted(curve):
+    """A val-loss function replaying ``curve`` (epochs 0, 1, ...), counting its calls."""
+    calls = []
+
+    def val_loss(model):
+        calls.append(len(calls))
+        return curve[len(calls) - 1]
+
+    return val_loss, calls
+
+
+def _killing_train(when):
+    """natv2.train.train, killed (KeyboardInterrupt) after epoch ``when(cfg)`` of a run."""
+    from natv2.train import train
+
+    def train_fn(model, images, cfg, **kwargs):
+        user = kwargs.pop("on_epoch_end")
+        kill_at = when(cfg)
+
+        def on_epoch_end(epoch, row, net):
+            user(epoch, row, net)
+            if epoch == kill_at:
+                raise KeyboardInterrupt
+
+        return train(model, images, cfg, on_epoch_end=on_epoch_end, **kwargs)
+
+    return train_fn
+
+
+@pytest.mark.parametrize("kill", ["step1", "step2"])
+def test_a_killed_finetune_resumes_where_it_stopped_and_ends_bit_exact(tmp_path, kill):
+    from natv2.finetune import FinetuneState
+
+    data = tiny_bundle()
+    cfg = finetune_cfg()  # patience 3 on CURVE: step 1 stops after epoch 7, best epoch 4
+    val_loss, _ = _scripted(CURVE)
+    full = two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, val_loss=val_loss, progress=False)
+    assert (full.best_epoch, full.step1_epochs, full.step2_epochs) == (4, 7, 4)
+
+    fingerprint = {"member": 0}
+    state = FinetuneState(tmp_path / ".0.state", fingerprint)
+    val_loss, calls = _scripted(CURVE)
+    # killed after epoch 5 of step 1 (max_epochs 20), or after epoch 3 of step 2 (4 epochs)
+    when = (lambda c: 5 if c.epochs == 20 else None) if kill == "step1" else (lambda c: 3 if c.epochs == 4 else None)
+    with pytest.raises(KeyboardInterrupt):
+        two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, val_loss=val_loss, state=state,
+                          train_fn=_killing_train(when), progress=False)
+    killed_calls = len(calls)
+    assert killed_calls == (6 if kill == "step1" else 8)  # epochs 0..5, or all of step 1 (0..7)
+
+    state = FinetuneState(tmp_path / ".0.state", fingerprint)  # a new job finds the state
+    assert sorted(state.records) == list(range(killed_calls))
+    rest = CURVE[killed_calls - 1:] if kill == "step1" else []
+    val_loss, calls = _scripted(rest)
+    resumed = two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, val_loss=val_loss, state=state,
+                                progress=False)
+    # step 1: the killed epoch (its state was not saved) is redone, nothing before it; step 2 picks up
+    assert len(calls) == (1 + 2 if kill == "step1" else 0)
+    assert (resumed.best_epoch, resumed.step1_epochs, resumed.step2_epochs) == (4, 7, 4)
+    assert resumed.val_losses == full.val_losses
+    for key, value in full.model.state_dict().items():
+        assert torch.equal(value, resumed.model.state_dict()[key]), key
+
+
+def test_finetune_state_of_another_run_is_discarded(tmp_path):
+    from natv2.finetune import FinetuneState
+
+    state = FinetuneState(tmp_path / "s", {"genome": "a", "lr": (0.1,)})
+    state.record(0, 1.5, extra=[{"exits": [3]}])
+    again = FinetuneState(tmp_path / "s", {"genome": "a", "lr": (0.1,)})  # tuples compare as read back
+    assert again.records == {0: {"loss": 1.5, "extra": [{"exits": [3]}]}}
+    other = FinetuneState(tmp_path / "s", {"genome": "b", "lr": (0.1,)})
+    assert other.records == {} and not (tmp_path / "s" / "records.json").exists()
+    other.remove()
+    assert not (tmp_path / "s").exists()
+
+
+def test_holdout_is_stratified_disjoint_and_fixed_by_the_seed():
+    data = tiny_bundle(n_val=30)
+    fit, select = data.holdout(0.5, seed=3)
+    assert len(fit) == len(select) == 15
+    assert torch.bincount(select.labels).tolist() == [5, 5, 5]
+    # disjoint, and together exactly val (images are random, so rows identify them)
+    rows = lambda s: {tuple(x.flatten().tolist()) for x in s.images}  # noqa: E731
+    assert not rows(fit) & rows(select) and rows(fit) | rows(select) == rows(data.val)
+    assert torch.equal(data.holdout(0.5, seed=3)[1].images, select.images)
+    assert not torch.equal(data.holdout(0.5, seed=4)[1].images, select.images)
+    assert len(data.trainval(fit)) == len(data.train) + 15
+    with pytest.raises(Natv2Error, match="finetune.selection_holdout: 1.0 is not a fraction strictly between 0 and 1"):
+        data.holdout(1.0, seed=0)
+    with pytest.raises(Natv2Error, match="selection_holdout=0.01: holds out no image"):
+        data.holdout(0.01, seed=0)
+
+
+def test_step_two_of_the_member_job_never_sees_the_held_out_images(tmp_path, monkeypatch):
+    import yaml
+
+    import natv2.finetune
+    from natv2.cli import main
+    from natv2.config import DEFAULT_CONFIG
+    from natv2.data import load_data, prepare_split
+    from natv2.nets import build_supernet
+    from natv2.nets.checkpoint import save_supernet
+
+    overrides = {"device": "cpu", "datasets": {"digits": {"kind": "digits", "max_train": 60, "val_size": 40,
+                                                          "test_size": 40, "image_size": 8, "resolutions": [8]}},
+                 "finetune": {"selection_holdout": 0.25, "bn_images": 0, "latency_repeats": 1}}
+    override_file = tmp_path / "o.yaml"
+    override_file.write_text(yaml.safe_dump(overrides))
+    settings = load_settings([DEFAULT_CONFIG, override_file])
+    split = prepare_split(settings, "digits", tmp_path / "data")
+    torch.manual_seed(0)
+    supernet = build_supernet(settings.supernet_for("digits"), 10)
+    save_supernet(tmp_path / "supernet.pt", supernet)
+    pd.DataFrame({"id": [0], "genome": [supernet.space.to_string(supernet.space.smallest())]}).to_csv(
+        tmp_path / "front.csv", index=False)
+    seen = {}
+
+    def spy(extract, data, cfg, **kwargs):  # records what step 2 would train on; trains nothing
+        seen["step2"] = kwargs["step2_images"]
+        return natv2.finetune.FinetuneResult(extract(), 0, 0, 0, [])
+
+    monkeypatch.setattr(natv2.finetune, "two_step_finetune", spy)
+    assert main(["finetune", "--config", str(DEFAULT_CONFIG), "--config", str(override_file), "--data", str(split),
+                 "--supernet", str(tmp_path / "supernet.pt"), "--front", str(tmp_path / "front.csv"), "--id", "0",
+                 "--out", str(tmp_path / "nets" / "0")]) == 0
+    data = load_data(split)
+    _, select = data.holdout(0.25, settings.seed)
+    rows = lambda images: {bytes(x.flatten().tolist()) for x in images}  # noqa: E731
+    step2 = rows(seen["step2"].images)
+    assert len(seen["step2"]) == len(data.train) + 30 and len(select) == 10
+    assert not step2 & rows(select.images)  # digits can repeat, so check no held-out image is in step 2
+    assert json.loads((tmp_path / "nets" / "0" / "metrics.json").read_text())["select_images"] == 10

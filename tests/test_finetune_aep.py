@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from natv2.config import load_settings
 from natv2.data import DataBundle, ImageSet
 from natv2.errors import Natv2Error
-from natv2.finetune import aep_exits, aep_finetune, exit_loss, subset_scores, train_multi_exit, train_config
+from natv2.finetune import aep_exits, aep_finetune, exit_loss, subset_scores, train_config
 from natv2.nets import build_supernet
 from natv2.space import SearchSpace
 
@@ -90,14 +90,19 @@ def test_subset_scores_find_the_complementary_pair_and_break_ties_by_depth():
     assert fifty[0] == [3]
 
 
-def test_train_multi_exit_lowers_the_weighted_loss_and_trains_every_exit(supernet):
+def test_the_engine_with_the_exit_loss_lowers_it_and_trains_every_exit(supernet):
+    from functools import partial
+
+    from natv2.train import train
+
     data = bundle()
     g = genome_with_exit(supernet.space, 3)
     net = supernet.extract(g, exits=aep_exits(supernet.space, g))
     before = {k: v.clone() for k, v in net.state_dict().items() if "classifier" in k}
     cfg = train_config(finetune_cfg(lr=0.01), epochs=6, early_exit=True)
     assert cfg.optimizer == "adamw"  # NATv2: AdamW for early-exit supernets
-    hist = train_multi_exit(net, data.train, cfg, resolution=RES, mean=data.mean, std=data.std, seed=0, progress=False)
+    hist = train(net, data.train, cfg, resolution=RES, mean=data.mean, std=data.std, seed=0, progress=False,
+                 loss_fn=partial(exit_loss, weights=None))
     assert len(hist.rows) == 6 and hist.losses[-1] < hist.losses[0]
     changed = {k.split(".")[1] for k, v in net.state_dict().items() if k in before and not torch.equal(v, before[k])}
     assert changed == {"2", "3", "4"}  # the classifiers of exits 3, 4 and 5 all learned
@@ -126,3 +131,43 @@ def test_aep_finetune_chooses_a_subset_on_val_and_predicts_with_it(supernet):
         expected = sum(outs[e - 3] for e in result.exits) / len(result.exits)
         assert torch.allclose(result.model(x), expected, atol=1e-5)
     assert [s + 1 for s in result.model.exit_stages] == result.exits and not result.model.training
+
+
+def test_aep_killed_in_step_one_resumes_with_the_recorded_subset_scores(supernet, tmp_path):
+    from functools import partial
+
+    from natv2.finetune import FinetuneState
+    from natv2.train import train
+
+    data = bundle()
+    space = supernet.space
+    g = genome_with_exit(space, 3)
+    cfg = finetune_cfg(patience=3, max_epochs=3)
+
+    def extract():
+        return supernet.extract(g, exits=aep_exits(space, g)).eval()
+
+    full = aep_finetune(extract, data, cfg, resolution=RES, seed=0, progress=False)
+
+    def dying_train(model, images, tcfg, weights=None, **kwargs):
+        user = kwargs.pop("on_epoch_end")
+
+        def on_epoch_end(epoch, row, net):
+            user(epoch, row, net)
+            if epoch == 2:
+                raise KeyboardInterrupt
+
+        return train(model, images, tcfg, loss_fn=partial(exit_loss, weights=weights), on_epoch_end=on_epoch_end,
+                     **kwargs)
+
+    with pytest.raises(KeyboardInterrupt):
+        aep_finetune(extract, data, cfg, resolution=RES, seed=0, train_fn=dying_train,
+                     state=FinetuneState(tmp_path / "st", {"g": 3}), progress=False)
+    state = FinetuneState(tmp_path / "st", {"g": 3})
+    assert sorted(state.records) == [0, 1, 2] and len(state.records[0]["extra"]) == 7  # 7 exit subsets each
+    resumed = aep_finetune(extract, data, cfg, resolution=RES, seed=0, state=state, progress=False)
+    assert (resumed.best_epoch, resumed.exits, resumed.attached) == (full.best_epoch, full.exits, full.attached)
+    assert resumed.subset_top1 == full.subset_top1
+    x = torch.randn(4, 3, RES, RES, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        assert torch.equal(resumed.model(x), full.model(x))

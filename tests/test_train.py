@@ -210,3 +210,15 @@ def test_subnets_per_step_samples_and_distils():
           seed=0, progress=False)
     assert len(net.calls) == 3 * 3  # 3 steps x 3 subnets
     assert set(net.calls) == {4, 8} and set(net.resolutions) == {8, 16}
+
+
+def test_a_custom_loss_cannot_be_combined_with_a_teacher():
+    from natv2.data import ImageSet
+    from natv2.errors import Natv2Error
+    from natv2.train import TrainConfig, train
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
+    data = ImageSet(torch.zeros(4, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
+    with pytest.raises(Natv2Error, match="loss_fn= and teacher= cannot be combined"):
+        train(net, data, TrainConfig(epochs=1, batch_size=2), resolution=4, teacher=net,
+              loss_fn=lambda out, y: out.sum())

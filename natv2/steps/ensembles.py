@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from natv2.config import settings_from_args
     from natv2.data import load_data
-    from natv2.ensemble import CSV_COLUMNS, ensembles_table, member_tables
+    from natv2.ensemble import CSV_COLUMNS, dominance_lines, ensembles_table, member_tables
     from natv2.errors import Natv2Error
     from natv2.export import export_ensemble
     from natv2.io import read_csv, write_csv
@@ -41,7 +41,9 @@ def run(args: argparse.Namespace) -> int:
     data = load_data(Path(args.data))
     device = settings.torch_device()
     paths = {str(r["id"]): str(r["path"]) for _, r in pareto.iterrows()}
-    tables, labels, failed = member_tables(paths, {"val": data.val, "test": data.test}, mean=data.mean, std=data.std,
+    # ensembles are chosen on the part of val that no member's fine-tune trained on (its "val_top1")
+    _fit, select = data.holdout(settings.finetune.selection_holdout, settings.seed)
+    tables, labels, failed = member_tables(paths, {"val": select, "test": data.test}, mean=data.mean, std=data.std,
                                            k=cfg.top_k, batch_size=cfg.batch_size, device=device)
     usable = pareto[pareto["id"].astype(str).isin(tables["val"].keys())]
     if len(usable) == 0:
@@ -59,6 +61,10 @@ def run(args: argparse.Namespace) -> int:
                                 rng=np.random.default_rng(settings.seed))
     write_csv(args.out, table)
     print(table.to_string(index=False))
+    singles = usable.assign(select_top1=[tables["val"][str(i)].top1(labels["val"]) for i in usable["id"].astype(str)])
+    if len(table):
+        for line in dominance_lines(singles, table, cost=cfg.objective if cfg.objective in singles.columns else "latency_ms"):
+            print(line)
     if args.export_dir:
         Path(args.export_dir).mkdir(parents=True, exist_ok=True)
         for _, row in table.iterrows():

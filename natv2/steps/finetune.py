@@ -5,7 +5,8 @@
 
 Writes the member's directory whole or not at all: weights.pt, config.json, model.ts (see
 natv2.export) and metrics.json (test top-1 before and after fine-tuning, val top-1, params,
-MACs, latency, the best epoch and the val-loss curve). One job per member: a failing member
+MACs, latency, the best epoch and the val-loss curve). A killed job resumes from the
+hidden folder ``.{id}.state`` beside the output (removed once the member is written). One job per member: a failing member
 leaves the others' directories untouched.
 """
 from __future__ import annotations
@@ -41,7 +42,16 @@ def front_member(front, member_id: str, source: str) -> dict:
     return rows.iloc[0].to_dict()
 
 
+def _file_stamp(path: str) -> dict:
+    """What identifies an input file cheaply: its size and modification time."""
+    import os
+
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def run(args: argparse.Namespace) -> int:
+    import dataclasses
     import logging
     import os
     import shutil
@@ -55,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.data import load_data
     from natv2.evaluate import recalibrate_bn, top1
     from natv2.export import export_network
-    from natv2.finetune import aep_exits, aep_finetune, two_step_finetune
+    from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
     from natv2.io import read_csv, write_json
     from natv2.nets.checkpoint import load_supernet
 
@@ -92,21 +102,31 @@ def run(args: argparse.Namespace) -> int:
             recalibrate_bn(net, bn_images, **common)
         return net.eval()
 
+    # part of val stays out of step 2: the ensembles are chosen, and compared with this net, on it
+    val_fit, val_select = data.holdout(cfg.selection_holdout, settings.seed)
+    out = Path(args.out)
+    state = FinetuneState(out.parent / f".{out.name}.state", {
+        "genome": str(member["genome"]), "seed": settings.seed, "finetune": dataclasses.asdict(cfg),
+        "supernet": _file_stamp(args.supernet), "data": _file_stamp(args.data),
+    })
+
     before = extract()
     val_before = top1(before, data.val, **common)
     test_before = top1(before, data.test, **common)
     log.info("member %s: before fine-tune val %.2f %%, test %.2f %%", args.id, val_before, test_before)
     del before
 
+    kwargs = dict(resolution=resolution, device=device, seed=settings.seed, step2_images=data.trainval(val_fit),
+                  state=state, progress=progress)
     if early_exit:  # NATv2's AEP: exits after the chosen one, weighted sum of their logits
-        result = aep_finetune(extract_with_exits, data, cfg, resolution=resolution, device=device, seed=settings.seed,
-                              progress=progress)
+        result = aep_finetune(extract_with_exits, data, cfg, **kwargs)
     else:
-        result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=settings.seed,
-                                   progress=progress)
+        result = two_step_finetune(extract, data, cfg, **kwargs)
     net = result.model.eval()
     test_after = top1(net, data.test, **common)
-    log.info("member %s: after fine-tune test %.2f %% (best epoch %d)", args.id, test_after, result.best_epoch)
+    select_after = top1(net, val_select, **common)
+    log.info("member %s: after fine-tune test %.2f %%, held-out val %.2f %% (best epoch %d)", args.id, test_after,
+             select_after, result.best_epoch)
 
     cpu_net = net.to("cpu")
     metrics = {
@@ -122,11 +142,13 @@ def run(args: argparse.Namespace) -> int:
         "test_top1": float(test_before),
         "test_top1_finetuned": float(test_after),
         "finetune_gain": float(test_after - test_before),
+        # top-1 on the part of val that step 2 did not train on (where the ensembles are chosen)
+        "select_top1_finetuned": float(select_after),
+        "select_images": len(val_select),
         **result.summary(),
         "seconds": time.perf_counter() - t0,
     }
     # build the directory next to its final name, then rename it into place (whole or not at all)
-    out = Path(args.out)
     tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
     if tmp.exists():
         shutil.rmtree(tmp)
@@ -140,5 +162,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
-    print(f"{args.id}: test top-1 {test_before:.2f} % -> {test_after:.2f} % after {result.step2_epochs} epochs on train+val")
+    state.remove()  # the member is done: its resume state has served
+    print(f"{args.id}: test top-1 {test_before:.2f} % -> {test_after:.2f} % after {result.step2_epochs} epochs on "
+          f"train + {len(val_fit)} of {len(data.val)} val images")
     return 0

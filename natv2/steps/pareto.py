@@ -13,6 +13,7 @@ COLUMNS = [
     "val_top1",
     "test_top1",
     "test_top1_finetuned",
+    "select_top1_finetuned",
     "path",
 ]
 
@@ -54,6 +55,8 @@ def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
                     "val_top1": float(m["val_top1"]) if "val_top1" in m else 100.0 - float(member["top1_err"]),
                     "test_top1": float(m["test_top1"]),
                     "test_top1_finetuned": float(m["test_top1_finetuned"]),
+                    # on the part of val held out of fine-tuning, where ensembles are chosen
+                    "select_top1_finetuned": float(m.get("select_top1_finetuned", "nan")),
                     "path": paths[mid],
                 }
             )

@@ -56,7 +56,7 @@ rule ensembles:
         nets=directory(f"{RESULTS}/{{ds}}/ensembles"),
     params:
         config=CONFIG,
-        fingerprint=fingerprint("seed", "ensemble", "evaluation"),
+        fingerprint=fingerprint("seed", "ensemble", "evaluation", "finetune.selection_holdout"),
     log:
         "logs/{ds}/ensembles.log",
     benchmark:
