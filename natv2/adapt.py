@@ -26,19 +26,10 @@ def adaptation_distribution(archive, space, search_cfg, cfg, rng: np.random.Gene
 
 
 def train_config(cfg):
+    """The engine's TrainConfig from the ``adapt:`` settings."""
     from natv2.train import TrainConfig
 
-    return TrainConfig(
-        optimizer=cfg.optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-        epochs=cfg.epochs,
-        warmup_epochs=min(cfg.warmup_epochs, cfg.epochs),
-        batch_size=cfg.batch_size,
-        label_smoothing=cfg.label_smoothing,
-        kd_weight=cfg.kd_weight,
-    )
+    return TrainConfig.from_sections(cfg)
 
 
 def adapt(

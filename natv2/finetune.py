@@ -83,17 +83,7 @@ def train_config(cfg, *, epochs: int, early_exit: bool = False):
     from natv2.train import TrainConfig
 
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("adamw" if early_exit else "sgd")
-    return TrainConfig(
-        optimizer=optimizer,
-        lr=cfg.lr,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-        epochs=int(epochs),
-        warmup_epochs=min(cfg.warmup_epochs, int(epochs)),
-        batch_size=cfg.batch_size,
-        label_smoothing=cfg.label_smoothing,
-        kd_weight=0.0,
-    )
+    return TrainConfig.from_sections(cfg, optimizer=optimizer, epochs=int(epochs), kd_weight=0.0)
 
 
 def mean_loss(model, images, *, resolution: int, mean, std, batch_size: int, device=None) -> float:

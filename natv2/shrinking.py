@@ -166,22 +166,7 @@ def train_config(cfg, phase_cfg, *, kd: bool):
     """The engine's TrainConfig for one phase from the ``supernet_train`` settings."""
     from natv2.train import TrainConfig
 
-    return TrainConfig(
-        optimizer=cfg.optimizer,
-        lr=phase_cfg.lr,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-        nesterov=cfg.nesterov,
-        epochs=phase_cfg.epochs,
-        warmup_epochs=min(phase_cfg.warmup_epochs, phase_cfg.epochs),
-        batch_size=cfg.batch_size,
-        label_smoothing=cfg.label_smoothing,
-        kd_weight=cfg.kd_weight if kd else 0.0,
-        kd_temperature=cfg.kd_temperature,
-        grad_clip=cfg.grad_clip,
-        amp=cfg.amp,
-        channels_last=cfg.channels_last,
-    )
+    return TrainConfig.from_sections(cfg, phase_cfg, kd_weight=cfg.kd_weight if kd else 0.0)
 
 
 def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_weights=None, batch_size: int = 200):

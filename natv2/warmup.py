@@ -26,17 +26,7 @@ def stage_config(cfg, *, epochs: int, lr: float, kd: bool):
     """The engine's TrainConfig for one warm-up stage from the ``warmup:`` settings."""
     from natv2.train import TrainConfig
 
-    return TrainConfig(
-        optimizer=cfg.optimizer,
-        lr=lr,
-        weight_decay=cfg.weight_decay,
-        momentum=cfg.momentum,
-        epochs=epochs,
-        warmup_epochs=min(cfg.warmup_epochs, epochs),
-        batch_size=cfg.batch_size,
-        label_smoothing=cfg.label_smoothing,
-        kd_weight=cfg.kd_weight if kd else 0.0,
-    )
+    return TrainConfig.from_sections(cfg, epochs=epochs, lr=lr, kd_weight=cfg.kd_weight if kd else 0.0)
 
 
 def ensure_head(supernet, classes: list[str], source_classes: list[str] | None, *, seed: int) -> bool:

@@ -222,3 +222,24 @@ def test_a_custom_loss_cannot_be_combined_with_a_teacher():
     with pytest.raises(Natv2Error, match="loss_fn= and teacher= cannot be combined"):
         train(net, data, TrainConfig(epochs=1, batch_size=2), resolution=4, teacher=net,
               loss_fn=lambda out, y: out.sum())
+
+
+def test_training_settings_come_from_the_config_sections_with_overrides_last():
+    from natv2.adapt import train_config as adapt_config
+    from natv2.config import load_settings
+    from natv2.shrinking import train_config as phase_config
+    from natv2.warmup import stage_config
+
+    s = load_settings(overrides={"supernet_train": {"grad_clip": 2.0, "momentum": 0.8,
+                                                     "phases": {"kernel": {"epochs": 2, "lr": 0.05, "warmup_epochs": 5}}},
+                                 "warmup": {"weight_decay": 0.001}, "adapt": {"epochs": 3, "lr": 0.004}})
+    phase = phase_config(s.supernet_train, s.supernet_train.phases.kernel, kd=False)
+    assert (phase.epochs, phase.lr, phase.grad_clip, phase.momentum, phase.kd_weight) == (2, 0.05, 2.0, 0.8, 0.0)
+    assert phase.warmup_epochs == 2  # cut to the epoch count
+    assert phase_config(s.supernet_train, s.supernet_train.phases.kernel, kd=True).kd_weight == s.supernet_train.kd_weight
+    stage = stage_config(s.warmup, epochs=4, lr=0.2, kd=False)
+    assert (stage.epochs, stage.lr, stage.weight_decay, stage.kd_weight) == (4, 0.2, 0.001, 0.0)
+    adapt = adapt_config(s.adapt)
+    assert (adapt.epochs, adapt.lr, adapt.kd_weight) == (3, 0.004, s.adapt.kd_weight)
+    with pytest.raises(Natv2Error, match="unknown training setting"):
+        TrainConfig.from_sections(s.adapt, colour="red")
