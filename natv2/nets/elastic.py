@@ -128,10 +128,11 @@ class ElasticSqueezeExcite(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         c = x.shape[1]
         m = se_channels(c)
-        y = x.mean((2, 3), keepdim=True)
-        y = F.relu(F.conv2d(y, self.reduce.weight[:m, :c], self.reduce.bias[:m]))
-        y = F.conv2d(y, self.expand.weight[:c, :m], self.expand.bias[:c])
-        return x * F.hardsigmoid(y)
+        # matrix products on the pooled (N, C), as the static SqueezeExcite (same values)
+        y = x.mean((2, 3))
+        y = F.relu(F.linear(y, self.reduce.weight[:m, :c].flatten(1), self.reduce.bias[:m]))
+        y = F.linear(y, self.expand.weight[:c, :m].flatten(1), self.expand.bias[:c])
+        return x * F.hardsigmoid(y)[:, :, None, None]
 
 
 class ElasticMBConv(nn.Module):
