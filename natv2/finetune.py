@@ -105,15 +105,18 @@ def mean_loss(model, images, *, resolution: int, mean, std, batch_size: int, dev
     return total / n
 
 
-def _is_stopped(cfg, records: dict[int, dict]) -> bool:
-    """Whether step 1's early stopping had already ended it, given the recorded val losses."""
+def _replay(cfg, records: dict[int, dict], last: int | None = None) -> tuple[EarlyStopping, bool]:
+    """Step 1's early stopping fed the recorded val losses of epochs 0, 1, ... (up to ``last``).
+
+    Returns the stopper and whether it stopped; a resumed run rebuilds its stopper this way.
+    """
     stopper = EarlyStopping(cfg.patience, min_delta=cfg.min_delta, max_epochs=cfg.max_epochs)
-    for epoch in range(0, max(records, default=-1) + 1):
-        if epoch not in records:
-            return False
+    epoch = 0
+    while epoch in records and (last is None or epoch <= last):
         if stopper.step(epoch, records[epoch]["loss"]):
-            return True
-    return False
+            return stopper, True
+        epoch += 1
+    return stopper, False
 
 
 class FinetuneState:
@@ -212,7 +215,7 @@ def two_step_finetune(
     common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, progress=progress)
 
     # step 1: find the best epoch count on val
-    if _is_stopped(cfg, records):
+    if _replay(cfg, records)[1]:
         log.info("fine-tune step 1: already done (val loss of epochs 0..%d on record)", max(records))
     else:
         model = extract()
@@ -222,9 +225,7 @@ def two_step_finetune(
         def after_epoch(epoch, row=None, net=None):
             measure(epoch, net if net is not None else model)
             # replay the record: a resumed run's stopper sees the epochs before it too
-            stopper = EarlyStopping(cfg.patience, min_delta=cfg.min_delta, max_epochs=cfg.max_epochs)
-            for e in range(epoch + 1):
-                stop = stopper.step(e, records[e]["loss"])
+            stopper, stop = _replay(cfg, records, last=epoch)
             log.info("fine-tune step 1, epoch %d: val loss %.4f (best %.4f at epoch %s)", epoch,
                      records[epoch]["loss"], stopper.best_loss, stopper.best_epoch)
             if stop:
@@ -237,12 +238,8 @@ def two_step_finetune(
         except _Stop:
             pass
         del model
-    stopper = EarlyStopping(cfg.patience, min_delta=cfg.min_delta, max_epochs=cfg.max_epochs)
-    step1_epochs = 0
-    for epoch in sorted(records):
-        step1_epochs = epoch
-        if stopper.step(epoch, records[epoch]["loss"]):
-            break
+    stopper, _ = _replay(cfg, records)
+    step1_epochs = stopper.losses[-1][0] if stopper.losses else 0
     best = int(stopper.best_epoch or 0)
     log.info("fine-tune step 1: stopped after %d epochs, best epoch %d", step1_epochs, best)
 
@@ -261,9 +258,8 @@ def two_step_finetune(
         if history is not None and getattr(history, "rows", None):
             step2_epochs = len(history.rows)  # a resumed run's history holds the epochs before it too
     model.eval()
-    kept = [e for e in sorted(records) if e <= step1_epochs]
-    return FinetuneResult(model, best, step1_epochs, step2_epochs, [(e, records[e]["loss"]) for e in kept],
-                          val_extras={e: records[e]["extra"] for e in kept})
+    return FinetuneResult(model, best, step1_epochs, step2_epochs, list(stopper.losses),
+                          val_extras={e: records[e]["extra"] for e, _ in stopper.losses})
 
 
 # --------------------------------------------------------------------------------------------

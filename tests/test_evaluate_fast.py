@@ -279,3 +279,10 @@ def test_evaluate_genomes_with_and_without_the_stem_cache(monkeypatch):
     assert fast[["genome", "params", "macs"]].equals(whole[["genome", "params", "macs"]])
     unfolded = evaluate_genomes(net, genomes, data, dataclasses.replace(cfg, fold_bn=False), progress=False, seed=1)
     assert np.allclose(unfolded["top1"], fast["top1"], atol=100 / 30 + 1e-9)  # at most one image flips
+
+
+def test_the_fusion_check_leaves_the_global_rng_alone():
+    pointwise_fusion_available.cache_clear()
+    before = torch.get_rng_state()
+    pointwise_fusion_available()
+    assert torch.equal(torch.get_rng_state(), before)

@@ -254,16 +254,30 @@ def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
     assert line.startswith(f"{image}: ") and len(line.split(", ")) == 5
 
 
-def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
-    """An EE_D member goes through AEP: exits from the chosen one on, exported and reloadable."""
+def member_job(tmp_path, overrides: dict):
+    """A member job's inputs on digits: the config arguments, settings, split.json and a seeded supernet.pt."""
     import yaml
 
-    import natv2
-    from natv2.cli import main
     from natv2.config import DEFAULT_CONFIG
-    from natv2.data import load_data, prepare_split
+    from natv2.data import prepare_split
     from natv2.nets import build_supernet
     from natv2.nets.checkpoint import save_supernet
+
+    override_file = tmp_path / "overrides.yaml"
+    override_file.write_text(yaml.safe_dump(overrides))
+    settings = load_settings([DEFAULT_CONFIG, override_file])
+    split = prepare_split(settings, "digits", tmp_path / "data")
+    torch.manual_seed(0)
+    supernet = build_supernet(settings.supernet_for("digits"), 10)
+    save_supernet(tmp_path / "supernet.pt", supernet)
+    return ["--config", str(DEFAULT_CONFIG), "--config", str(override_file)], settings, split, supernet
+
+
+def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
+    """An EE_D member goes through AEP: exits from the chosen one on, exported and reloadable."""
+    import natv2
+    from natv2.cli import main
+    from natv2.data import load_data
 
     overrides = {
         "device": "cpu",
@@ -273,13 +287,7 @@ def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
         "finetune": {"patience": 1, "max_epochs": 1, "batch_size": 32, "lr": 0.01, "bn_images": 40,
                      "latency_repeats": 2},
     }
-    override_file = tmp_path / "ee.yaml"
-    override_file.write_text(yaml.safe_dump(overrides))
-    settings = load_settings([DEFAULT_CONFIG, override_file])
-    split = prepare_split(settings, "digits", tmp_path / "data")
-    torch.manual_seed(0)
-    supernet = build_supernet(settings.supernet_for("digits"), 10)
-    save_supernet(tmp_path / "supernet.pt", supernet)
+    config, settings, split, supernet = member_job(tmp_path, overrides)
     space = supernet.space
     genome = space.smallest().copy()
     genome[-1] = 3  # exit after stage 3: AEP re-attaches exits 3, 4 and 5
@@ -287,7 +295,7 @@ def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
         tmp_path / "front.csv", index=False)
 
     out = tmp_path / "nets" / "0"
-    rc = main(["finetune", "--config", str(DEFAULT_CONFIG), "--config", str(override_file), "--data", str(split),
+    rc = main(["finetune", *config, "--data", str(split),
                "--supernet", str(tmp_path / "supernet.pt"), "--front", str(tmp_path / "front.csv"), "--id", "0",
                "--out", str(out)])
     assert rc == 0
@@ -401,25 +409,14 @@ def test_holdout_is_stratified_disjoint_and_fixed_by_the_seed():
 
 
 def test_step_two_of_the_member_job_never_sees_the_held_out_images(tmp_path, monkeypatch):
-    import yaml
-
     import natv2.finetune
     from natv2.cli import main
-    from natv2.config import DEFAULT_CONFIG
-    from natv2.data import load_data, prepare_split
-    from natv2.nets import build_supernet
-    from natv2.nets.checkpoint import save_supernet
+    from natv2.data import load_data
 
     overrides = {"device": "cpu", "datasets": {"digits": {"kind": "digits", "max_train": 60, "val_size": 40,
                                                           "test_size": 40, "image_size": 8, "resolutions": [8]}},
                  "finetune": {"selection_holdout": 0.25, "bn_images": 0, "latency_repeats": 1}}
-    override_file = tmp_path / "o.yaml"
-    override_file.write_text(yaml.safe_dump(overrides))
-    settings = load_settings([DEFAULT_CONFIG, override_file])
-    split = prepare_split(settings, "digits", tmp_path / "data")
-    torch.manual_seed(0)
-    supernet = build_supernet(settings.supernet_for("digits"), 10)
-    save_supernet(tmp_path / "supernet.pt", supernet)
+    config, settings, split, supernet = member_job(tmp_path, overrides)
     pd.DataFrame({"id": [0], "genome": [supernet.space.to_string(supernet.space.smallest())]}).to_csv(
         tmp_path / "front.csv", index=False)
     seen = {}
@@ -429,7 +426,7 @@ def test_step_two_of_the_member_job_never_sees_the_held_out_images(tmp_path, mon
         return natv2.finetune.FinetuneResult(extract(), 0, 0, 0, [])
 
     monkeypatch.setattr(natv2.finetune, "two_step_finetune", spy)
-    assert main(["finetune", "--config", str(DEFAULT_CONFIG), "--config", str(override_file), "--data", str(split),
+    assert main(["finetune", *config, "--data", str(split),
                  "--supernet", str(tmp_path / "supernet.pt"), "--front", str(tmp_path / "front.csv"), "--id", "0",
                  "--out", str(tmp_path / "nets" / "0")]) == 0
     data = load_data(split)

@@ -5,9 +5,9 @@
 
 Writes the member's directory whole or not at all: weights.pt, config.json, model.ts (see
 natv2.export) and metrics.json (test top-1 before and after fine-tuning, val top-1, params,
-MACs, latency, the best epoch and the val-loss curve). A killed job resumes from the
-hidden folder ``.{id}.state`` beside the output (removed once the member is written). One job per member: a failing member
-leaves the others' directories untouched.
+MACs, latency, the best epoch and the val-loss curve). A killed job resumes from the hidden
+folder ``.{id}.state`` beside the output (removed once the member is written). One job per
+member: a failing member leaves the others' directories untouched.
 """
 from __future__ import annotations
 
