@@ -63,24 +63,55 @@ def placeholder(path: Path, message: str) -> Path:
     return _save(plt, fig, path)
 
 
-def plot_front(pareto: pd.DataFrame, path: Path) -> Path:
-    """Top-1 of the front (val, test before and after fine-tune) against every measured cost, one panel each."""
+#: how each cost is shown: (axis label, divisor) so the ticks read 0.5, 1.2 rather than 1.2x10^6
+UNITS = {"params": ("parameters (M)", 1e6), "macs": ("MACs (M)", 1e6), "latency_ms": ("latency (ms)", 1.0)}
+
+
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None = None,
+               baseline: Sequence[dict] = ()) -> Path:
+    """Top-1 of the front against every measured cost, one panel each.
+
+    Each panel sorts the front along its own x axis and draws the search's val top-1 as a step
+    line (the attainment front: the best accuracy at most that cost), the test top-1 before and
+    after fine-tuning as markers, the members' ids beside the fine-tuned points, every evaluated
+    archive genome (``archive``: ``top1_err`` and the costs) as grey dots behind, and each
+    ``baseline`` entry (``{"name", "params", "test_top1", ...}``, bench/baseline.py) as a star.
+    """
     _require(pareto, ["val_top1"], "pareto.csv")
     costs = [c for c in COSTS if c in pareto.columns and pareto[c].notna().any()]
     if not costs:
         raise Natv2Error(f"pareto.csv: no cost column measured (expected one of {', '.join(COSTS)})")
     plt, fig, axes = _figure(len(costs))
     for ax, cost in zip(axes, costs):
-        frame = pareto.sort_values(cost)
-        for column, name in ACCURACIES.items():
+        label, scale = UNITS[cost]
+        if archive is not None and {cost, "top1_err"} <= set(archive.columns):
+            ax.scatter(archive[cost] / scale, 100.0 - archive["top1_err"], s=10, color="0.75", zorder=1,
+                       label=f"evaluated subnets ({len(archive)})")
+        frame = pareto.dropna(subset=[cost]).sort_values(cost)
+        x = frame[cost] / scale
+        ax.plot(x, frame["val_top1"], drawstyle="steps-post", marker="o", zorder=3, label="val (search)")
+        for column, style in (("test_top1", "s"), ("test_top1_finetuned", "D")):
             if column in frame.columns and frame[column].notna().any():
-                ax.plot(frame[cost], frame[column], marker="o", linestyle="-", label=name)
-        if cost != "latency_ms":
-            ax.set_xscale("log")
-        ax.set_xlabel(COSTS[cost])
+                ax.plot(x, frame[column], style, linestyle="none", zorder=4, label=ACCURACIES[column])
+        ids_on = "test_top1_finetuned" if "test_top1_finetuned" in frame.columns else "val_top1"
+        if "id" in frame.columns:
+            for xi, yi, name in zip(x, frame[ids_on], frame["id"]):
+                if pd.notna(yi):
+                    ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=8, zorder=5)
+        for entry in baseline:
+            if entry.get(cost) is not None and entry.get("test_top1") is not None:
+                ax.plot(float(entry[cost]) / scale, float(entry["test_top1"]), "*", markersize=13, zorder=6,
+                        label=f"baseline: {entry.get('name', 'static net')}")
+        ax.set_xlabel(label)
         ax.set_ylabel("top-1 (%)")
         ax.set_title(f"front ({len(frame)} nets): top-1 vs {COSTS[cost]}")
-        ax.legend()
+        ax.legend(fontsize=8, loc="lower right")
     return _save(plt, fig, path)
 
 
@@ -118,7 +149,9 @@ def plot_series(table: pd.DataFrame, columns: Sequence[str], ylabel: str, title:
     plt, fig, (ax,) = _figure()
     table = table.sort_values("iteration")
     for column in columns:
+        # an undefined value (NaN, e.g. a tau over fewer than two candidates) is a gap, not a zero
         ax.plot(table["iteration"], table[column], marker="o", label=column)
+    _integer_ticks(ax)
     ax.set_xlabel("iteration")
     ax.set_ylabel(ylabel)
     ax.set_title(title)
@@ -167,6 +200,27 @@ def metrics(pareto: pd.DataFrame, *, ensembles: pd.DataFrame | None = None, hv: 
     return out
 
 
+def evaluated_genomes(paths: Sequence[str | Path]) -> pd.DataFrame:
+    """Every genome of the given archive tables once (the last row of a genome wins)."""
+    frames = [read_csv(p) for p in paths]
+    frame = pd.concat(frames, ignore_index=True)
+    _require(frame, ["genome", "top1_err"], "archive.csv")
+    return frame.drop_duplicates("genome", keep="last").reset_index(drop=True)
+
+
+def read_baseline(path: str | Path) -> list[dict]:
+    """bench/baseline.py's JSON: ``{"runs": [{"name", "params", "macs", "latency_ms", "test_top1"}, ...]}``."""
+    import json
+
+    try:
+        runs = json.loads(Path(path).read_text())["runs"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise Natv2Error(f"{path}: expected bench/baseline.py's JSON with a 'runs' list ({e})") from None
+    if not isinstance(runs, list) or not all(isinstance(r, dict) for r in runs):
+        raise Natv2Error(f"{path}: 'runs' must be a list of objects")
+    return runs
+
+
 def benchmark_seconds(paths: Sequence[str | Path]) -> float:
     """Total wall-clock of Snakemake ``benchmark:`` files (tab-separated, column ``s``); folders are searched."""
     files: list[Path] = []
@@ -193,6 +247,8 @@ def make_report(
     tau_csv: str | Path | None = None,
     search_seconds: float | None = None,
     workflow_seconds: float | None = None,
+    archive_csvs: Sequence[str | Path] = (),
+    baseline_json: str | Path | None = None,
 ) -> dict:
     """Write front.png, ensembles.png, hypervolume.png, surrogate_tau.png and metrics.json into ``out_dir``.
 
@@ -204,7 +260,9 @@ def make_report(
     pareto = read_csv(pareto_csv)
     if len(pareto) == 0:
         raise Natv2Error(f"{pareto_csv}: the front is empty; nothing to report")
-    written = [plot_front(pareto, out_dir / "front.png")]
+    archive = evaluated_genomes(archive_csvs) if archive_csvs else None
+    baseline = read_baseline(baseline_json) if baseline_json is not None else []
+    written = [plot_front(pareto, out_dir / "front.png", archive=archive, baseline=baseline)]
     ensembles = read_csv(ensembles_csv) if ensembles_csv is not None else None
     if ensembles is not None and len(ensembles):
         written.append(plot_ensembles(pareto, ensembles, out_dir / "ensembles.png"))

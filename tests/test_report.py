@@ -94,3 +94,74 @@ def test_bad_tables_are_clear_errors(tmp_path):
     with pytest.raises(Natv2Error, match="not a Snakemake benchmark"):
         benchmark_seconds([not_bench])
     assert main(["report", "--pareto", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "r")]) == 2
+
+
+def _captured_figure(monkeypatch):
+    """Run a plot with ``natv2.report._save`` replaced by a capture of its figure."""
+    import natv2.report as report
+
+    captured = {}
+
+    def keep(plt, fig, path):
+        captured["fig"] = fig
+        return path
+
+    monkeypatch.setattr(report, "_save", keep)
+    return captured
+
+
+def test_front_plot_sorts_each_panel_labels_ids_and_shows_archive_and_baseline(tmp_path, monkeypatch):
+    """Issue 13: the front is a step line sorted along its own x axis (not table order), in M units,
+    over every evaluated genome in grey, with the members' ids and the baseline as a star."""
+    from natv2.report import plot_front
+
+    paths = tables(tmp_path)
+    pareto = pd.read_csv(paths["pareto"])
+    pareto["latency_ms"] = [3.0, 1.0, 2.5, 1.5, 2.0]  # not in the order of params: the V of table order
+    archive = pd.DataFrame({"genome": [f"a{i}" for i in range(7)], "top1_err": np.linspace(50, 20, 7),
+                            "params": np.linspace(1e5, 1e6, 7), "macs": np.linspace(1e6, 1e7, 7),
+                            "latency_ms": np.linspace(1, 3, 7)})
+    baseline = [{"name": "largest", "params": 2.0e6, "macs": 2e7, "latency_ms": 4.0, "test_top1": 85.0}]
+    captured = _captured_figure(monkeypatch)
+    plot_front(pareto, tmp_path / "front.png", archive=archive, baseline=baseline)
+    axes = captured["fig"].axes
+    assert [ax.get_xlabel() for ax in axes] == ["parameters (M)", "MACs (M)", "latency (ms)"]
+    for ax in axes:
+        val_line = next(line for line in ax.get_lines() if line.get_label() == "val (search)")
+        x = np.asarray(val_line.get_xdata(), dtype=float)
+        assert np.all(np.diff(x) >= 0), ax.get_xlabel()
+        assert val_line.get_drawstyle() == "steps-post"
+        grey = ax.collections[0]
+        assert len(grey.get_offsets()) == 7
+        assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "2", "3", "4"]
+        star = next(line for line in ax.get_lines() if line.get_label().startswith("baseline"))
+        assert float(star.get_ydata()[0]) == 85.0
+    latency_val = next(line for line in axes[2].get_lines() if line.get_label() == "val (search)")
+    assert list(latency_val.get_xdata()) == [1.0, 1.5, 2.0, 2.5, 3.0]
+    assert float(axes[0].get_lines()[0].get_xdata().max()) == pytest.approx(pareto["params"].max() / 1e6)
+
+
+def test_series_plot_has_integer_iteration_ticks(tmp_path, monkeypatch):
+    from natv2.report import plot_series
+
+    hv = pd.DataFrame({"iteration": [0, 1, 2], "hypervolume": [0.2, 0.35, 0.4]})
+    captured = _captured_figure(monkeypatch)
+    plot_series(hv, ["hypervolume"], "hv", "hv", tmp_path / "hv.png")
+    ax = captured["fig"].axes[0]
+    ticks = [t for t in ax.get_xticks() if -0.5 <= t <= 2.5]
+    assert ticks and all(float(t).is_integer() for t in ticks)
+
+
+def test_report_reads_archives_and_refuses_a_bad_baseline(tmp_path):
+    paths = tables(tmp_path)
+    archive = tmp_path / "archive.csv"
+    pd.DataFrame({"genome": ["a", "b", "a"], "top1_err": [30.0, 40.0, 25.0], "params": [1e5, 2e5, 1e5],
+                  "macs": [1e6, 2e6, 1e6], "latency_ms": [1.0, 2.0, 1.0]}).to_csv(archive, index=False)
+    from natv2.report import evaluated_genomes
+
+    frame = evaluated_genomes([archive])
+    assert list(frame["genome"]) == ["b", "a"] and list(frame["top1_err"]) == [40.0, 25.0]
+    bad = tmp_path / "baseline.json"
+    bad.write_text('{"nets": []}')
+    with pytest.raises(Natv2Error, match="baseline.json: expected bench/baseline.py's JSON"):
+        make_report(paths["pareto"], tmp_path / "r", archive_csvs=[archive], baseline_json=bad)

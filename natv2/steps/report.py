@@ -13,6 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--benchmarks", nargs="*", default=[], metavar="PATH",
                    help="Snakemake benchmark files or folders (e.g. benchmarks/{ds}); summed as the workflow wall-clock, "
                         "their search/ subfolders as the search wall-clock")
+    p.add_argument("--archives", nargs="*", default=[], metavar="CSV",
+                   help="archive tables (search/iter*/archive.csv): every evaluated genome, drawn in grey behind the front")
+    p.add_argument("--baseline", metavar="JSON", help="bench/baseline.py's output: static nets drawn as stars")
     p.add_argument("--search-seconds", type=float, metavar="S", help="search wall-clock, when known otherwise")
     p.add_argument("--out", required=True, metavar="DIR", help="report folder (PNGs, metrics.json)")
     p.set_defaults(func=run)
@@ -33,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
         if seconds is None:
             seconds = benchmark_seconds(search_parts) if search_parts else total
     result = make_report(args.pareto, args.out, ensembles_csv=args.ensembles, hv_csv=args.hv, tau_csv=args.tau,
-                         search_seconds=seconds, workflow_seconds=total)
+                         search_seconds=seconds, workflow_seconds=total, archive_csvs=args.archives,
+                         baseline_json=args.baseline)
     print(json.dumps({k: v for k, v in result.items() if k != "plots"}, indent=1))
     return 0

@@ -74,6 +74,7 @@ rule report:
         pareto=f"{RESULTS}/{{ds}}/pareto.csv",
         ensembles=f"{RESULTS}/{{ds}}/ensembles.csv",
         hv=f"{RESULTS}/{{ds}}/search/hv.csv",
+        archives=all_archives,
     output:
         metrics=f"{RESULTS}/{{ds}}/report/metrics.json",
         front=report(f"{RESULTS}/{{ds}}/report/front.png", caption="../report/front.rst", category="Front"),
@@ -91,4 +92,4 @@ rule report:
         **resources_for("light"),
     shell:
         "natv2 --threads {threads} report --pareto {input.pareto} --ensembles {input.ensembles} --hv {input.hv}"
-        " --benchmarks benchmarks/{wildcards.ds} --out $(dirname {output.metrics}) > {log} 2>&1"
+        " --archives {input.archives} --benchmarks benchmarks/{wildcards.ds} --out $(dirname {output.metrics}) > {log} 2>&1"
