@@ -94,3 +94,13 @@ def test_bad_tables_are_clear_errors(tmp_path):
     with pytest.raises(Natv2Error, match="not a Snakemake benchmark"):
         benchmark_seconds([not_bench])
     assert main(["report", "--pareto", str(tmp_path / "absent.csv"), "--out", str(tmp_path / "r")]) == 2
+
+
+def test_report_plots_a_tau_that_is_nan_everywhere(tmp_path):
+    """An undefined Kendall tau is NaN in hv.csv: the tau plot is still drawn, no error."""
+    paths = tables(tmp_path)
+    hv = pd.read_csv(paths["hv"]).assign(cv_tau=np.nan, tau_candidates=np.nan)
+    hv.to_csv(paths["hv"], index=False)
+    rc = main(["report", "--pareto", str(paths["pareto"]), "--ensembles", str(paths["ensembles"]),
+               "--hv", str(paths["hv"]), "--out", str(tmp_path / "r")])
+    assert rc == 0 and (tmp_path / "r" / "surrogate_tau.png").read_bytes().startswith(PNG)

@@ -13,7 +13,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pareto", required=True, metavar="CSV", help="pareto.csv (id, params, macs, latency_ms, path)")
     p.add_argument("--out", required=True, metavar="CSV", help="ensembles.csv")
     p.add_argument("--export-dir", metavar="DIR", help="also export every ensemble as DIR/<id>/ (config.json, model.ts, members)")
-    p.add_argument("--strict", action="store_true", help="exit 2 when a member was left out (default: warn, keep the rest)")
+    # strict by default: a broken front member must not silently leave the ensembles (issue 12.7)
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="exit 2 when a member was left out (default; --no-strict: warn and keep the rest)")
     p.set_defaults(func=run)
 
 

@@ -48,8 +48,15 @@ def candidate_tau(evaluated, predicted: dict) -> dict:
     known = evaluated[evaluated["genome"].isin(predicted)]
     pred = np.array([predicted[g] for g in known["genome"]], dtype=float)
     meas = known["top1_err"].to_numpy(float)
+    tau = kendall_tau(pred, meas) if len(known) >= 2 else None
+    if tau is not None and not np.isfinite(tau):
+        import logging
+
+        logging.getLogger("natv2.update").warning(
+            "Kendall tau of the surrogate on the %d candidates is undefined (constant predictions or errors): "
+            "recorded as NaN", len(known))
     return {"n": len(known),
-            "tau": kendall_tau(pred, meas) if len(known) >= 2 else None,
+            "tau": tau,
             "rmse": rmse(pred, meas) if len(known) else None}
 
 
