@@ -43,7 +43,6 @@ def adapt(
     seed: int,
     state_path: Path | None = None,
     progress: bool = True,
-    data_cfg=None,
 ) -> dict[str, Any]:
     """Adapt ``supernet`` in place to the distribution of ``archive``'s best; return a summary."""
     from natv2.archive import sample_distribution
@@ -76,8 +75,8 @@ def adapt(
         seed=seed,
         mean=data.mean,
         std=data.std,
-        pad=getattr(data_cfg, "pad", 4),
-        flip=getattr(data_cfg, "flip", True),
+        pad=data.pad,  # the dataset's augmentation, from its split.json
+        flip=data.flip,
         progress=progress,
     )
     supernet.set_active(space.largest())

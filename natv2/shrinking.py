@@ -209,14 +209,14 @@ def run_phase(
     device,
     seed: int,
     resume: Path | None = None,
-    pad: int = 4,
-    flip: bool = True,
+    pad: int | None = None,
+    flip: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``supernet`` in place through one phase; return a summary for the checkpoint meta.
 
     ``data`` is a DataBundle; ``cfg`` the ``supernet_train`` settings; ``pad``/``flip`` the
-    augmentation (``data:`` settings). A phase that does not
+    augmentation (None: the dataset's, ``data.pad`` / ``data.flip`` from split.json). A phase that does not
     apply to the variant, or has 0 epochs, leaves the weights unchanged (``skipped`` true).
     """
     from natv2.train import train
@@ -249,8 +249,8 @@ def run_phase(
         seed=seed,
         mean=data.mean,
         std=data.std,
-        pad=pad,
-        flip=flip,
+        pad=data.pad if pad is None else pad,
+        flip=data.flip if flip is None else flip,
         progress=progress,
     )
     supernet.set_active(space.largest())

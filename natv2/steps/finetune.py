@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.export import export_network
     from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
     from natv2.io import read_csv, write_json
-    from natv2.nets.checkpoint import load_supernet
+    from natv2.nets.checkpoint import check_classes, load_supernet
 
     import sys
 
@@ -80,6 +80,7 @@ def run(args: argparse.Namespace) -> int:
     device = settings.torch_device()
     data = load_data(Path(args.data))
     supernet, _meta = load_supernet(args.supernet)
+    check_classes(supernet, data.n_classes, args.supernet, args.data)
     supernet = supernet.to(device).eval()
     space = supernet.space
     genome = space.from_string(str(member["genome"]))

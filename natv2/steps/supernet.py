@@ -105,7 +105,7 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
                 f"{init}: supernet predicts {net.n_classes} classes, the dataset {data_json} has {data.n_classes}"
             )
     summary = run_phase(net, phase, data, settings.supernet_train, device=device, seed=settings.seed,
-                        resume=state, pad=settings.data.pad, flip=settings.data.flip, progress=progress)
+                        resume=state, pad=data.pad, flip=data.flip, progress=progress)
     done = [p for p in meta.get("phases", []) if p.get("phase") != phase] + [summary]
     meta.update({"phase": phase, "phases": done, "classes": list(data.classes), "source": "train"})
     save_supernet(out, net.cpu(), meta)
