@@ -50,7 +50,9 @@ def adapt(
     from natv2.train import train
 
     space = supernet.space
-    rng = np.random.default_rng([seed, 7])
+    from natv2.rng import stream
+
+    rng = stream(seed, "adapt-distribution")
     probs = adaptation_distribution(archive, space, search_cfg, cfg, rng)
     if cfg.epochs == 0:
         log.info("adaptation: 0 epochs configured, supernet carried over unchanged")

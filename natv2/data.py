@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from natv2.config import DatasetConfig, Settings
 from natv2.errors import Natv2Error
 from natv2.io import atomic_path, load_torch, read_json
+from natv2.rng import stream
 
 log = logging.getLogger(__name__)
 
@@ -132,7 +133,7 @@ class DataBundle:
         labels = self.val.labels.cpu().numpy()
         n_select = int(round(fraction * len(labels)))
         try:
-            select, fit = stratified_take(labels, n_select, np.random.default_rng([int(seed), 0x5E1EC7]))
+            select, fit = stratified_take(labels, n_select, stream(seed, "holdout"))
         except ValueError as err:
             raise Natv2Error(f"finetune.selection_holdout={fraction}: val split: {err}") from None
         if len(select) == 0:
@@ -248,7 +249,7 @@ def prepare_split(settings: Settings, ds_key: str, out_dir: str | Path, *, worke
     t0 = time.perf_counter()
     raw = load_source(cfg, workers)
     labels = raw.labels.numpy()
-    index = make_split(labels, raw.n_pool, cfg, np.random.default_rng(settings.seed))
+    index = make_split(labels, raw.n_pool, cfg, stream(settings.seed, "split"))
     mean, std = channel_stats(raw.images, index["train"])
     meta = {
         "format": SPLIT_FORMAT,

@@ -188,7 +188,9 @@ def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_w
         net = supernet.extract(genome, all_exits=True)
     else:
         net = supernet.extract(genome)
-    gen = torch.Generator().manual_seed(seed)
+    from natv2.rng import torch_stream
+
+    gen = torch_stream(seed, "teacher-bn")
     images = data.train.subset(min(bn_images, len(data.train)), gen)
     net = net.to(device)
     recalibrate_bn(net, images, resolution=resolution, mean=data.mean, std=data.std, batch_size=batch_size, device=device)

@@ -34,11 +34,11 @@ def ensure_head(supernet, classes: list[str], source_classes: list[str] | None, 
 
     Returns True when the head was replaced.
     """
-    import torch
+    from natv2.rng import torch_stream
 
     if source_classes is not None and list(source_classes) == list(classes) and supernet.n_classes == len(classes):
         return False
-    supernet.reset_classifier(len(classes), torch.Generator().manual_seed(seed))
+    supernet.reset_classifier(len(classes), torch_stream(seed, "head"))
     return True
 
 

@@ -27,6 +27,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.config import settings_from_args
     from natv2.data import load_data
     from natv2.nets.checkpoint import check_classes, load_supernet, save_supernet
+    from natv2.rng import stream_seed
 
     settings = settings_from_args(args)
     archive = read_archive(args.archive, settings.search.objectives)
@@ -37,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
     summary = adapt(
         supernet, data, archive, settings.adapt, settings.search,
-        device=settings.torch_device(), seed=settings.seed * 1000 + args.iteration,
+        device=settings.torch_device(), seed=stream_seed(settings.seed, "adapt", args.iteration),
         state_path=state_dir / "adapt.pt", progress=sys.stderr.isatty(),
     )
     meta = dict(meta)

@@ -31,6 +31,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.errors import Natv2Error
     from natv2.export import export_ensemble
     from natv2.io import read_csv, write_csv
+    from natv2.rng import stream
 
     settings = settings_from_args(args)
     cfg = settings.ensemble
@@ -60,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
         table = pd.DataFrame(columns=CSV_COLUMNS)
     else:
         table = ensembles_table(usable, tables["val"], labels["val"], tables["test"], labels["test"], cfg,
-                                rng=np.random.default_rng(settings.seed))
+                                rng=stream(settings.seed, "ensembles"))
     write_csv(args.out, table)
     print(table.to_string(index=False))
     singles = usable.assign(select_top1=[tables["val"][str(i)].top1(labels["val"]) for i in usable["id"].astype(str)])

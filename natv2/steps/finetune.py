@@ -68,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
     from natv2.io import read_csv, write_json
     from natv2.nets.checkpoint import check_classes, load_supernet
+    from natv2.rng import torch_stream
 
     import sys
 
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     resolution = int(space.decode(genome).resolution)
     early_exit = bool(getattr(space, "n_exits", 0))
     common = dict(resolution=resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device)
-    bn_images = data.train.subset(cfg.bn_images, torch.Generator().manual_seed(settings.seed)) if cfg.bn_images else None
+    bn_images = data.train.subset(cfg.bn_images, torch_stream(settings.seed, "bn-images")) if cfg.bn_images else None
 
     def extract():
         """A fresh copy of the member with the supernet's weights and its own BN statistics."""

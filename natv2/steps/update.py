@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-STREAM = 2
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     from natv2.config import add_config_argument
@@ -79,14 +77,14 @@ def run(args: argparse.Namespace) -> int:
     from natv2.archive import check_table, read_archive, write_archive
     from natv2.config import settings_from_args
     from natv2.io import read_json, write_json
-    from natv2.steps.search import step_rng
+    from natv2.rng import stream
 
     settings = settings_from_args(args)
     cfg = settings.search
     archive = read_archive(args.archive, cfg.objectives)
     evaluated = check_table(read_evaluated(args.candidates), cfg.objectives, "evaluated candidates")
     surrogate = read_json(args.surrogate) if args.surrogate else None
-    new_archive, report = run_update(archive, evaluated, cfg, step_rng(settings.seed, args.iteration, STREAM),
+    new_archive, report = run_update(archive, evaluated, cfg, stream(settings.seed, "update", args.iteration),
                                      iteration=args.iteration, seed=settings.seed, surrogate=surrogate)
     write_archive(args.out, new_archive)
     if args.report:
