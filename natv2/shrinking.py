@@ -176,10 +176,9 @@ def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_w
     (``supernet.extract(genome, all_exits=True)``) wrapped so its logits are the weighted
     ensemble of its exits (OFAv2).
     """
-    import torch
-
     from natv2.distill import ExitEnsembleTeacher
     from natv2.evaluate import recalibrate_bn
+    from natv2.rng import torch_stream
 
     space = supernet.space
     genome = space.largest()
@@ -188,8 +187,6 @@ def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_w
         net = supernet.extract(genome, all_exits=True)
     else:
         net = supernet.extract(genome)
-    from natv2.rng import torch_stream
-
     gen = torch_stream(seed, "teacher-bn")
     images = data.train.subset(min(bn_images, len(data.train)), gen)
     net = net.to(device)

@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
     import pandas as pd
 
     from natv2.config import settings_from_args

@@ -58,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    import torch
-
     from natv2.config import settings_from_args
     from natv2.costs import count_macs, count_params, measure_latency
     from natv2.data import load_data
