@@ -77,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
 
     for mid, message in failed.items():
         print(f"natv2: error: member {mid} left out of the ensembles: {message}", file=sys.stderr)
-    # the other members' ensembles are written either way; --strict makes the left-out members fail the step
+    # the other members' ensembles are written either way; strict (the default) makes a left-out member fail the step
     return 2 if failed and args.strict else 0
