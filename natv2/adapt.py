@@ -43,7 +43,6 @@ def adapt(
     seed: int,
     state_path: Path | None = None,
     progress: bool = True,
-    data_cfg=None,
 ) -> dict[str, Any]:
     """Adapt ``supernet`` in place to the distribution of ``archive``'s best; return a summary."""
     from natv2.archive import sample_distribution
@@ -51,7 +50,9 @@ def adapt(
     from natv2.train import train
 
     space = supernet.space
-    rng = np.random.default_rng([seed, 7])
+    from natv2.rng import stream
+
+    rng = stream(seed, "adapt-distribution")
     probs = adaptation_distribution(archive, space, search_cfg, cfg, rng)
     if cfg.epochs == 0:
         log.info("adaptation: 0 epochs configured, supernet carried over unchanged")
@@ -76,8 +77,8 @@ def adapt(
         seed=seed,
         mean=data.mean,
         std=data.std,
-        pad=getattr(data_cfg, "pad", 4),
-        flip=getattr(data_cfg, "flip", True),
+        pad=data.pad,  # the dataset's augmentation, from its split.json
+        flip=data.flip,
         progress=progress,
     )
     supernet.set_active(space.largest())

@@ -87,7 +87,11 @@ def measure_latency(
     net = net.to(device).eval()
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     net = net.to(memory_format=fmt)
-    x = torch.randn(batch_size, 3, resolution, resolution, device=device).contiguous(memory_format=fmt)
+    # its own generator: a latency measurement must not advance the global RNG of a seeded run
+    from natv2.rng import torch_stream
+
+    x = torch.randn(batch_size, 3, resolution, resolution, generator=torch_stream(0, "latency"))
+    x = x.to(device).contiguous(memory_format=fmt)
     times = []
     with torch.inference_mode():
         for i in range(warmup + repeats):

@@ -2,7 +2,7 @@
 
 The split step decodes a dataset once (sources in :mod:`natv2.datasets`) and writes
 
-    results/{ds}/data/split.json   classes, image_size, train mean/std, seed, counts, indices
+    results/{ds}/data/split.json   classes, image_size, train mean/std, pad/flip, seed, counts, indices
     results/{ds}/data/images.pt    {"images": uint8 N x 3 x S x S, "labels": int64 N}
 
     natv2 split --config config/config.yaml --dataset digits --out results/digits/data
@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from natv2.config import DatasetConfig, Settings
 from natv2.errors import Natv2Error
 from natv2.io import atomic_path, load_torch, read_json
+from natv2.rng import stream
 
 log = logging.getLogger(__name__)
 
@@ -100,6 +101,9 @@ class DataBundle:
     train: ImageSet
     val: ImageSet
     test: ImageSet
+    # the dataset's training augmentation (datasets.<key>.pad / flip), recorded in split.json
+    pad: int = 4
+    flip: bool = True
 
     @property
     def n_classes(self) -> int:
@@ -129,7 +133,7 @@ class DataBundle:
         labels = self.val.labels.cpu().numpy()
         n_select = int(round(fraction * len(labels)))
         try:
-            select, fit = stratified_take(labels, n_select, np.random.default_rng([int(seed), 0x5E1EC7]))
+            select, fit = stratified_take(labels, n_select, stream(seed, "holdout"))
         except ValueError as err:
             raise Natv2Error(f"finetune.selection_holdout={fraction}: val split: {err}") from None
         if len(select) == 0:
@@ -137,7 +141,8 @@ class DataBundle:
         return self.val.select(torch.from_numpy(fit)), self.val.select(torch.from_numpy(select))
 
     def to(self, device) -> DataBundle:
-        return DataBundle(self.classes, self.image_size, self.mean, self.std, self.train.to(device), self.val.to(device), self.test.to(device))
+        return DataBundle(self.classes, self.image_size, self.mean, self.std, self.train.to(device), self.val.to(device),
+                          self.test.to(device), self.pad, self.flip)
 
 
 # --------------------------------------------------------------------------------------------
@@ -244,7 +249,7 @@ def prepare_split(settings: Settings, ds_key: str, out_dir: str | Path, *, worke
     t0 = time.perf_counter()
     raw = load_source(cfg, workers)
     labels = raw.labels.numpy()
-    index = make_split(labels, raw.n_pool, cfg, np.random.default_rng(settings.seed))
+    index = make_split(labels, raw.n_pool, cfg, stream(settings.seed, "split"))
     mean, std = channel_stats(raw.images, index["train"])
     meta = {
         "format": SPLIT_FORMAT,
@@ -255,6 +260,8 @@ def prepare_split(settings: Settings, ds_key: str, out_dir: str | Path, *, worke
         "image_size": cfg.image_size,
         "mean": mean,
         "std": std,
+        "pad": cfg.pad,
+        "flip": cfg.flip,
         "seed": settings.seed,
         "val_size": cfg.val_size,
         "test_size": cfg.test_size if not raw.has_test else None,
@@ -309,7 +316,7 @@ def load_data(split_json: str | Path, device=None) -> DataBundle:
     """The split written by :func:`prepare_split`, its images on ``device`` (default: cpu)."""
     split_json = Path(split_json)
     meta = read_json(split_json)
-    needed = ("format", "classes", "image_size", "mean", "std", "cache", "n_images", "indices")
+    needed = ("format", "classes", "image_size", "mean", "std", "pad", "flip", "cache", "n_images", "indices")
     missing = [k for k in needed if not isinstance(meta, dict) or k not in meta]
     if missing or meta["format"] != SPLIT_FORMAT:
         raise Natv2Error(f"{split_json}: not a natv2 split of format {SPLIT_FORMAT} (missing {', '.join(missing) or 'format'}); re-run natv2 split")
@@ -329,7 +336,8 @@ def load_data(split_json: str | Path, device=None) -> DataBundle:
         if len(index) and (index.min() < 0 or index.max() >= n):
             raise Natv2Error(f"{split_json}: indices of {name} out of range for {n} images; re-run natv2 split")
         sets[name] = ImageSet(images.index_select(0, index), labels.index_select(0, index))
-    bundle = DataBundle(list(meta["classes"]), size, tuple(meta["mean"]), tuple(meta["std"]), sets["train"], sets["val"], sets["test"])
+    bundle = DataBundle(list(meta["classes"]), size, tuple(meta["mean"]), tuple(meta["std"]), sets["train"], sets["val"], sets["test"],
+                        int(meta["pad"]), bool(meta["flip"]))
     return bundle.to(device) if device is not None else bundle
 
 

@@ -375,4 +375,7 @@ def load_source(cfg: DatasetConfig, workers: int | None = None) -> RawDataset:
     empty = [raw.classes[i] for i in (counts == 0).nonzero().flatten().tolist()]
     if empty:
         raise Natv2Error(f"datasets.{cfg.key}: class(es) {', '.join(empty)} have no training images")
+    if len(raw.classes) < 2:  # one class scores 100 % and means nothing
+        raise Natv2Error(f"datasets.{cfg.key}: {raw.origin} has {len(raw.classes)} class(es) "
+                         f"({', '.join(raw.classes)}); a classifier needs at least 2")
     return raw

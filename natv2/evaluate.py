@@ -38,6 +38,7 @@ import torch
 import torch.nn as nn
 
 from natv2.errors import Natv2Error
+from natv2.rng import torch_stream
 from natv2.nets.layers import ConvBNAct, fold_bn, fuse_conv_act
 
 log = logging.getLogger(__name__)
@@ -466,7 +467,7 @@ def evaluate_genomes(
         return pd.DataFrame(columns=COLUMNS)
     supernet = supernet.to(device)
     images = data.split(split) if hasattr(data, "split") else getattr(data, split)
-    bn_set = data.train.subset(cfg.bn_images, torch.Generator().manual_seed(seed)) if cfg.bn_images > 0 else None
+    bn_set = data.train.subset(cfg.bn_images, torch_stream(seed, "bn-images")) if cfg.bn_images > 0 else None
     common = dict(mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device, channels_last=cfg.channels_last)
     # group by resolution so each resolution's tensors are prepared once and only one is held
     order = sorted(range(len(gs)), key=lambda i: space.decode(gs[i]).resolution)

@@ -215,14 +215,65 @@ def load_config(path: str | Path) -> dict:
             raise Natv2Error(f"{path / CONFIG}: key {key!r} missing")
     if config["kind"] not in ("single", "ensemble"):
         raise Natv2Error(f"{path / CONFIG}: kind {config['kind']!r}, expected single or ensemble")
+    _check_values(config, path / CONFIG)
     return config
+
+
+def _check_values(config: Mapping[str, Any], where: Path) -> None:
+    """Refuse values that would load but predict nonsense later (NaN probabilities, wrong labels)."""
+    import math
+
+    def numbers(key: str) -> list[float] | None:
+        v = config[key]
+        ok = isinstance(v, list) and len(v) == 3 and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
+        return [float(x) for x in v] if ok and all(math.isfinite(x) for x in v) else None
+
+    r = config["resolution"]
+    if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+        raise Natv2Error(f"{where}: resolution {r!r}: expected a positive whole number of pixels")
+    if numbers("mean") is None:
+        raise Natv2Error(f"{where}: mean {config['mean']!r}: expected 3 finite numbers (R, G, B)")
+    std = numbers("std")
+    if std is None or min(std) <= 0:
+        raise Natv2Error(f"{where}: std {config['std']!r}: expected 3 finite numbers above 0 (R, G, B)")
+    classes = config["classes"]
+    if not isinstance(classes, list) or not classes or not all(isinstance(c, str) for c in classes):
+        raise Natv2Error(f"{where}: classes: expected a non-empty list of class names")
+    if config["kind"] == "ensemble":
+        members = config.get("members")
+        if not isinstance(members, list) or len(members) < 2 or not all(isinstance(m, str) and m for m in members):
+            raise Natv2Error(f"{where}: members {members!r}: an ensemble needs a list of at least 2 member folders")
+
+
+def _member_dir(path: Path, name: str) -> Path:
+    """``path/name``, refused unless it is a folder strictly inside the ensemble's folder."""
+    member = (path / name).resolve()
+    if member == path.resolve() or not member.is_relative_to(path.resolve()):
+        raise Natv2Error(f"{path / CONFIG}: member {name!r} is outside the ensemble's folder {path}")
+    return member
+
+
+def _check_head(net, config: Mapping[str, Any], where: Path) -> None:
+    """The net must predict one score per class of ``config["classes"]`` (one forward at its resolution)."""
+    import torch
+
+    r = int(config["resolution"])
+    with torch.no_grad():
+        out = net(torch.zeros(1, 3, r, r))
+    out = out[-1] if isinstance(out, (list, tuple)) else out
+    n = len(config["classes"])
+    if out.ndim != 2 or out.shape[1] != n:
+        raise Natv2Error(f"{where}: {n} classes listed, but the network predicts {tuple(out.shape[1:])} scores")
 
 
 def _load_dir(path: Path, config: dict):
     if config["kind"] == "ensemble":
-        members = [load_network(path / name) for name in config["members"]]
-        resolutions = [load_config(path / name)["resolution"] for name in config["members"]]
-        return EnsembleNet(members, resolutions).eval()
+        dirs = [_member_dir(path, name) for name in config["members"]]
+        members = [load_network(d) for d in dirs]
+        for name, member in zip(config["members"], members):
+            if member.natv2_config["classes"] != config["classes"]:
+                raise Natv2Error(f"{path / CONFIG}: member {name!r} predicts other classes than the ensemble lists")
+        return EnsembleNet(members, [m.natv2_config["resolution"] for m in members]).eval()
     try:
         net = _rebuild(config)
     except Natv2Error as e:
@@ -243,7 +294,9 @@ def _load_dir(path: Path, config: dict):
     if problems:
         raise Natv2Error(f"{path / WEIGHTS}: does not match config.json's network ({'; '.join(problems[:3])})")
     net.load_state_dict(state)
-    return net.eval()
+    net.eval()
+    _check_head(net, config, path / CONFIG)
+    return net
 
 
 def load_network(path: str | Path):

@@ -212,7 +212,9 @@ def two_step_finetune(
         if state is not None:
             state.record(epoch, loss, extra)
 
-    common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, progress=progress)
+    # the dataset's augmentation (split.json), not train()'s defaults: digits must not be mirrored
+    common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, pad=data.pad,
+                  flip=data.flip, progress=progress)
 
     # step 1: find the best epoch count on val
     if _replay(cfg, records)[1]:

@@ -176,10 +176,9 @@ def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_w
     (``supernet.extract(genome, all_exits=True)``) wrapped so its logits are the weighted
     ensemble of its exits (OFAv2).
     """
-    import torch
-
     from natv2.distill import ExitEnsembleTeacher
     from natv2.evaluate import recalibrate_bn
+    from natv2.rng import torch_stream
 
     space = supernet.space
     genome = space.largest()
@@ -188,7 +187,7 @@ def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_w
         net = supernet.extract(genome, all_exits=True)
     else:
         net = supernet.extract(genome)
-    gen = torch.Generator().manual_seed(seed)
+    gen = torch_stream(seed, "teacher-bn")
     images = data.train.subset(min(bn_images, len(data.train)), gen)
     net = net.to(device)
     recalibrate_bn(net, images, resolution=resolution, mean=data.mean, std=data.std, batch_size=batch_size, device=device)
@@ -209,14 +208,14 @@ def run_phase(
     device,
     seed: int,
     resume: Path | None = None,
-    pad: int = 4,
-    flip: bool = True,
+    pad: int | None = None,
+    flip: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Train ``supernet`` in place through one phase; return a summary for the checkpoint meta.
 
     ``data`` is a DataBundle; ``cfg`` the ``supernet_train`` settings; ``pad``/``flip`` the
-    augmentation (``data:`` settings). A phase that does not
+    augmentation (None: the dataset's, ``data.pad`` / ``data.flip`` from split.json). A phase that does not
     apply to the variant, or has 0 epochs, leaves the weights unchanged (``skipped`` true).
     """
     from natv2.train import train
@@ -249,8 +248,8 @@ def run_phase(
         seed=seed,
         mean=data.mean,
         std=data.std,
-        pad=pad,
-        flip=flip,
+        pad=data.pad if pad is None else pad,
+        flip=data.flip if flip is None else flip,
         progress=progress,
     )
     supernet.set_active(space.largest())

@@ -62,13 +62,15 @@ def _seed(rng: np.random.Generator) -> int:
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
-    """Kendall tau-b of two score vectors; 0.0 when undefined (constant input, < 2 points)."""
+    """Kendall tau-b of two score vectors; NaN when undefined (constant input, < 2 points).
+
+    NaN, not 0: an undefined rank correlation is no evidence of an uncorrelated surrogate.
+    """
     from scipy.stats import kendalltau
 
     if len(a) < 2:
-        return 0.0
-    tau = kendalltau(a, b).statistic
-    return 0.0 if not np.isfinite(tau) else float(tau)
+        return float("nan")
+    return float(kendalltau(a, b).statistic)
 
 
 def rmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -251,20 +253,27 @@ def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, fold
             oof, _, taus = _cross_validate(lambda fold, name=name, seed=seed: _Standardised(_make(name, seed)), X, y, splits)
             scores[name], oofs[name] = _score(oof, y, taus), oof
         # NAT: the best mean-minus-std Kendall tau over the folds wins (ties: first in NAT_KINDS)
-        best = max(candidates, key=lambda name: scores[name]["tau_mean_minus_std"])
+        best = max(candidates, key=lambda name: np.nan_to_num(scores[name]["tau_mean_minus_std"], nan=-np.inf))
         final = _Standardised(_make(best, _seed(rng))).fit(X, y)
         result = Surrogate(best, [final], kendall_tau(oofs[best], y), rmse(oofs[best], y), len(X), scores)
     result.seconds = time.perf_counter() - start
+    if not np.isfinite(result.cv_tau):
+        log.warning("surrogate %s on %d genomes: cv Kendall tau undefined (constant predictions or targets), "
+                    "recorded as NaN", result.kind, len(X))
     log.info("surrogate %s (asked %s) on %d genomes: cv tau %.3f, rmse %.3f, %.1fs",
              result.kind, kind, len(X), result.cv_tau, result.cv_rmse, result.seconds)
     return result
 
 
 def _score(oof: np.ndarray, y: np.ndarray, taus: list[float]) -> dict[str, float]:
+    # folds whose tau is undefined (one test row, constant predictions) carry no ranking evidence
+    taus = np.asarray(taus, dtype=float)
+    taus = taus[np.isfinite(taus)]
+    mean, std = (float(np.mean(taus)), float(np.std(taus))) if len(taus) else (float("nan"), float("nan"))
     return {
         "tau": kendall_tau(oof, y),
         "rmse": rmse(oof, y),
-        "tau_fold_mean": float(np.mean(taus)),
-        "tau_fold_std": float(np.std(taus)),
-        "tau_mean_minus_std": float(np.mean(taus) - np.std(taus)),
+        "tau_fold_mean": mean,
+        "tau_fold_std": std,
+        "tau_mean_minus_std": mean - std,
     }

@@ -131,9 +131,11 @@ class History:
 # helpers
 
 
-def _seed_for(seed: int, epoch: int, stream: int) -> int:
-    """An independent 63-bit seed for (run seed, epoch, stream): no state carried across epochs."""
-    return int(np.random.SeedSequence([seed, epoch, stream]).generate_state(2, dtype=np.uint64)[0] >> 1)
+def _seed_for(seed: int, epoch: int, stream: str) -> int:
+    """An independent 63-bit seed for (run seed, epoch, stream ``train-<stream>``): no state carried across epochs."""
+    from natv2.rng import stream_seed
+
+    return stream_seed(seed, f"train-{stream}", epoch)
 
 
 def lr_factor(step: int, total_steps: int, warmup_steps: int) -> float:
@@ -366,7 +368,7 @@ def train(
     fork_devices = [device] if device.type == "cuda" else []
     for epoch in range(start_epoch, cfg.epochs):
         with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(_seed_for(seed, epoch, 2))  # dropout and any other global-RNG op
+            torch.manual_seed(_seed_for(seed, epoch, "global"))  # dropout and any other global-RNG op
             row = _train_epoch(
                 trained, net, data, cfg, epoch=epoch, seed=seed, device=device, dist_info=dist_info,
                 resolution=resolution, resolution_sampler=resolution_sampler, subnet_sampler=subnet_sampler,
@@ -402,13 +404,13 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
                  use_amp, memory_format, mean, std, pad, flip, steps_per_epoch, loss_fn, progress) -> dict:
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(_seed_for(seed, epoch, 1))  # subnets and resolutions of this epoch
+    rng = np.random.default_rng(_seed_for(seed, epoch, "subnets"))  # subnets and resolutions of this epoch
     net.train()
     loss_sum, n_steps, n_images = 0.0, 0, 0
     t0 = time.perf_counter()
     bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                disable=not (progress and dist_info.main), leave=False, dynamic_ncols=True)
-    batch_iter = _epoch_batches(data, cfg, epoch_seed=_seed_for(seed, epoch, 0), mean=mean, std=std,
+    batch_iter = _epoch_batches(data, cfg, epoch_seed=_seed_for(seed, epoch, "batches"), mean=mean, std=std,
                                 device=device, pad=pad, flip=flip)
     for step, (x, y) in enumerate(batch_iter):
         global_n = len(y)

@@ -34,11 +34,11 @@ def ensure_head(supernet, classes: list[str], source_classes: list[str] | None, 
 
     Returns True when the head was replaced.
     """
-    import torch
+    from natv2.rng import torch_stream
 
     if source_classes is not None and list(source_classes) == list(classes) and supernet.n_classes == len(classes):
         return False
-    supernet.reset_classifier(len(classes), torch.Generator().manual_seed(seed))
+    supernet.reset_classifier(len(classes), torch_stream(seed, "head"))
     return True
 
 
@@ -51,14 +51,15 @@ def warmup(
     seed: int,
     source_classes: list[str] | None = None,
     state_dir: Path | None = None,
-    pad: int = 4,
-    flip: bool = True,
+    pad: int | None = None,
+    flip: bool | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Run NAT's warm-up on ``supernet`` in place; return a summary for the checkpoint meta.
 
     ``data`` is the target DataBundle, ``cfg`` the ``warmup:`` settings, ``source_classes`` the
     classes the source supernet was trained on (None = unknown, so the head is replaced).
+    ``pad``/``flip``: the augmentation (None: the dataset's, from its split.json).
     """
     from natv2.shrinking import largest_teacher
     from natv2.train import train
@@ -67,6 +68,7 @@ def warmup(
     largest = space.largest()
     new_head = ensure_head(supernet, data.classes, source_classes, seed=seed)
     log.info("warm-up: %s classification head for %d classes", "new" if new_head else "kept the", data.n_classes)
+    pad, flip = (data.pad if pad is None else pad), (data.flip if flip is None else flip)
     common = dict(device=device, seed=seed, mean=data.mean, std=data.std, pad=pad, flip=flip, progress=progress)
     summary: dict[str, Any] = {"new_head": new_head}
 

@@ -1,6 +1,8 @@
 """The `natv2` command line: every workflow step is a subcommand; errors are one line, exit 2."""
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 import pytest
 
@@ -42,11 +44,18 @@ def test_pareto_needs_every_member(tmp_path, capsys):
     pd.DataFrame({"id": [0, 1], "genome": ["a", "b"], "top1_err": [10.0, 20.0]}).to_csv(front, index=False)
     net = tmp_path / "nets" / "0"
     net.mkdir(parents=True)
-    (net / "metrics.json").write_text('{"id": "0", "resolution": 32, "params": 10, "macs": 20, "latency_ms": 1.0,'
-                                      ' "test_top1": 80.0, "test_top1_finetuned": 85.0}')
+    metrics = {"id": "0", "resolution": 32, "params": 10, "macs": 20, "latency_ms": 1.0, "val_top1": 88.5,
+               "test_top1": 80.0, "test_top1_finetuned": 85.0}
+    (net / "metrics.json").write_text(json.dumps(metrics))
     assert main(["pareto", "--front", str(front), "--nets", str(net), "--out", str(tmp_path / "p.csv")]) == 2
     assert "front member 1" in capsys.readouterr().err
     pd.DataFrame({"id": [0], "genome": ["a"], "top1_err": [10.0]}).to_csv(front, index=False)
+    # no val_top1 in metrics.json: an error, never the search's 100 - top1_err in its place
+    (net / "metrics.json").write_text(json.dumps({k: v for k, v in metrics.items() if k != "val_top1"}))
+    assert main(["pareto", "--front", str(front), "--nets", str(net / "metrics.json"), "--out", str(tmp_path / "p.csv")]) == 2
+    assert "nets/0/metrics.json: key 'val_top1' missing" in capsys.readouterr().err
+    assert not (tmp_path / "p.csv").exists()
+    (net / "metrics.json").write_text(json.dumps(metrics))
     assert main(["pareto", "--front", str(front), "--nets", str(net / "metrics.json"), "--out", str(tmp_path / "p.csv")]) == 0
     table = pd.read_csv(tmp_path / "p.csv")
-    assert table.loc[0, "val_top1"] == pytest.approx(90.0) and table.loc[0, "test_top1_finetuned"] == 85.0
+    assert table.loc[0, "val_top1"] == pytest.approx(88.5) and table.loc[0, "test_top1_finetuned"] == 85.0

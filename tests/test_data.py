@@ -652,3 +652,13 @@ def test_cifar10_imagefolder(cifar10_root, tmp_path):
     assert data.train.images.shape[1:] == (3, 32, 32)
     # CIFAR-10's well-known channel means (0.491, 0.482, 0.447) from the JPEG copy
     assert np.allclose(data.mean, (0.491, 0.482, 0.447), atol=0.005)
+
+
+def test_a_one_class_dataset_is_refused(tmp_path):
+    """One class scores 100 % and means nothing: the split refuses it in one line."""
+    root = write_folder(tmp_path / "one", train={"cat": FOLDER_TRAIN["cat"] * 1}, test=None)
+    for i in range(3):
+        _write_image(root / "train" / "cat" / f"more{i}.png", "RGB", (12, 12), (200, 30, 30))
+    with pytest.raises(Natv2Error, match=r"datasets\.mine: .* has 1 class\(es\) \(cat\); a classifier needs at least 2"):
+        prepare_split(folder_settings(root), "mine", tmp_path / "out")
+    assert not (tmp_path / "out" / "split.json").exists()

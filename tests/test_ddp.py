@@ -61,7 +61,8 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     for key, value in ranks[0]["state"].items():
         assert torch.equal(value, ranks[1]["state"][key]), key  # DDP keeps the replicas identical
         # each rank saw half of every global batch; averaged gradients = the global batch's
-        assert torch.allclose(value, single.state_dict()[key], atol=1e-5), key
+        # (float32 sums in another order: ~1.5e-5 apart after 8 steps at lr 0.2 with natv2.rng's streams)
+        assert torch.allclose(value, single.state_dict()[key], atol=5e-5), key
     losses = [(a + b) / 2 for a, b in zip(ranks[0]["losses"], ranks[1]["losses"])]
     assert losses[-1] < losses[0]
     assert abs(losses[0] - h_single.losses[0]) < 1e-4

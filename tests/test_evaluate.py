@@ -130,7 +130,9 @@ def test_evaluate_genomes_table(supernet):
     assert table["params"].tolist() == [count_params(supernet.extract(g)) for g in X]
     assert (table["macs"] > 0).all() and (table["latency_ms"] > 0).all()
     # the same as doing it by hand with the same BN images
-    bn_set = data.train.subset(48, torch.Generator().manual_seed(7))
+    from natv2.rng import torch_stream
+
+    bn_set = data.train.subset(48, torch_stream(7, "bn-images"))
     static = supernet.extract(X[1])
     recalibrate_bn(static, bn_set, resolution=32, mean=MEAN, std=STD, batch_size=32)
     assert table["top1"][1] == pytest.approx(top1(static, data.val, resolution=32, mean=MEAN, std=STD, batch_size=32))

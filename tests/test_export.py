@@ -128,3 +128,53 @@ def test_missing_or_corrupt_exports_are_one_line_errors(tmp_path, exported):
         load_network(broken)
     rc = main(["predict", "--net", str(tmp_path / "nowhere"), "x.png"])
     assert rc == 2
+
+
+def _copy_with(tmp_path: Path, src: Path, name: str, **changes) -> Path:
+    """A copy of the export ``src`` whose config.json has ``changes`` (None deletes a key)."""
+    import json
+    import shutil
+
+    dst = tmp_path / name
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    for key, value in changes.items():
+        if value is None:
+            config.pop(key, None)
+        else:
+            config[key] = value
+    (dst / "config.json").write_text(json.dumps(config))
+    return dst
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"resolution": 0}, r"resolution 0: expected a positive whole number"),
+    ({"resolution": "32"}, r"resolution '32': expected a positive whole number"),
+    ({"std": [0.2, 0.0, 0.3]}, r"std \[0.2, 0.0, 0.3\]: expected 3 finite numbers above 0"),
+    ({"mean": [0.5, 0.5]}, r"mean \[0.5, 0.5\]: expected 3 finite numbers"),
+    ({"classes": CLASSES[:3]}, r"3 classes listed, but the network predicts \(10,\) scores"),
+    ({"classes": []}, r"classes: expected a non-empty list"),
+])
+def test_load_network_refuses_a_degenerate_config(tmp_path, exported, changes, message):
+    _, out = exported
+    bad = _copy_with(tmp_path, out, "bad", **changes)
+    with pytest.raises(Natv2Error, match=message):
+        load_network(bad)
+    assert main(["predict", "--net", str(bad), "x.png"]) == 2
+
+
+def test_load_network_refuses_a_degenerate_ensemble(tmp_path, exported):
+    _, first = exported
+    second = export_network(small_net(seed=5), tmp_path / "n1", classes=CLASSES, resolution=32, mean=MEAN, std=STD)
+    ens = export_ensemble([first, second], tmp_path / "e0")
+    assert load_network(ens) is not None
+    with pytest.raises(Natv2Error, match=r"members None: an ensemble needs a list of at least 2 member folders"):
+        load_network(_copy_with(tmp_path, ens, "no_members", members=None))
+    # members must live inside the ensemble's own folder
+    outside = _copy_with(tmp_path, ens, "outside", members=["m0", "../n1"])
+    with pytest.raises(Natv2Error, match=r"member '\.\./n1' is outside the ensemble's folder"):
+        load_network(outside)
+    with pytest.raises(Natv2Error, match=r"member '/.*' is outside the ensemble's folder"):
+        load_network(_copy_with(tmp_path, ens, "absolute", members=["m0", str(second.resolve())]))
+    with pytest.raises(Natv2Error, match=r"member '\.' is outside the ensemble's folder"):
+        load_network(_copy_with(tmp_path, ens, "itself", members=["m0", "."]))

@@ -229,10 +229,14 @@ def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
 
     assert main(["pareto", "--front", str(tmp_path / "front.csv"), "--nets", *[str(nets / str(i)) for i in range(3)],
                  "--out", str(tmp_path / "pareto.csv")]) == 0
-    # one member's weights go missing after the fact: the ensembles of the other two are still written
+    # one member's weights go missing after the fact: the step fails (strict by default, as in the
+    # workflow); with --no-strict the ensembles of the other two are still written
     (nets / "2" / "weights.pt").unlink()
-    rc = main(["ensembles", *config, "--data", str(split), "--pareto", str(tmp_path / "pareto.csv"),
-               "--out", str(tmp_path / "ensembles.csv"), "--export-dir", str(tmp_path / "ens")])
+    ens_args = ["ensembles", *config, "--data", str(split), "--pareto", str(tmp_path / "pareto.csv"),
+                "--out", str(tmp_path / "ensembles.csv"), "--export-dir", str(tmp_path / "ens")]
+    assert main(ens_args) == 2
+    assert "member 2 left out" in capsys.readouterr().err
+    rc = main([*ens_args, "--no-strict"])
     captured = capsys.readouterr()
     err, out_text = captured.err, captured.out
     assert rc == 0 and "member 2 left out" in err and "weights.pt" in err

@@ -165,3 +165,13 @@ def test_report_reads_archives_and_refuses_a_bad_baseline(tmp_path):
     bad.write_text('{"nets": []}')
     with pytest.raises(Natv2Error, match="baseline.json: expected bench/baseline.py's JSON"):
         make_report(paths["pareto"], tmp_path / "r", archive_csvs=[archive], baseline_json=bad)
+
+
+def test_report_plots_a_tau_that_is_nan_everywhere(tmp_path):
+    """An undefined Kendall tau is NaN in hv.csv: the tau plot is still drawn, no error."""
+    paths = tables(tmp_path)
+    hv = pd.read_csv(paths["hv"]).assign(cv_tau=np.nan, tau_candidates=np.nan)
+    hv.to_csv(paths["hv"], index=False)
+    rc = main(["report", "--pareto", str(paths["pareto"]), "--ensembles", str(paths["ensembles"]),
+               "--hv", str(paths["hv"]), "--out", str(tmp_path / "r")])
+    assert rc == 0 and (tmp_path / "r" / "surrogate_tau.png").read_bytes().startswith(PNG)

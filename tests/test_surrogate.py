@@ -82,3 +82,25 @@ def test_bad_input_is_a_clear_error(data):
     with pytest.raises(Natv2Error, match="n targets"):
         fit_surrogate(X, y[:-1], "lgbm", rng)
     assert set(KINDS) == {"lgbm", "adaptive", *NAT_KINDS}
+
+
+def test_undefined_kendall_tau_is_nan_with_a_warning(caplog):
+    """A constant target has no ranking: its tau is NaN (not 0), the fit logs a warning, hv.csv keeps NaN."""
+    import pandas as pd
+
+    from natv2.steps.hypervolume import add_tau_columns
+    from natv2.steps.update import candidate_tau
+
+    assert np.isnan(kendall_tau(np.ones(5), np.arange(5.0)))
+    assert np.isnan(kendall_tau(np.ones(1), np.ones(1)))
+    X = SPACE.sample(12, np.random.default_rng(0), "natv2")
+    with caplog.at_level("WARNING", logger="natv2.surrogate"):
+        s = fit_surrogate(X, np.full(12, 30.0), "lgbm", np.random.default_rng(1), folds=3)
+    assert np.isnan(s.cv_tau) and "cv Kendall tau undefined" in caplog.text
+    evaluated = pd.DataFrame({"genome": ["a", "b", "c"], "top1_err": [20.0, 20.0, 20.0]})
+    with caplog.at_level("WARNING", logger="natv2.update"):
+        report = candidate_tau(evaluated, {"a": 1.0, "b": 2.0, "c": 3.0})
+    assert np.isnan(report["tau"]) and "candidates is undefined" in caplog.text
+    table = add_tau_columns(pd.DataFrame({"iteration": [0, 1]}), [{"iteration": 1, "surrogate": {"cv_tau": s.cv_tau},
+                                                                   "candidates": report}])
+    assert table["cv_tau"].isna().all() and table["tau_candidates"].isna().all()

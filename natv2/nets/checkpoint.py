@@ -91,6 +91,16 @@ def load_supernet(path: str | Path, map_location: str = "cpu"):
     return net.to(map_location), dict(obj.get("meta") or {})
 
 
+def check_classes(net, n_classes: int, net_path, data_path) -> None:
+    """Refuse a supernet whose head does not predict the dataset's ``n_classes`` classes."""
+    from natv2.errors import Natv2Error
+
+    have = getattr(net, "n_classes", None)
+    if have is not None and int(have) != int(n_classes):
+        raise Natv2Error(f"{net_path}: the supernet predicts {have} classes, the dataset {data_path} has {n_classes} "
+                         "(warm it up on this dataset first: natv2 warmup)")
+
+
 def save_static(path: str | Path, net: nn.Module, meta: Mapping[str, Any] | None = None) -> None:
     save_torch(
         path,

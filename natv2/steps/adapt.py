@@ -26,18 +26,20 @@ def run(args: argparse.Namespace) -> int:
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
     from natv2.data import load_data
-    from natv2.nets.checkpoint import load_supernet, save_supernet
+    from natv2.nets.checkpoint import check_classes, load_supernet, save_supernet
+    from natv2.rng import stream_seed
 
     settings = settings_from_args(args)
     archive = read_archive(args.archive, settings.search.objectives)
     supernet, meta = load_supernet(args.supernet)
     data = load_data(args.data)
+    check_classes(supernet, data.n_classes, args.supernet, args.data)
     out = Path(args.out)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
     summary = adapt(
         supernet, data, archive, settings.adapt, settings.search,
-        device=settings.torch_device(), seed=settings.seed * 1000 + args.iteration,
-        state_path=state_dir / "adapt.pt", progress=sys.stderr.isatty(), data_cfg=settings.data,
+        device=settings.torch_device(), seed=stream_seed(settings.seed, "adapt", args.iteration),
+        state_path=state_dir / "adapt.pt", progress=sys.stderr.isatty(),
     )
     meta = dict(meta)
     meta.setdefault("adaptations", []).append({"iteration": args.iteration, **summary})

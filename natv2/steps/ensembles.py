@@ -13,14 +13,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--pareto", required=True, metavar="CSV", help="pareto.csv (id, params, macs, latency_ms, path)")
     p.add_argument("--out", required=True, metavar="CSV", help="ensembles.csv")
     p.add_argument("--export-dir", metavar="DIR", help="also export every ensemble as DIR/<id>/ (config.json, model.ts, members)")
-    p.add_argument("--strict", action="store_true", help="exit 2 when a member was left out (default: warn, keep the rest)")
+    # strict by default: a broken front member must not silently leave the ensembles (issue 12.7)
+    p.add_argument("--strict", action=argparse.BooleanOptionalAction, default=True,
+                   help="exit 2 when a member was left out (default; --no-strict: warn and keep the rest)")
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import numpy as np
     import pandas as pd
 
     from natv2.config import settings_from_args
@@ -29,6 +30,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.errors import Natv2Error
     from natv2.export import export_ensemble
     from natv2.io import read_csv, write_csv
+    from natv2.rng import stream
 
     settings = settings_from_args(args)
     cfg = settings.ensemble
@@ -58,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         table = pd.DataFrame(columns=CSV_COLUMNS)
     else:
         table = ensembles_table(usable, tables["val"], labels["val"], tables["test"], labels["test"], cfg,
-                                rng=np.random.default_rng(settings.seed))
+                                rng=stream(settings.seed, "ensembles"))
     write_csv(args.out, table)
     print(table.to_string(index=False))
     singles = usable.assign(select_top1=[tables["val"][str(i)].top1(labels["val"]) for i in usable["id"].astype(str)])
@@ -75,5 +77,5 @@ def run(args: argparse.Namespace) -> int:
 
     for mid, message in failed.items():
         print(f"natv2: error: member {mid} left out of the ensembles: {message}", file=sys.stderr)
-    # the other members' ensembles are written either way; --strict makes the left-out members fail the step
+    # the other members' ensembles are written either way; strict (the default) makes a left-out member fail the step
     return 2 if failed and args.strict else 0

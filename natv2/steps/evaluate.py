@@ -55,7 +55,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.data import load_data
     from natv2.errors import Natv2Error
     from natv2.io import read_csv, write_csv
-    from natv2.nets.checkpoint import load_supernet
+    from natv2.nets.checkpoint import check_classes, load_supernet
 
     if not 0 <= args.shard < args.shards:
         raise Natv2Error(f"--shard {args.shard}: expected 0 <= shard < --shards ({args.shards})")
@@ -65,6 +65,7 @@ def run(args: argparse.Namespace) -> int:
         raise Natv2Error(f"{args.genomes}: no 'genome' column")
     supernet, _ = load_supernet(args.supernet)
     data = load_data(args.data)
+    check_classes(supernet, data.n_classes, args.supernet, args.data)
     out = evaluate_table(
         table, supernet, data, settings, shard=args.shard, shards=args.shards, split=args.split,
         tag=args.tag or supernet_tag(args.supernet), progress=sys.stderr.isatty(),

@@ -58,8 +58,6 @@ def run(args: argparse.Namespace) -> int:
     import time
     from pathlib import Path
 
-    import torch
-
     from natv2.config import settings_from_args
     from natv2.costs import count_macs, count_params, measure_latency
     from natv2.data import load_data
@@ -67,7 +65,8 @@ def run(args: argparse.Namespace) -> int:
     from natv2.export import export_network
     from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
     from natv2.io import read_csv, write_json
-    from natv2.nets.checkpoint import load_supernet
+    from natv2.nets.checkpoint import check_classes, load_supernet
+    from natv2.rng import torch_stream
 
     import sys
 
@@ -80,13 +79,14 @@ def run(args: argparse.Namespace) -> int:
     device = settings.torch_device()
     data = load_data(Path(args.data))
     supernet, _meta = load_supernet(args.supernet)
+    check_classes(supernet, data.n_classes, args.supernet, args.data)
     supernet = supernet.to(device).eval()
     space = supernet.space
     genome = space.from_string(str(member["genome"]))
     resolution = int(space.decode(genome).resolution)
     early_exit = bool(getattr(space, "n_exits", 0))
     common = dict(resolution=resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device)
-    bn_images = data.train.subset(cfg.bn_images, torch.Generator().manual_seed(settings.seed)) if cfg.bn_images else None
+    bn_images = data.train.subset(cfg.bn_images, torch_stream(settings.seed, "bn-images")) if cfg.bn_images else None
 
     def extract():
         """A fresh copy of the member with the supernet's weights and its own BN statistics."""

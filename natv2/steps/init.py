@@ -10,9 +10,6 @@ import argparse
 
 from natv2.config import add_config_argument
 
-STREAM = 0  # random stream of iteration 0 (natv2.steps.search.step_rng)
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="draw the genomes of the initial archive (to be evaluated)")
     add_config_argument(p)
@@ -35,12 +32,12 @@ def run_init(args: argparse.Namespace) -> int:
     from natv2.config import settings_from_args
     from natv2.io import write_csv
     from natv2.nets.checkpoint import load_supernet
-    from natv2.steps.search import step_rng
+    from natv2.rng import stream
 
     settings = settings_from_args(args)
     supernet, _ = load_supernet(args.supernet)
     space = supernet.space
-    genomes = init_genomes(space, settings.search, step_rng(settings.seed, 0, STREAM))
+    genomes = init_genomes(space, settings.search, stream(settings.seed, "init"))
     pool = pd.DataFrame({"genome": [space.to_string(g) for g in genomes], "iteration": 0, "seed": settings.seed})
     write_csv(args.out, pool)
     return 0
@@ -50,12 +47,12 @@ def run_select(args: argparse.Namespace) -> int:
     from natv2.archive import check_table, select_initial, write_archive
     from natv2.config import settings_from_args
     from natv2.nets.checkpoint import load_supernet
-    from natv2.steps.search import step_rng
+    from natv2.rng import stream
     from natv2.steps.update import read_evaluated
 
     settings = settings_from_args(args)
     space = load_supernet(args.supernet)[0].space
     evaluated = check_table(read_evaluated(args.evaluated), settings.search.objectives, "evaluated pool")
-    archive = select_initial(evaluated, space, settings.search, step_rng(settings.seed, 0, STREAM + 1))
+    archive = select_initial(evaluated, space, settings.search, stream(settings.seed, "init-select"))
     write_archive(args.out, archive)
     return 0

@@ -52,7 +52,8 @@ def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
                     "params": int(m["params"]),
                     "macs": int(m["macs"]),
                     "latency_ms": float(m["latency_ms"]),
-                    "val_top1": float(m["val_top1"]) if "val_top1" in m else 100.0 - float(member["top1_err"]),
+                    # the fine-tune's own val measurement; never the search's estimate in its place
+                    "val_top1": float(m["val_top1"]),
                     "test_top1": float(m["test_top1"]),
                     "test_top1_finetuned": float(m["test_top1_finetuned"]),
                     # on the part of val held out of fine-tuning, where ensembles are chosen

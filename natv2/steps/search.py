@@ -12,10 +12,6 @@ from __future__ import annotations
 
 import argparse
 
-#: random stream of this step (with the seed and the iteration), so steps draw independently
-STREAM = 1
-
-
 def register(sub: argparse._SubParsersAction) -> None:
     from natv2.config import add_config_argument
 
@@ -27,13 +23,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, metavar="CSV", help="candidates.csv")
     p.add_argument("--surrogate-out", required=True, metavar="JSON", help="surrogate.json (cv tau, rmse, predictions)")
     p.set_defaults(func=run)
-
-
-def step_rng(seed: int, iteration: int, stream: int):
-    """The generator of one step of one iteration: same seed, iteration and step -> same draws."""
-    import numpy as np
-
-    return np.random.default_rng([seed, iteration, stream])
 
 
 def supernet_costs(settings, supernet_path):
@@ -94,11 +83,13 @@ def run(args: argparse.Namespace) -> int:
     from natv2.config import settings_from_args
     from natv2.io import write_json
 
+    from natv2.rng import stream
+
     settings = settings_from_args(args)
     cfg = settings.search
     archive = read_archive(args.archive, cfg.objectives)
     space, cost_fn = supernet_costs(settings, args.supernet)
-    candidates, summary = run_search(archive, space, cost_fn, cfg, step_rng(settings.seed, args.iteration, STREAM),
+    candidates, summary = run_search(archive, space, cost_fn, cfg, stream(settings.seed, "search", args.iteration),
                                      args.iteration)
     write_archive(args.out, candidates)
     write_json(args.surrogate_out, summary)

@@ -94,7 +94,9 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
             raise Natv2Error(f"phase {phase}: needs --init (only the full phase starts from a new supernet)")
         import torch
 
-        torch.manual_seed(settings.seed)  # weight init of the new supernet (nn.Module init uses the global RNG)
+        from natv2.rng import stream_seed
+
+        torch.manual_seed(stream_seed(settings.seed, "supernet-init"))  # weight init of the new supernet (nn.Module init uses the global RNG)
         net = build_supernet(settings.supernet_for(dataset_key(data_json)), data.n_classes)
         meta = {"phases": []}
     else:
@@ -105,7 +107,7 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
                 f"{init}: supernet predicts {net.n_classes} classes, the dataset {data_json} has {data.n_classes}"
             )
     summary = run_phase(net, phase, data, settings.supernet_train, device=device, seed=settings.seed,
-                        resume=state, pad=settings.data.pad, flip=settings.data.flip, progress=progress)
+                        resume=state, pad=data.pad, flip=data.flip, progress=progress)
     done = [p for p in meta.get("phases", []) if p.get("phase") != phase] + [summary]
     meta.update({"phase": phase, "phases": done, "classes": list(data.classes), "source": "train"})
     save_supernet(out, net.cpu(), meta)
@@ -127,14 +129,13 @@ def make_official(settings, data_json, out) -> None:
     from natv2.errors import Natv2Error
     from natv2.nets import official
     from natv2.nets.checkpoint import save_supernet
-
-    import torch
+    from natv2.rng import torch_stream
 
     data = load_data(data_json, device=None)
     cfg = settings.supernet_for(dataset_key(data_json))
     if cfg.variant != "ofa_mbv3":
         raise Natv2Error(f"supernet_train.source official: published weights exist for variant ofa_mbv3 only, not {cfg.variant!r}")
     net = official.official_supernet(cfg, data.n_classes, cache_dir=cfg.weights_dir, mirrors=list(cfg.mirrors),
-                                     download=cfg.download, generator=torch.Generator().manual_seed(settings.seed))
+                                     download=cfg.download, generator=torch_stream(settings.seed, "head"))
     # classes None: the head is new (random), so the warm-up trains it as a new head
     save_supernet(out, net, {"source": "official", "classes": None, "phases": []})

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import argparse
 
-STREAM = 2
-
 
 def register(sub: argparse._SubParsersAction) -> None:
     from natv2.config import add_config_argument
@@ -48,8 +46,15 @@ def candidate_tau(evaluated, predicted: dict) -> dict:
     known = evaluated[evaluated["genome"].isin(predicted)]
     pred = np.array([predicted[g] for g in known["genome"]], dtype=float)
     meas = known["top1_err"].to_numpy(float)
+    tau = kendall_tau(pred, meas) if len(known) >= 2 else None
+    if tau is not None and not np.isfinite(tau):
+        import logging
+
+        logging.getLogger("natv2.update").warning(
+            "Kendall tau of the surrogate on the %d candidates is undefined (constant predictions or errors): "
+            "recorded as NaN", len(known))
     return {"n": len(known),
-            "tau": kendall_tau(pred, meas) if len(known) >= 2 else None,
+            "tau": tau,
             "rmse": rmse(pred, meas) if len(known) else None}
 
 
@@ -72,14 +77,14 @@ def run(args: argparse.Namespace) -> int:
     from natv2.archive import check_table, read_archive, write_archive
     from natv2.config import settings_from_args
     from natv2.io import read_json, write_json
-    from natv2.steps.search import step_rng
+    from natv2.rng import stream
 
     settings = settings_from_args(args)
     cfg = settings.search
     archive = read_archive(args.archive, cfg.objectives)
     evaluated = check_table(read_evaluated(args.candidates), cfg.objectives, "evaluated candidates")
     surrogate = read_json(args.surrogate) if args.surrogate else None
-    new_archive, report = run_update(archive, evaluated, cfg, step_rng(settings.seed, args.iteration, STREAM),
+    new_archive, report = run_update(archive, evaluated, cfg, stream(settings.seed, "update", args.iteration),
                                      iteration=args.iteration, seed=settings.seed, surrogate=surrogate)
     write_archive(args.out, new_archive)
     if args.report:

@@ -41,8 +41,8 @@ def run(args: argparse.Namespace) -> int:
     net, meta = load_supernet(args.supernet)
     meta = dict(meta or {})
     summary = warmup(net, data, settings.warmup, device=settings.torch_device(), seed=settings.seed,
-                     source_classes=meta.get("classes"), state_dir=state_dir, pad=settings.data.pad,
-                     flip=settings.data.flip, progress=not args.no_progress)
+                     source_classes=meta.get("classes"), state_dir=state_dir, pad=data.pad,
+                     flip=data.flip, progress=not args.no_progress)
     meta.update({"warmup": summary, "classes": list(data.classes)})
     save_supernet(out, net.cpu(), meta)
     shutil.rmtree(state_dir, ignore_errors=True)  # the output is whole: resume state no longer needed
