@@ -177,6 +177,13 @@ def test_digits_split_is_deterministic_per_seed(digits_runs):
     assert a["train"] != c["train"] and a["val"] != c["val"] and a["test"] != c["test"]
 
 
+def test_identical_splits_write_identical_bytes(digits_runs):
+    # torch.save to a path records the (temporary) file name inside the zip: not so here
+    a, b = (digits_runs[k].parent / CACHE_FILE for k in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()
+    assert digits_runs["a"].read_bytes() == digits_runs["b"].read_bytes()
+
+
 def test_load_data_and_normalisation_statistics(digits_runs):
     data = load_data(digits_runs["a"])
     meta = json.loads(digits_runs["a"].read_text())
