@@ -26,20 +26,31 @@ def run(args: argparse.Namespace) -> int:
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
     from natv2.data import load_data
+    from natv2.io import check_writable
     from natv2.nets.checkpoint import load_supernet, save_supernet
+    from natv2.resume import ResumeFolder, fingerprint, split_files
 
     settings = settings_from_args(args)
+    out = Path(args.out)
+    check_writable(out)  # before the training, not after it
     archive = read_archive(args.archive, settings.search.objectives)
     supernet, meta = load_supernet(args.supernet)
     data = load_data(args.data)
-    out = Path(args.out)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
+    seed = settings.seed * 1000 + args.iteration
+    # the state belongs to these inputs: a rerun after an upstream change starts over
+    state = ResumeFolder(state_dir / f"{out.name}.adapt", fingerprint(
+        {"supernet": args.supernet, "archive": args.archive, **split_files(args.data)},
+        {"seed": seed, "iteration": args.iteration, "adapt": settings.adapt, "search": settings.search,
+         "data": settings.data},
+    ))
     summary = adapt(
         supernet, data, archive, settings.adapt, settings.search,
-        device=settings.torch_device(), seed=settings.seed * 1000 + args.iteration,
-        state_path=state_dir / "adapt.pt", progress=sys.stderr.isatty(), data_cfg=settings.data,
+        device=settings.torch_device(), seed=seed,
+        state_path=state.path("train.pt"), progress=sys.stderr.isatty(), data_cfg=settings.data,
     )
     meta = dict(meta)
     meta.setdefault("adaptations", []).append({"iteration": args.iteration, **summary})
     save_supernet(out, supernet.cpu(), meta)
+    state.remove()  # the output is whole: its resume state has served
     return 0
