@@ -117,6 +117,20 @@ def test_phase_steps_write_checkpoints_and_chain(tiny_run, capsys):
     assert not any((root / ".resume").glob("*"))  # resume state is removed once the phase output is whole
 
 
+def test_source_without_phase_writes_only_the_variants_phases(tiny_run):
+    from natv2.nets.checkpoint import load_supernet
+
+    root, config, split = tiny_run
+    out = root / "all" / "source.pt"
+    assert main(["supernet", "--config", config, "--data", split, "--no-progress", "--out", str(out)]) == 0
+    phases = phases_for(SearchSpace(resolutions=(12, 16), kernels=(3, 5), expands=(2, 3)))
+    assert "level" not in phases and "exit" not in phases
+    # no undeclared phases/level.pt or phases/exit.pt
+    assert sorted(p.name for p in (root / "all" / "phases").iterdir() if p.is_file()) == sorted(f"{p}.pt" for p in phases)
+    _, meta = load_supernet(out)
+    assert [p["phase"] for p in meta["phases"]] == phases
+
+
 def test_warmup_step_trains_from_a_source_supernet(tiny_run):
     from natv2.nets.checkpoint import load_supernet
 
