@@ -96,6 +96,8 @@ def check_writable(path: str | os.PathLike, *, directory: bool = False) -> None:
     if not directory and path.is_dir():
         raise Natv2Error(f"{path}: cannot write (Is a directory: an output file is expected)")
     folder = path.parent
+    if folder.exists() and not folder.is_dir():
+        raise Natv2Error(f"{folder}: cannot write (Not a directory: {path} is to be written in it)")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, probe = tempfile.mkstemp(prefix=".natv2-write-probe.", dir=folder)
