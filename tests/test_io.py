@@ -137,3 +137,16 @@ def test_a_pickled_object_is_refused_without_advising_weights_only_false(tmp_pat
     assert msg.startswith(f"{path}: holds Python objects") and "NotData" in msg
     assert "weights_only" not in msg and "can still be loaded" not in msg and "\x1b" not in msg
     assert "\n" not in msg
+
+
+def test_split_out_that_is_a_file_is_refused_before_reading_the_dataset(tmp_path, capsys, monkeypatch):
+    import natv2.data
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("read the dataset before checking the output")
+
+    monkeypatch.setattr(natv2.data, "prepare_split", no_reading)
+    (tmp_path / "taken").write_text("x")
+    rc = main(["split", "--dataset", "digits", "--out", str(tmp_path / "taken")])
+    err = capsys.readouterr().err.strip()
+    assert rc == 2 and err.startswith(f"natv2: error: {tmp_path}/taken: cannot write (Not a directory") and "\n" not in err
