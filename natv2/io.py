@@ -65,6 +65,8 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as e:
+        if e.filename is not None and str(e.filename) not in (str(path), str(path.parent), str(tmp_path)):
+            raise  # about another file (it names it): not this output's to claim
         raise Natv2Error(os_reason(path, e)) from None
     finally:
         if tmp_path is not None and tmp_path.exists():
