@@ -58,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     except Natv2Error as e:
         print(f"natv2: error: {e}", file=sys.stderr)
         return 2
+    except OSError as e:
+        # a folder that cannot be written, a full disk, a file where a folder should be: the
+        # path and the OS reason on one line (the traceback only with --verbose)
+        logging.getLogger("natv2").debug("OS error", exc_info=True)
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"natv2: error: {where}{e.strerror or e}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("natv2: interrupted", file=sys.stderr)
         return 130

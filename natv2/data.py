@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from natv2.config import DatasetConfig, Settings
 from natv2.errors import Natv2Error
-from natv2.io import atomic_path, load_torch, read_json
+from natv2.io import atomic_path, fill, load_torch, read_json, torch_bytes
 from natv2.rng import stream
 
 log = logging.getLogger(__name__)
@@ -299,8 +299,9 @@ def _write_outputs(out_dir: Path, images: torch.Tensor, labels: torch.Tensor, me
     try:
         # contexts exit in reverse order: the cache is renamed into place, then split.json
         with atomic_path(split_json) as tmp_json, atomic_path(cache) as tmp_cache:
-            torch.save({"images": images.contiguous(), "labels": labels}, tmp_cache)
-            tmp_json.write_text(_json_text(meta))
+            # in memory first: identical splits give identical bytes (see natv2.io.torch_bytes)
+            fill(tmp_cache, torch_bytes({"images": images.contiguous(), "labels": labels}))
+            fill(tmp_json, _json_text(meta).encode())
     except BaseException:
         cache.unlink(missing_ok=True)
         split_json.unlink(missing_ok=True)

@@ -20,13 +20,14 @@ at ``resolution`` x ``resolution``; an ensemble resizes its input to each member
 """
 from __future__ import annotations
 
+import io
 import shutil
 import warnings
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from natv2.errors import Natv2Error
-from natv2.io import atomic_path, load_torch, read_json, save_torch, write_json
+from natv2.io import load_torch, read_json, save_torch, write_bytes, write_json
 
 FORMAT = "natv2-network"
 VERSION = 1
@@ -107,8 +108,10 @@ def _trace(model, resolution: int, out: Path) -> None:
             warnings.simplefilter("ignore", FutureWarning)
             warnings.simplefilter("ignore", torch.jit.TracerWarning)
             traced = torch.jit.trace(model, example, check_trace=False)
-            with atomic_path(out) as tmp:
-                torch.jit.save(traced, str(tmp))
+            # in memory first: saved to a path, the archive records the (temporary) file name
+            buffer = io.BytesIO()
+            torch.jit.save(traced, buffer)
+            write_bytes(out, buffer.getvalue())
     finally:
         model.train(was_training)
 

@@ -126,30 +126,16 @@ class FinetuneState:
     ``records.json``: step 1's val loss (and any extra, such as AEP's exit-subset scores) per
     epoch, written before the training state of that epoch, so a killed job continues where it
     stopped. ``fingerprint`` (any JSON) names what the state belongs to (genome, settings,
-    supernet, data); a folder left by a different fingerprint is discarded, not resumed.
+    checksums of the supernet and the data); a folder left by a different fingerprint is
+    discarded, not resumed, and one whose fingerprint cannot be read is kept (see natv2.resume).
     """
 
     def __init__(self, folder, fingerprint: dict):
-        import json
-        import shutil
-        from pathlib import Path
+        from natv2.io import read_json
+        from natv2.resume import ResumeFolder
 
-        from natv2.io import read_json, write_json
-
-        fingerprint = json.loads(json.dumps(fingerprint))  # as it reads back (tuples become lists)
-        self.folder = Path(folder)
-        stamp = self.folder / "fingerprint.json"
-        if self.folder.exists():
-            try:
-                same = read_json(stamp) == fingerprint
-            except Exception:  # noqa: BLE001 - a half-written or foreign folder is just discarded
-                same = False
-            if not same:
-                log.info("%s: left by a different fine-tune run; starting over", self.folder)
-                shutil.rmtree(self.folder)
-        self.folder.mkdir(parents=True, exist_ok=True)
-        if not stamp.exists():
-            write_json(stamp, fingerprint)
+        self._state = ResumeFolder(folder, fingerprint)
+        self.folder = self._state.folder
         self._records_path = self.folder / "records.json"
         raw = read_json(self._records_path) if self._records_path.exists() else {}
         self.records: dict[int, dict] = {int(k): v for k, v in raw.items()}
@@ -157,7 +143,7 @@ class FinetuneState:
             log.info("%s: resuming fine-tune (step-1 val loss known for epochs %s)", self.folder, sorted(self.records))
 
     def path(self, name: str):
-        return self.folder / name
+        return self._state.path(name)
 
     def record(self, epoch: int, loss: float, extra: Any = None) -> None:
         from natv2.io import write_json
@@ -166,9 +152,7 @@ class FinetuneState:
         write_json(self._records_path, {str(k): v for k, v in sorted(self.records.items())})
 
     def remove(self) -> None:
-        import shutil
-
-        shutil.rmtree(self.folder, ignore_errors=True)
+        self._state.remove()
 
 
 def two_step_finetune(

@@ -177,6 +177,13 @@ def test_digits_split_is_deterministic_per_seed(digits_runs):
     assert a["train"] != c["train"] and a["val"] != c["val"] and a["test"] != c["test"]
 
 
+def test_identical_splits_write_identical_bytes(digits_runs):
+    # torch.save to a path records the (temporary) file name inside the zip: not so here
+    a, b = (digits_runs[k].parent / CACHE_FILE for k in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()
+    assert digits_runs["a"].read_bytes() == digits_runs["b"].read_bytes()
+
+
 def test_load_data_and_normalisation_statistics(digits_runs):
     data = load_data(digits_runs["a"])
     meta = json.loads(digits_runs["a"].read_text())
@@ -226,7 +233,7 @@ def test_a_failure_while_writing_leaves_neither_file(tmp_path, monkeypatch):
     settings = load_settings(overrides={"data": {"image_size": 8}})
     prepare_split(settings, "digits", out, workers=1)  # an earlier, complete run
     monkeypatch.setattr(natv2.data, "_json_text", broken)  # fails after the cache is written
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(Natv2Error, match=r"cannot write \(disk full\)"):  # one line naming the output
         prepare_split(settings, "digits", out, workers=1)
     assert_nothing_written(out)
 

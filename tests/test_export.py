@@ -48,6 +48,14 @@ def exported(tmp_path_factory):
     return net, out
 
 
+def test_two_exports_of_a_net_give_identical_files(exported, tmp_path):
+    net, out = exported
+    export_network(net, tmp_path / "again", classes=CLASSES, resolution=32, mean=MEAN, std=STD, extra={"id": "n0"})
+    # (model.ts: TorchScript numbers traced classes per process, so only separate runs compare)
+    for name in ("weights.pt", "config.json"):
+        assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
+
+
 def test_reloaded_three_ways_gives_the_same_logits(exported):
     net, out = exported
     assert {p.name for p in out.iterdir()} == {"weights.pt", "config.json", "model.ts"}

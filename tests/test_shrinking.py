@@ -117,6 +117,58 @@ def test_phase_steps_write_checkpoints_and_chain(tiny_run, capsys):
     assert not any((root / ".resume").glob("*"))  # resume state is removed once the phase output is whole
 
 
+def test_source_without_phase_writes_only_the_variants_phases(tiny_run):
+    from natv2.nets.checkpoint import load_supernet
+
+    root, config, split = tiny_run
+    out = root / "all" / "source.pt"
+    assert main(["supernet", "--config", config, "--data", split, "--no-progress", "--out", str(out)]) == 0
+    phases = phases_for(SearchSpace(resolutions=(12, 16), kernels=(3, 5), expands=(2, 3)))
+    assert "level" not in phases and "exit" not in phases
+    # no undeclared phases/level.pt or phases/exit.pt
+    assert sorted(p.name for p in (root / "all" / "phases").iterdir() if p.is_file()) == sorted(f"{p}.pt" for p in phases)
+    _, meta = load_supernet(out)
+    assert [p["phase"] for p in meta["phases"]] == phases
+
+
+def test_unwritable_phase_output_is_one_line_before_any_training(tiny_run, tmp_path, capsys, monkeypatch):
+    import errno
+    import os
+    from pathlib import Path
+
+    import natv2.io
+    import natv2.shrinking
+
+    root, config, split = tiny_run
+    common = ["supernet", "--config", config, "--data", split, "--no-progress", "--phase", "full"]
+    (tmp_path / "file").write_text("x")
+    (tmp_path / "folder").mkdir()
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("trained before checking the output")
+
+    monkeypatch.setattr(natv2.shrinking, "run_phase", no_training)
+    for out, reason in ((tmp_path / "file" / "full.pt", "Not a directory"), (tmp_path / "folder", "Is a directory")):
+        assert main(common + ["--out", str(out)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("natv2: error: ") and reason in err and str(tmp_path) in err and "\n" not in err
+    monkeypatch.undo()
+
+    # a full disk when the checkpoint is written (torch used to say "unexpected pos 832 vs 726")
+    real_open = open
+
+    def full_disk(file, mode="r", *args, **kwargs):
+        if "w" in mode and Path(file).name.startswith(".full.pt."):  # the disk fills during the checkpoint
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(file))
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(natv2.io, "open", full_disk, raising=False)
+    out = tmp_path / "out" / "full.pt"
+    assert main(common + ["--out", str(out)]) == 2
+    assert capsys.readouterr().err.strip() == f"natv2: error: {out}: cannot write (No space left on device)"
+    assert not out.exists()
+
+
 def test_warmup_step_trains_from_a_source_supernet(tiny_run):
     from natv2.nets.checkpoint import load_supernet
 

@@ -268,3 +268,29 @@ def test_official_supernet_new_head_and_bad_checkpoints(tmp_path):
     torch.save([1, 2], tmp_path / "list.pth")
     with pytest.raises(Natv2Error, match="'state_dict' entry"):
         official.load_official(tmp_path / "list.pth", cfg, 10)
+
+
+def test_two_saves_of_a_supernet_give_identical_bytes(supernet, tmp_path):
+    save_supernet(tmp_path / "a.pt", supernet, {"phase": "full"})
+    save_supernet(tmp_path / "b.pt", supernet, {"phase": "full"})
+    assert (tmp_path / "a.pt").read_bytes() == (tmp_path / "b.pt").read_bytes()
+
+
+@pytest.mark.parametrize("key, value, why", [("variant", "nope", "supernet.variant 'nope'"),
+                                             ("kernels", "x", "kernels: expected a list of int")])
+def test_a_bad_config_stored_in_a_checkpoint_names_the_file(supernet, tmp_path, key, value, why):
+    save_supernet(tmp_path / "super.pt", supernet)
+    obj = torch.load(tmp_path / "super.pt", weights_only=True)
+    obj["config"][key] = value
+    torch.save(obj, tmp_path / "bad.pt")
+    with pytest.raises(Natv2Error) as err:
+        load_supernet(tmp_path / "bad.pt")
+    assert str(err.value).startswith(f"{tmp_path / 'bad.pt'}: the network config stored in this checkpoint")
+    assert why in str(err.value)
+    static = supernet.extract(supernet.space.largest())
+    save_static(tmp_path / "static.pt", static)
+    obj = torch.load(tmp_path / "static.pt", weights_only=True)
+    obj["config"]["stages"] = 3
+    torch.save(obj, tmp_path / "bad_static.pt")
+    with pytest.raises(Natv2Error, match=r"bad_static.pt: the network config stored in this checkpoint"):
+        load_static(tmp_path / "bad_static.pt")

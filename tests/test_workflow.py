@@ -120,6 +120,47 @@ def test_dry_run_of_the_paper_config_has_every_phase(tmp_path: Path):
     assert counts["front"] == n_ds and counts["pareto"] == n_ds
 
 
+def _write_shapes(root: Path, n_classes: int = 3, per_class: int = 20) -> Path:
+    """A tiny ImageFolder source dataset: ``n_classes`` solid-colour classes, noise on top."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for c in range(n_classes):
+        folder = root / "train" / f"class{c}"
+        folder.mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.full((16, 16, 3), 60 * (c + 1), dtype=np.int16) + rng.integers(-20, 20, (16, 16, 3))
+            Image.fromarray(pixels.clip(0, 255).astype(np.uint8)).save(folder / f"{i}.png")
+    return root
+
+
+def test_cross_dataset_source_runs_only_the_variants_phases(tmp_path: Path):
+    """config/paper.yaml's layout in small: the EE_D supernet trained on another dataset than the target."""
+    from natv2.config import load_settings
+    from natv2.nets.checkpoint import load_supernet
+    from natv2.shrinking import phases_for
+    from natv2.space import SearchSpace
+
+    work = make_workdir(tmp_path / "work")
+    source = _write_shapes(tmp_path / "shapes")
+    (work / "cross.yaml").write_text(yaml.safe_dump({
+        "datasets": {"shapes": {"kind": "imagefolder", "root": str(source), "image_size": 16}},
+        "supernet": {"variant": "EE_D"},
+        "supernet_train": {"dataset": "shapes"},
+    }))
+    files = ("tiny.yaml", "cross.yaml")
+    smk(work, "results/digits/supernet/source.pt", configfiles=files)  # the target's job reads the source's phases
+    settings = load_settings([work / "config" / "config.yaml", work / "tiny.yaml", work / "cross.yaml"])
+    phases = phases_for(SearchSpace.from_config(settings.supernet))
+    assert "level" not in phases and "exit" in phases
+    # the source's phases, exactly the declared ones; none under the target
+    assert sorted(p.name for p in (work / "results/shapes/supernet/phases").glob("*.pt")) == sorted(f"{p}.pt" for p in phases)
+    assert not (work / "results/digits/supernet/phases").exists()
+    _, meta = load_supernet(work / "results/digits/supernet/source.pt")
+    assert meta["classes"] == ["class0", "class1", "class2"] and [p["phase"] for p in meta["phases"]] == phases
+
+
 def test_dvc_repro_runs_everything_then_nothing_then_restores(dvc_run: Path):
     work = dvc_run
     pareto = pd.read_csv(work / "results/digits/pareto.csv")

@@ -10,8 +10,9 @@ mismatches; a truncated or corrupt file raises a Natv2Error naming it.
 """
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 import torch
 import torch.nn as nn
@@ -67,6 +68,18 @@ def _read(path: str | Path, fmt: str) -> dict:
     return obj
 
 
+@contextlib.contextmanager
+def _stored_config(path: str | Path) -> Iterator[None]:
+    """A network config stored in checkpoint ``path`` that does not build: an error naming the file."""
+    try:
+        yield
+    except Natv2Error as e:
+        raise Natv2Error(f"{path}: the network config stored in this checkpoint is not valid: {e}") from None
+    except (TypeError, KeyError, ValueError, AttributeError, IndexError) as e:
+        raise Natv2Error(f"{path}: the network config stored in this checkpoint is not valid: "
+                         f"{type(e).__name__}: {e}") from None
+
+
 def save_supernet(path: str | Path, net: nn.Module, meta: Mapping[str, Any] | None = None) -> None:
     save_torch(
         path,
@@ -86,7 +99,8 @@ def load_supernet(path: str | Path, map_location: str = "cpu"):
     from natv2.nets import build_supernet
 
     obj = _read(path, SUPERNET_FORMAT)
-    net = build_supernet(obj["config"], int(obj.get("n_classes", 0)))
+    with _stored_config(path):
+        net = build_supernet(obj["config"], int(obj.get("n_classes", 0)))
     load_state_strict(net, obj["state_dict"], path)
     return net.to(map_location), dict(obj.get("meta") or {})
 
@@ -119,6 +133,7 @@ def load_static(path: str | Path, map_location: str = "cpu"):
     from natv2.nets import static_from_config
 
     obj = _read(path, STATIC_FORMAT)
-    net = static_from_config(obj["config"])
+    with _stored_config(path):
+        net = static_from_config(obj["config"])
     load_state_strict(net, obj["state_dict"], path)
     return net.to(map_location), dict(obj.get("meta") or {})

@@ -26,22 +26,33 @@ def run(args: argparse.Namespace) -> int:
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
     from natv2.data import load_data
+    from natv2.io import check_writable
     from natv2.nets.checkpoint import check_classes, load_supernet, save_supernet
+    from natv2.resume import ResumeFolder, fingerprint, split_files
     from natv2.rng import stream_seed
 
     settings = settings_from_args(args)
+    out = Path(args.out)
+    check_writable(out)  # before the training, not after it
     archive = read_archive(args.archive, settings.search.objectives)
     supernet, meta = load_supernet(args.supernet)
     data = load_data(args.data)
     check_classes(supernet, data.n_classes, args.supernet, args.data)
-    out = Path(args.out)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
+    seed = stream_seed(settings.seed, "adapt", args.iteration)
+    # the state belongs to these inputs: a rerun after an upstream change starts over
+    state = ResumeFolder(state_dir / f"{out.name}.adapt", fingerprint(
+        {"supernet": args.supernet, "archive": args.archive, **split_files(args.data)},
+        {"seed": seed, "iteration": args.iteration, "adapt": settings.adapt, "search": settings.search,
+         "data": settings.data},
+    ))
     summary = adapt(
         supernet, data, archive, settings.adapt, settings.search,
-        device=settings.torch_device(), seed=stream_seed(settings.seed, "adapt", args.iteration),
-        state_path=state_dir / "adapt.pt", progress=sys.stderr.isatty(),
+        device=settings.torch_device(), seed=seed,
+        state_path=state.path("train.pt"), progress=sys.stderr.isatty(),
     )
     meta = dict(meta)
     meta.setdefault("adaptations", []).append({"iteration": args.iteration, **summary})
     save_supernet(out, supernet.cpu(), meta)
+    state.remove()  # the output is whole: its resume state has served
     return 0

@@ -42,16 +42,7 @@ def front_member(front, member_id: str, source: str) -> dict:
     return rows.iloc[0].to_dict()
 
 
-def _file_stamp(path: str) -> dict:
-    """What identifies an input file cheaply: its size and modification time."""
-    import os
-
-    st = os.stat(path)
-    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
-
-
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
     import logging
     import os
     import shutil
@@ -64,8 +55,9 @@ def run(args: argparse.Namespace) -> int:
     from natv2.evaluate import recalibrate_bn, top1
     from natv2.export import export_network
     from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
-    from natv2.io import read_csv, write_json
+    from natv2.io import check_writable, read_csv, write_json
     from natv2.nets.checkpoint import check_classes, load_supernet
+    from natv2.resume import fingerprint, split_files
     from natv2.rng import torch_stream
 
     import sys
@@ -76,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     cfg = settings.finetune
     member = front_member(read_csv(args.front), args.id, args.front)
+    check_writable(args.out, directory=True)  # before the training, not after it
     device = settings.torch_device()
     data = load_data(Path(args.data))
     supernet, _meta = load_supernet(args.supernet)
@@ -105,10 +98,10 @@ def run(args: argparse.Namespace) -> int:
     # part of val stays out of step 2: the ensembles are chosen, and compared with this net, on it
     val_fit, val_select = data.holdout(cfg.selection_holdout, settings.seed)
     out = Path(args.out)
-    state = FinetuneState(out.parent / f".{out.name}.state", {
-        "genome": str(member["genome"]), "seed": settings.seed, "finetune": dataclasses.asdict(cfg),
-        "supernet": _file_stamp(args.supernet), "data": _file_stamp(args.data),
-    })
+    state = FinetuneState(out.parent / f".{out.name}.state", fingerprint(
+        {"supernet": args.supernet, **split_files(args.data)},
+        {"genome": str(member["genome"]), "seed": settings.seed, "finetune": cfg, "data": settings.data},
+    ))
 
     before = extract()
     val_before = top1(before, data.val, **common)

@@ -21,9 +21,12 @@ def register(subparsers) -> None:
 
 
 def run(args) -> int:
-    from natv2.data import prepare_split
+    from natv2.data import SPLIT_FILE, prepare_split
+    from natv2.io import check_writable
 
     settings = settings_from_args(args)
+    check_writable(args.out, directory=True)  # before reading the dataset, not after it
+    check_writable(Path(args.out) / SPLIT_FILE)
     path = prepare_split(settings, args.dataset, args.out, workers=args.threads or None)
     print(path)
     return 0

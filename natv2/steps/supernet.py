@@ -4,8 +4,8 @@
     natv2 supernet --config C --data SPLIT --phase kernel --init full.pt --out kernel.pt
 
 Without ``--phase`` the step makes source.pt in one go: ``supernet_train.source: official``
-loads the published OFA weights (new head for the dataset's classes); ``train`` runs every
-phase of extended progressive shrinking in order, keeping each phase's checkpoint in
+loads the published OFA weights (new head for the dataset's classes); ``train`` runs the
+phases of extended progressive shrinking that apply to the variant, in order, keeping each phase's checkpoint in
 ``--work-dir`` (default: ``<out dir>/phases``) so a re-run skips finished phases. With
 ``--phase NAME`` it runs that one phase from ``--init`` (required after ``full``), so a
 workflow can have one rule per phase. ``--data`` is the split.json of the source dataset
@@ -37,11 +37,14 @@ def run(args: argparse.Namespace) -> int:
 
     from natv2.config import settings_from_args
     from natv2.errors import Natv2Error
-    from natv2.shrinking import PHASE_NAMES, get_phase
+    from natv2.io import check_writable
+    from natv2.shrinking import PHASE_NAMES, get_phase, phases_for
+    from natv2.space import SearchSpace
 
     settings = settings_from_args(args)
     cfg = settings.supernet_train
     out = Path(args.out)
+    check_writable(out)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
     if args.phase is not None:
         get_phase(args.phase)  # validates the name
@@ -57,7 +60,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     work = Path(args.work_dir) if args.work_dir else out.parent / "phases"
     previous = None
-    for name in PHASE_NAMES:
+    # only the variant's phases: the others would write undeclared files (and, in a target's job
+    # reading the source's phases, train on the target's classes)
+    for name in phases_for(SearchSpace.from_config(settings.supernet_for(dataset_key(args.data)))):
         phase_out = work / f"{name}.pt"
         if not phase_out.is_file():
             run_one_phase(settings, args.data, name, previous, phase_out, state_dir / f"{phase_out.name}.{name}",
@@ -77,16 +82,23 @@ def _copy_checkpoint(src, dst) -> None:
 
 
 def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress: bool = True) -> None:
-    """Train one phase from ``init`` (None = a new supernet for the ``full`` phase) -> ``out``."""
+    """Train one phase from ``init`` (None = a new supernet for the ``full`` phase) -> ``out``.
+
+    ``state``: the phase's resume folder (natv2.resume), fingerprinted with the data, ``init``
+    and the settings; removed once ``out`` is written.
+    """
     import logging
 
     from natv2.data import load_data
     from natv2.errors import Natv2Error
     from natv2.nets import build_supernet
+    from natv2.io import check_writable
     from natv2.nets.checkpoint import load_supernet, save_supernet
+    from natv2.resume import ResumeFolder, fingerprint, split_files
     from natv2.shrinking import run_phase
 
     log = logging.getLogger("natv2.supernet")
+    check_writable(out)  # before the training, not after it
     device = settings.torch_device()
     data = load_data(data_json, device=None)
     if init is None:
@@ -106,13 +118,18 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
             raise Natv2Error(
                 f"{init}: supernet predicts {net.n_classes} classes, the dataset {data_json} has {data.n_classes}"
             )
+    # the state belongs to these inputs: a rerun after an upstream change starts over
+    resume = ResumeFolder(state, fingerprint(
+        {**split_files(data_json), **({"init": init} if init is not None else {})},
+        {"seed": settings.seed, "phase": phase, "supernet": settings.supernet_for(dataset_key(data_json)),
+         "supernet_train": settings.supernet_train, "data": settings.data},
+    ))
     summary = run_phase(net, phase, data, settings.supernet_train, device=device, seed=settings.seed,
-                        resume=state, pad=data.pad, flip=data.flip, progress=progress)
+                        resume=resume.path("train.pt"), pad=data.pad, flip=data.flip, progress=progress)
     done = [p for p in meta.get("phases", []) if p.get("phase") != phase] + [summary]
     meta.update({"phase": phase, "phases": done, "classes": list(data.classes), "source": "train"})
     save_supernet(out, net.cpu(), meta)
-    if state.is_file():
-        state.unlink()  # the phase's output is whole: its resume state is no longer needed
+    resume.remove()  # the phase's output is whole: its resume state is no longer needed
     log.info("phase %s -> %s", phase, out)
 
 

@@ -5,7 +5,9 @@
 
 New head for the target classes (unless the source was trained on them), the largest subnet
 fine-tuned, then whole-supernet epochs with sampled subnets and KD from the largest subnet
-(see natv2.warmup). Resume state lives in ``--state-dir`` (default ``<out dir>/.resume``).
+(see natv2.warmup). Resume state lives in ``--state-dir`` (default ``<out dir>/.resume``), in a
+folder ``<out name>.warmup`` fingerprinted with its inputs (natv2.resume) and removed once the
+output is written.
 """
 from __future__ import annotations
 
@@ -26,24 +28,31 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import shutil
     from pathlib import Path
 
     from natv2.config import settings_from_args
     from natv2.data import load_data
+    from natv2.io import check_writable
     from natv2.nets.checkpoint import load_supernet, save_supernet
+    from natv2.resume import ResumeFolder, fingerprint, split_files
     from natv2.warmup import warmup
 
     settings = settings_from_args(args)
     out = Path(args.out)
-    state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume" / f"{out.name}.warmup"
+    check_writable(out)  # before the training, not after it
+    state_dir = (Path(args.state_dir) if args.state_dir else out.parent / ".resume") / f"{out.name}.warmup"
     data = load_data(args.data, device=None)
     net, meta = load_supernet(args.supernet)
     meta = dict(meta or {})
+    # the state belongs to these inputs: a rerun after an upstream change starts over
+    state = ResumeFolder(state_dir, fingerprint(
+        {"supernet": args.supernet, **split_files(args.data)},
+        {"seed": settings.seed, "warmup": settings.warmup, "data": settings.data},
+    ))
     summary = warmup(net, data, settings.warmup, device=settings.torch_device(), seed=settings.seed,
-                     source_classes=meta.get("classes"), state_dir=state_dir, pad=data.pad,
+                     source_classes=meta.get("classes"), state_dir=state.folder, pad=data.pad,
                      flip=data.flip, progress=not args.no_progress)
     meta.update({"warmup": summary, "classes": list(data.classes)})
     save_supernet(out, net.cpu(), meta)
-    shutil.rmtree(state_dir, ignore_errors=True)  # the output is whole: resume state no longer needed
+    state.remove()  # the output is whole: resume state no longer needed
     return 0
