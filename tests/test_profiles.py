@@ -53,3 +53,12 @@ def test_gpu_profiles_give_every_gpu_rule_one_gpu(name):
 def test_multigpu_profile_limits_concurrent_gpu_jobs():
     settings = yaml.safe_load((REPO / "profiles" / "multigpu" / "config.yaml").read_text())
     assert settings["resources"]["gpu"] > 1
+
+
+@pytest.mark.parametrize("name", ["multigpu", "slurm"])
+def test_the_default_workflow_profile_does_not_override_a_cluster_profile(name):
+    """Snakemake loads profiles/default after --profile, and a top-level key there replaces the other's."""
+    default = yaml.safe_load((REPO / "profiles" / "default" / "config.yaml").read_text())
+    other = yaml.safe_load((REPO / "profiles" / name / "config.yaml").read_text())
+    effective = {**other, **default}
+    assert {key: effective[key] for key in other} == other
