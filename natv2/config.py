@@ -325,13 +325,30 @@ class Settings:
         return Path(self.results_dir) / key
 
     def torch_device(self):
-        """The torch.device named by ``device`` (auto = cuda when available)."""
+        """The torch.device named by ``device`` (auto = cuda when available).
+
+        ``cuda`` (or ``auto``) with several GPUs visible: one per job, claimed through
+        :mod:`natv2.gpu_slots`, so parallel jobs of profiles/multigpu spread over the GPUs. An
+        explicit ``cuda:<k>`` and torchrun (WORLD_SIZE > 1, one rank per GPU) are left alone.
+        """
+        import os
+
         import torch
 
         if self.device == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        if self.device.startswith("cuda") and not torch.cuda.is_available():
+            if not torch.cuda.is_available():
+                return torch.device("cpu")
+        elif self.device.startswith("cuda") and not torch.cuda.is_available():
             raise Natv2Error(f"config key device: {self.device!r} asked for, but no CUDA device is visible")
+        if self.device in ("auto", "cuda"):
+            count = torch.cuda.device_count()
+            if count > 1 and int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+                from natv2.gpu_slots import claim_gpu_slot
+
+                slot = claim_gpu_slot(count)
+                torch.cuda.set_device(slot)  # kernels and allocations without an explicit device
+                return torch.device("cuda", slot)
+            return torch.device("cuda")
         return torch.device(self.device)
 
 
