@@ -209,7 +209,7 @@ class SearchConfig:
     """NAT / NATv2 search: archive policies, surrogate, NSGA search, candidates (natv2.search).
 
     ``auto`` keys follow ``algorithm``: NAT = uniform sampling, push repair, adaptive surrogate;
-    NATv2 = balanced-depth sampling, fill repair, LightGBM k-fold ensemble (design.md §3–4).
+    NATv2 = skip-1/3 sampling (depths 1/3, 2/9, 4/9), fill repair, LightGBM k-fold ensemble (design.md §3–4).
     """
 
     algorithm: str
@@ -245,7 +245,7 @@ class SearchConfig:
 
     @property
     def sampling_policy(self) -> str:
-        """natv2.space sampling policy: ``nat`` (uniform genes) or ``natv2`` (balanced depths)."""
+        """natv2.space sampling policy: ``nat`` (uniform genes) or ``natv2`` (NATv2: optional slots skipped w.p. 1/3, fill repair)."""
         return self.algorithm if self.sampling == "auto" else self.sampling
 
     @property
