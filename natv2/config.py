@@ -229,6 +229,9 @@ class SearchConfig:
     subset_pop_size: int
     subset_generations: int
     hv_reference: tuple[float, ...] | None
+    surrogate_pool: tuple[str, ...] = ("rbf", "gp", "carts", "mlp")
+    lgbm_params: Mapping[str, Any] = field(default_factory=dict)
+    initial_population: str = "random"
 
     def __post_init__(self) -> None:
         from natv2.archive import check_objectives
