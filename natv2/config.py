@@ -137,6 +137,8 @@ class EnsembleConfig:
     population: int
     generations: int
     batch_size: int
+    initial: str = "all"
+    mutation_prob: float = 0.01
 
 
 @dataclass(frozen=True)
