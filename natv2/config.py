@@ -273,8 +273,9 @@ class AdaptConfig:
     """NAT's supernet adaptation after each archive update (natv2.adapt; NAT §3.3).
 
     Paper (NAT, Lu et al. 2021): distribution from the top 150 of the archive, 5 epochs per
-    iteration, 4 subnets per batch, CE + KD from the largest subnet, SGD momentum 0.9,
-    lr 2.5e-3 cosine, weight decay 3e-4, batch 256.
+    iteration, 4 subnets per batch, CE + KD from the warmed-up largest subnet, SGD momentum 0.9,
+    lr 2.5e-3 with one cosine over all iterations (5 warm-up epochs), weight decay 3e-4, gradient
+    clipping 5, batch 256 (natv2.adapt).
     """
 
     epochs: int
@@ -290,6 +291,7 @@ class AdaptConfig:
     kd_weight: float
     pseudo_count: float
     teacher_bn_images: int
+    grad_clip: float | None = 5.0
 
 
 @dataclass(frozen=True)
