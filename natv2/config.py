@@ -232,7 +232,7 @@ class SearchConfig:
     subset_generations: int
     hv_reference: tuple[float, ...] | None
     surrogate_pool: tuple[str, ...] = ("rbf", "gp", "carts", "mlp")
-    lgbm_params: Mapping[str, Any] = field(default_factory=dict)
+    lgbm_min_child_samples: int | None = None
     initial_population: str = "random"
 
     def __post_init__(self) -> None:
@@ -259,6 +259,12 @@ class SearchConfig:
         if self.repair != "auto":
             return self.repair
         return "push" if self.algorithm == "nat" else "fill"
+
+    @property
+    def lgbm_params(self) -> dict[str, Any]:
+        """LightGBM overrides of NATv2's LGBMRegressor(objective='huber') (empty = LightGBM's defaults)."""
+        n = self.lgbm_min_child_samples
+        return {} if n is None else {"min_child_samples": int(n)}
 
     @property
     def surrogate_kind(self) -> str:

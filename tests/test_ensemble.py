@@ -184,7 +184,8 @@ def test_ofa3_search_settings_start_and_mutation():
 
     from natv2.ensemble import _redraw_mutation
 
-    paper = load_settings(Path(__file__).resolve().parents[1] / "config" / "paper.yaml").ensemble
+    root = Path(__file__).resolve().parents[1]
+    paper = load_settings([root / "config" / "config.yaml", root / "config" / "paper.yaml"]).ensemble
     assert (paper.population, paper.generations, paper.mutation_prob, paper.initial) == (100, 2000, 0.01, "all")
     assert paper.max_members == 0 and load_settings().ensemble.initial == "all"
     # generation 1 = the initial population only: the all-members ensemble (no cap)

@@ -256,7 +256,8 @@ def test_paper_config_has_the_originals_search_settings():
     subset-selection GA with population 500 (:247) for 200 generations (:255), started afresh."""
     from pathlib import Path
 
-    paper = load_settings(Path(__file__).resolve().parents[1] / "config" / "paper.yaml").search
+    root = Path(__file__).resolve().parents[1]
+    paper = load_settings([root / "config" / "config.yaml", root / "config" / "paper.yaml"]).search
     assert (paper.pop_size, paper.generations) == (100, 20)
     assert (paper.subset_pop_size, paper.subset_generations) == (500, 200)
     assert paper.initial_population == "random" and paper.surrogate_kind == "lgbm" and paper.lgbm_params == {}
