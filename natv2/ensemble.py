@@ -22,7 +22,7 @@ the argmax is exact whenever that residual is smaller than the best kept score (
 for k >= 5). A true class outside every member's top-k counts as an error; ties count as correct.
 
 The search is pymoo's NSGA-II over binary membership vectors as OFA3's
-(ito-rafael/once-for-all-3, jupyter-notebooks/ofa3-max-latency.ipynb): population 100 for 2000
+(ito-rafael/once-for-all-3@cfd3007, jupyter-notebooks/ofa3-max-latency.ipynb; cells numbered from 0): population 100 for 2000
 generations (cell 29), the initial population all-members ensembles (``np.ones((P, P))``, cell
 49), uniform crossover (prob 1, cell 39) and a random-choice mutation that redraws each bit with
 probability 0.01 (``ChoiceRandomMutation(prob=1.0, prob_var=0.01)``, cell 38). A repair keeps
