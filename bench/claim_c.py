@@ -178,8 +178,12 @@ def main() -> None:
         fronts[variant] = front_of(table)
 
     print("\nfronts (test top-1 % vs params), side by side")
-    side = pd.concat({v: f.reset_index(drop=True)[["params", "top1", "subnet"]] for v, f in fronts.items()}, axis=1)
-    print(side.to_string(index=False, na_rep="", float_format=lambda v: f"{v:.2f}"))
+    # as text, so a shorter front's empty rows do not turn the other's integer params into floats
+    side = pd.concat({v: pd.DataFrame({"params": f["params"].map(lambda p: f"{int(p)}"),
+                                       "top1": f["top1"].map(lambda t: f"{t:.2f}"),
+                                       "subnet": f["subnet"]}).reset_index(drop=True)
+                      for v, f in fronts.items()}, axis=1)
+    print(side.fillna("").to_string(index=False))
     for v, f in fronts.items():
         print(f"{v}: best top-1 {f['top1'].max():.2f} % at {int(f.loc[f['top1'].idxmax(), 'params'])} params; "
               f"training {used[v] / 60:.1f} CPU min")
