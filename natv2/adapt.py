@@ -2,9 +2,30 @@
 
 After each archive update, a categorical distribution per gene is estimated from the top
 ``top_n`` archive members (by non-dominated survival over the run's objectives); every training
-step samples ``subnets_per_step`` subnets from it (gradients accumulated) with KD from the
-largest subnet (extracted, BN recalibrated, frozen). The whole archive is then re-evaluated
-with the adapted weights (a separate workflow step).
+step samples ``subnets_per_step`` subnets from it (gradients accumulated) with KD from a fixed
+teacher. The whole archive is then re-evaluated with the adapted weights (a separate step).
+
+As the original (NAT_extended/search/algorithms/nat.py:219-249 ``_adapt_supernet``, its
+``SuperNetTrainer`` NAT_extended/train/trainer.py:566-810, set up in run_nat_new.py:211-333):
+
+- **one schedule over the whole search**: a linear warm-up of ``warmup_epochs`` then a cosine
+  over ``search.iterations x adapt.epochs`` epochs (paper 30 x 5 = 150, 5 warm-up epochs);
+  iteration i trains epochs ``(i-1) E .. i E`` of it. The optimizer state (momentum) and the
+  schedule position (``epochs_done``) are saved in the iteration's supernet checkpoint (key
+  ``adapt_state``) and loaded by the next iteration's adaptation, as the original keeps one
+  optimizer and scheduler for the whole run (nat.py:230-238).
+  *Adding iterations later* (``search.iterations`` from N to M): the finished iterations are not
+  rerun (``search.iterations`` is in no fingerprint), and the new ones continue from the saved
+  position N E in the cosine over M E epochs — the lr goes back up from the end of the old
+  curve to that point of the longer one (a warm restart), the momentum carries on.
+- gradient clipping at ``grad_clip`` (5), no label smoothing;
+- a **fixed teacher**: the largest subnet of the warmed-up supernet (``--teacher``, the
+  warm-up's output), extracted and BN-recalibrated with the run's seed, so every iteration
+  distils from the same network; for early-exit nets all its exits, ensembled by
+  :func:`natv2.shrinking.largest_teacher` (natv2.distill);
+- a **random resolution per batch** from the space's resolutions, shared by the batch's
+  subnets (the original's ``MyModRandomResizedCrop`` draws one size per batch and drops the
+  genome's ``r``, trainer.py:711-763).
 """
 from __future__ import annotations
 
@@ -16,6 +37,9 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
+#: key of the carried optimizer/schedule state in an adapted supernet checkpoint
+STATE_KEY = "adapt_state"
+
 
 def adaptation_distribution(archive, space, search_cfg, cfg, rng: np.random.Generator) -> list[np.ndarray]:
     """Per-gene probabilities estimated from the best ``cfg.top_n`` rows of ``archive``."""
@@ -26,10 +50,26 @@ def adaptation_distribution(archive, space, search_cfg, cfg, rng: np.random.Gene
 
 
 def train_config(cfg):
-    """The engine's TrainConfig from the ``adapt:`` settings."""
+    """The engine's TrainConfig from the ``adapt:`` settings.
+
+    The warm-up belongs to the whole-search schedule (:func:`schedule`), not to one iteration.
+    """
     from natv2.train import TrainConfig
 
-    return TrainConfig.from_sections(cfg)
+    return TrainConfig.from_sections(cfg, warmup_epochs=0.0)
+
+
+def schedule(cfg, iterations: int, carried: dict | None):
+    """This iteration's place in the one warm-up + cosine schedule of the search.
+
+    ``carried``: the previous iteration's ``adapt_state`` (None for the first iteration);
+    total = ``iterations x cfg.epochs`` epochs, never shorter than what this iteration ends at.
+    """
+    from natv2.train import Schedule
+
+    done = int(carried["epochs_done"]) if carried else 0
+    total = max(int(iterations) * cfg.epochs, done + cfg.epochs, 1)
+    return Schedule(offset_epochs=done, total_epochs=total, warmup_epochs=min(float(cfg.warmup_epochs), total))
 
 
 def adapt(
@@ -41,10 +81,19 @@ def adapt(
     *,
     device,
     seed: int,
+    teacher_supernet=None,
+    teacher_seed: int | None = None,
+    carried: dict | None = None,
     state_path: Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Adapt ``supernet`` in place to the distribution of ``archive``'s best; return a summary."""
+    """Adapt ``supernet`` in place to the distribution of ``archive``'s best; return a summary.
+
+    ``teacher_supernet``: the supernet whose largest subnet teaches (default: ``supernet``
+    itself, before training); ``teacher_seed`` picks its BN images (default ``seed``).
+    ``carried``: the previous iteration's ``adapt_state``. The summary's ``adapt_state`` is the
+    state to save with the adapted supernet (see the module docstring).
+    """
     from natv2.archive import sample_distribution
     from natv2.shrinking import largest_teacher
     from natv2.train import train
@@ -56,11 +105,15 @@ def adapt(
     probs = adaptation_distribution(archive, space, search_cfg, cfg, rng)
     if cfg.epochs == 0:
         log.info("adaptation: 0 epochs configured, supernet carried over unchanged")
-        return {"epochs": 0}
+        return {"epochs": 0, STATE_KEY: carried}
+    plan = schedule(cfg, search_cfg.iterations, carried)
     teacher = None
     if cfg.kd_weight > 0:
-        teacher = largest_teacher(supernet, data, bn_images=cfg.teacher_bn_images, seed=seed, device=device)
+        source = supernet if teacher_supernet is None else teacher_supernet
+        teacher = largest_teacher(source, data, bn_images=cfg.teacher_bn_images,
+                                  seed=seed if teacher_seed is None else teacher_seed, device=device)
     repair = search_cfg.repair_mode
+    resolutions = np.asarray(space.resolutions)
 
     def sample(g: np.random.Generator) -> np.ndarray:
         return sample_distribution(probs, space, 1, g, repair)[0]
@@ -71,6 +124,8 @@ def adapt(
         train_config(cfg),
         subnet_sampler=sample,
         subnets_per_step=cfg.subnets_per_step,
+        resolution_sampler=lambda g: int(g.choice(resolutions)),
+        resolution_per_step=True,
         teacher=teacher,
         resume=state_path,
         device=device,
@@ -80,8 +135,14 @@ def adapt(
         pad=data.pad,  # the dataset's augmentation, from its split.json
         flip=data.flip,
         progress=progress,
+        schedule=plan,
+        optimizer_state=None if not carried else carried["optimizer"],
     )
     supernet.set_active(space.largest())
     entropy = float(np.mean([-(p[p > 0] * np.log(p[p > 0])).sum() for p in probs]))
-    log.info("adaptation: %d epochs, mean gene entropy of the distribution %.3f nats", cfg.epochs, entropy)
-    return {"epochs": cfg.epochs, "history": history.rows, "mean_gene_entropy": entropy}
+    log.info("adaptation: epochs %d..%d of a %d-epoch schedule, mean gene entropy of the distribution %.3f nats",
+             plan.offset_epochs + 1, plan.offset_epochs + cfg.epochs, plan.total_epochs, entropy)
+    state = {"optimizer": history.optimizer_state, "epochs_done": plan.offset_epochs + cfg.epochs,
+             "total_epochs": plan.total_epochs}
+    return {"epochs": cfg.epochs, "schedule_epochs": [plan.offset_epochs, plan.offset_epochs + cfg.epochs, plan.total_epochs],
+            "history": history.rows, "mean_gene_entropy": entropy, STATE_KEY: state}

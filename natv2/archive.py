@@ -10,7 +10,7 @@ uses 2–4 of :data:`OBJECTIVES` (config ``search.objectives``), always includin
 Policies (``search.algorithm``):
 
 - initialisation. NAT: ``archive_size - 2`` uniform samples + smallest + largest.
-  NATv2: ``preprocess_mult * archive_size - 2`` balanced-depth samples + smallest + largest are
+  NATv2: ``preprocess_mult * archive_size - 2`` NATv2 samples (skip 1/3) + smallest + largest are
   evaluated (:func:`init_genomes`), then :func:`select_initial` keeps smallest + largest and the
   best of the rest by survival (pre-processing).
 - update (:func:`update_archive`). NAT: the archive grows by the evaluated candidates.
@@ -215,7 +215,7 @@ def init_genomes(space, cfg, rng: np.random.Generator) -> np.ndarray:
     """Genomes to evaluate for the initial archive: smallest, largest, then distinct samples.
 
     NAT: ``archive_size`` in all, uniform sampling. NATv2: ``preprocess_mult * archive_size``
-    in all, balanced-depth sampling (the pre-processing pool :func:`select_initial` cuts down).
+    in all, NATv2 sampling (optional slots skipped w.p. 1/3) (the pre-processing pool :func:`select_initial` cuts down).
     """
     extremes = _unique_rows(np.stack([space.smallest(), space.largest()]))
     total = cfg.archive_size * (cfg.preprocess_mult if cfg.algorithm == "natv2" else 1)

@@ -137,6 +137,8 @@ class EnsembleConfig:
     population: int
     generations: int
     batch_size: int
+    initial: str = "all"
+    mutation_prob: float = 0.01
 
 
 @dataclass(frozen=True)
@@ -209,7 +211,7 @@ class SearchConfig:
     """NAT / NATv2 search: archive policies, surrogate, NSGA search, candidates (natv2.search).
 
     ``auto`` keys follow ``algorithm``: NAT = uniform sampling, push repair, adaptive surrogate;
-    NATv2 = balanced-depth sampling, fill repair, LightGBM k-fold ensemble (design.md §3–4).
+    NATv2 = skip-1/3 sampling (depths 1/3, 2/9, 4/9), fill repair, LightGBM k-fold ensemble (design.md §3–4).
     """
 
     algorithm: str
@@ -229,6 +231,9 @@ class SearchConfig:
     subset_pop_size: int
     subset_generations: int
     hv_reference: tuple[float, ...] | None
+    surrogate_pool: tuple[str, ...] = ("rbf", "gp", "carts", "mlp")
+    lgbm_min_child_samples: int | None = None
+    initial_population: str = "random"
 
     def __post_init__(self) -> None:
         from natv2.archive import check_objectives
@@ -245,7 +250,7 @@ class SearchConfig:
 
     @property
     def sampling_policy(self) -> str:
-        """natv2.space sampling policy: ``nat`` (uniform genes) or ``natv2`` (balanced depths)."""
+        """natv2.space sampling policy: ``nat`` (uniform genes) or ``natv2`` (NATv2: optional slots skipped w.p. 1/3, fill repair)."""
         return self.algorithm if self.sampling == "auto" else self.sampling
 
     @property
@@ -254,6 +259,12 @@ class SearchConfig:
         if self.repair != "auto":
             return self.repair
         return "push" if self.algorithm == "nat" else "fill"
+
+    @property
+    def lgbm_params(self) -> dict[str, Any]:
+        """LightGBM overrides of NATv2's LGBMRegressor(objective='huber') (empty = LightGBM's defaults)."""
+        n = self.lgbm_min_child_samples
+        return {} if n is None else {"min_child_samples": int(n)}
 
     @property
     def surrogate_kind(self) -> str:
@@ -268,8 +279,9 @@ class AdaptConfig:
     """NAT's supernet adaptation after each archive update (natv2.adapt; NAT §3.3).
 
     Paper (NAT, Lu et al. 2021): distribution from the top 150 of the archive, 5 epochs per
-    iteration, 4 subnets per batch, CE + KD from the largest subnet, SGD momentum 0.9,
-    lr 2.5e-3 cosine, weight decay 3e-4, batch 256.
+    iteration, 4 subnets per batch, CE + KD from the warmed-up largest subnet, SGD momentum 0.9,
+    lr 2.5e-3 with one cosine over all iterations (5 warm-up epochs), weight decay 3e-4, gradient
+    clipping 5, batch 256 (natv2.adapt).
     """
 
     epochs: int
@@ -285,6 +297,7 @@ class AdaptConfig:
     kd_weight: float
     pseudo_count: float
     teacher_bn_images: int
+    grad_clip: float | None = 5.0
 
 
 @dataclass(frozen=True)

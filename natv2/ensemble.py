@@ -21,8 +21,13 @@ member's top-k has true mean probability at most ``mean_i (1 - sum of member i's
 the argmax is exact whenever that residual is smaller than the best kept score (almost always
 for k >= 5). A true class outside every member's top-k counts as an error; ties count as correct.
 
-The search is pymoo's NSGA-II over binary membership vectors with a repair that keeps each
-ensemble between ``min_members`` (>= 2) and ``max_members``; objectives = (val error %, cost),
+The search is pymoo's NSGA-II over binary membership vectors as OFA3's
+(ito-rafael/once-for-all-3@cfd3007, jupyter-notebooks/ofa3-max-latency.ipynb; cells numbered from 0): population 100 for 2000
+generations (cell 29), the initial population all-members ensembles (``np.ones((P, P))``, cell
+49), uniform crossover (prob 1, cell 39) and a random-choice mutation that redraws each bit with
+probability 0.01 (``ChoiceRandomMutation(prob=1.0, prob_var=0.01)``, cell 38). A repair keeps
+each ensemble between ``min_members`` (>= 2; OFA3: the constraint ``2 - size <= 0``) and
+``max_members`` (0 = no cap, as OFA3); objectives = (val error %, cost),
 where cost is the ensemble's latency (max of the members' for ``parallel`` execution, sum for
 ``sequential``), or its summed params / MACs. Every ensemble evaluated during the search is
 remembered; the rows returned are the non-dominated ones among all of them.
@@ -213,11 +218,14 @@ def ensemble_costs(member_costs: pd.DataFrame, X: np.ndarray, mode: str) -> pd.D
 # search
 
 
+INITIAL = ("all", "random")
+
+
 def _pymoo_parts(n_members: int, min_members: int, max_members: int, rng: np.random.Generator):
     from pymoo.core.repair import Repair
     from pymoo.core.sampling import Sampling
 
-    lo, hi = min_members, min(max_members, n_members)
+    lo, hi = min_members, (n_members if max_members == 0 else min(max_members, n_members))
 
     class SizeRepair(Repair):
         """Add random members to ensembles below ``lo``, drop random ones above ``hi``."""
@@ -244,6 +252,21 @@ def _pymoo_parts(n_members: int, min_members: int, max_members: int, rng: np.ran
     return SizeSampling(), SizeRepair()
 
 
+def _redraw_mutation(prob_var: float):
+    """OFA3's ``ChoiceRandomMutation(prob=1.0, prob_var=p)`` on {0, 1}: every bit of every
+    offspring is redrawn uniformly from {0, 1} with probability ``p`` (so it flips with p / 2)."""
+    from pymoo.core.mutation import Mutation
+
+    class RedrawMutation(Mutation):
+        def _do(self, problem, X, random_state=None, **kwargs):
+            X = np.asarray(X).astype(bool).copy()
+            redraw = random_state.random(X.shape) < prob_var
+            X[redraw] = random_state.random(int(redraw.sum())) < 0.5
+            return X
+
+    return RedrawMutation()
+
+
 def select_ensembles(
     members: Mapping[str, TopKProbs],
     labels: np.ndarray,
@@ -255,9 +278,15 @@ def select_ensembles(
     max_members: int = 8,
     population: int = 40,
     generations: int = 30,
+    initial: str = "all",
+    mutation_prob: float = 0.01,
     rng: np.random.Generator,
 ) -> pd.DataFrame:
     """NSGA-II over membership vectors; the non-dominated ensembles on (val error, cost).
+
+    ``initial``: ``all`` = OFA3's start, every individual the all-members ensemble (repaired
+    down to ``max_members``); ``random`` = ensembles of a uniformly drawn size.
+    ``mutation_prob``: OFA3's per-bit redraw probability. ``max_members`` 0 = no cap.
 
     ``members``: id -> top-k table on the selection split; ``costs``: indexed by member id with
     columns params, macs, latency_ms. Returns columns ``members, mode, params, macs, latency_ms,
@@ -265,16 +294,19 @@ def select_ensembles(
     """
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.core.problem import Problem
-    from pymoo.operators.crossover.pntx import TwoPointCrossover
-    from pymoo.operators.mutation.bitflip import BitflipMutation
+    from pymoo.operators.crossover.ux import UniformCrossover
     from pymoo.optimize import minimize
     from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
     ids = [str(i) for i in members]
     if len(ids) < max(2, min_members):
         raise Natv2Error(f"ensemble: the front has {len(ids)} usable member(s); an ensemble needs at least {max(2, min_members)}")
-    if min_members < 2 or max_members < min_members:
-        raise Natv2Error(f"ensemble: need 2 <= min_members <= max_members, got {min_members}, {max_members}")
+    if min_members < 2 or (max_members != 0 and max_members < min_members):
+        raise Natv2Error(f"ensemble: need 2 <= min_members <= max_members (or max_members 0), got {min_members}, {max_members}")
+    if initial not in INITIAL:
+        raise Natv2Error(f"ensemble.initial: {initial!r} is not one of {', '.join(INITIAL)}")
+    if not 0 <= mutation_prob <= 1:
+        raise Natv2Error(f"ensemble.mutation_prob: {mutation_prob} is not a probability")
     costs = costs.copy()
     costs.index = costs.index.map(str)
     check_costs(costs, ids, objective)
@@ -301,11 +333,13 @@ def select_ensembles(
             out["F"] = evaluate(X)
 
     sampling, repair = _pymoo_parts(len(ids), min_members, max_members, rng)
+    if initial == "all":
+        sampling = np.ones((population, len(ids)), dtype=bool)
     algorithm = NSGA2(
         pop_size=population,
         sampling=sampling,
-        crossover=TwoPointCrossover(),
-        mutation=BitflipMutation(),
+        crossover=UniformCrossover(prob=1.0),
+        mutation=_redraw_mutation(mutation_prob),
         repair=repair,
         eliminate_duplicates=True,
     )
@@ -403,7 +437,8 @@ def ensembles_table(pareto: pd.DataFrame, val: Mapping[str, TopKProbs], val_labe
     for mode in cfg.modes:
         table = select_ensembles(
             val, val_labels, costs, mode=mode, objective=cfg.objective, min_members=cfg.min_members,
-            max_members=cfg.max_members, population=cfg.population, generations=cfg.generations, rng=rng,
+            max_members=cfg.max_members, population=cfg.population, generations=cfg.generations,
+            initial=getattr(cfg, "initial", "all"), mutation_prob=getattr(cfg, "mutation_prob", 0.01), rng=rng,
         )
         table["test_top1"] = score_members(table["members"], test, test_labels)
         frames.append(table)

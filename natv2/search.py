@@ -9,8 +9,11 @@ candidates; the lead's evaluate step measures them; the update step tells the ar
   :class:`CostCache` (the cost of a genome never changes, so each is computed once).
 - NSGA-II for 2 objectives, NSGA-III with energy reference directions for 3+ (NAT); integer
   two-point crossover and polynomial mutation (eta from config) with rounding repair followed by
-  the space's repair (NAT "push" / NATv2 "fill"); duplicate elimination; the initial population
-  is the archive's non-dominated genomes, topped up by samples of the algorithm's policy.
+  the space's repair (NAT "push" / NATv2 "fill"); duplicate elimination. The initial population
+  (``search.initial_population``): ``random`` = a fresh integer Latin hypercube over the genes'
+  bounds, repaired, every iteration, as the original (``select_solver``'s ``int_lhs`` sampling,
+  NAT_extended/search/algorithms/msunas.py:178-229, run from scratch in ``_next``, :274-304);
+  ``archive`` = the archive's non-dominated genomes, topped up by samples of the algorithm's policy.
 - candidate choice (:func:`choose_candidates`): drop genomes already in the archive, keep the
   predicted non-dominated ones; if there are more than K, NAT's subset-selection GA picks the K
   that spread the cost objectives most evenly together with the archive's front
@@ -156,8 +159,33 @@ def make_algorithm(space, cfg, n_obj: int, initial: np.ndarray):
     return NSGA3(ref_dirs=reference_directions(n_obj, cfg.pop_size), **parts)
 
 
+def lhs_population(space, n: int, mode: str, rng: np.random.Generator) -> np.ndarray:
+    """``n`` genomes from an integer Latin hypercube over the genes' bounds, then ``mode`` repair.
+
+    The original's ``get_sampling('int_lhs')`` (msunas.py:187): a Latin hypercube of floats in
+    [xl, xu] per gene, rounded to integers.
+    """
+    from scipy.stats import qmc
+
+    u = qmc.LatinHypercube(d=space.n_var, seed=_seed(rng)).random(n)
+    X = np.rint(space.xl + u * (space.xu - space.xl)).astype(np.int64)
+    return space.repair(X, mode=mode)
+
+
 def initial_population(archive_X: np.ndarray, archive_F: np.ndarray, space, cfg, rng: np.random.Generator) -> np.ndarray:
-    """The archive's non-dominated genomes (by survival if too many), topped up by samples."""
+    """The search's first population (``cfg.initial_population``, see the module docstring).
+
+    ``random``: :func:`lhs_population` (duplicates after repair are replaced by fresh samples
+    of the algorithm's policy); ``archive``: the archive's non-dominated genomes (by survival if
+    too many), topped up by samples.
+    """
+    mode = getattr(cfg, "initial_population", "random")
+    if mode not in ("random", "archive"):
+        raise Natv2Error(f"search.initial_population: {mode!r} is not one of random, archive")
+    if mode == "random":
+        X = np.unique(lhs_population(space, cfg.pop_size, cfg.repair_mode, rng), axis=0)
+        extra = sample_unique(space, cfg.pop_size - len(X), rng, cfg.sampling_policy, exclude=X)
+        return np.concatenate([X, extra]).astype(np.int64)
     front = archive_X[non_dominated(archive_F)] if len(archive_X) else archive_X
     if len(front) > cfg.pop_size:
         front = front[survive(archive_F[non_dominated(archive_F)], cfg.pop_size, rng)]
@@ -256,8 +284,9 @@ def subset_selection(pool_costs: np.ndarray, reference_costs: np.ndarray, k: int
                      *, pop_size: int = 100, generations: int = 60) -> np.ndarray:
     """Indices of the ``k`` rows of ``pool_costs`` that spread the cost front most evenly.
 
-    NAT's subset-selection GA (pymoo GA over binary K-subset vectors, NAT's population 100 and
-    60 generations by default); minimises :func:`spread_score` of the chosen costs together
+    NAT's subset-selection GA (pymoo GA over binary K-subset vectors; NSGANetV2's population
+    100 and 60 generations by default, the NAT/NATv2 code's 500 x 200 in config/paper.yaml,
+    msunas.py:231-263); minimises :func:`spread_score` of the chosen costs together
     with ``reference_costs`` (the archive front's costs). Returns sorted indices.
     """
     from pymoo.algorithms.soo.nonconvex.ga import GA

@@ -150,7 +150,7 @@ def phase_sampler(space, phase: Phase) -> Callable[[np.random.Generator], np.nda
     sub = dataclasses.replace(space, **overrides)
 
     def sample(rng: np.random.Generator) -> np.ndarray:
-        arch = sub.decode(sub.sample(1, rng, policy="natv2")[0])
+        arch = sub.decode(sub.sample(1, rng, policy="balanced")[0])
         for name, mode in modes.items():
             arch = DIMENSIONS[name].fix(arch, space, mode)
         return space.encode(arch)

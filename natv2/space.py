@@ -23,7 +23,7 @@ different space (more stages, other kernels) needs no other code change.
 Example::
 
     space = SearchSpace(resolutions=(32, 40))
-    X = space.sample(8, np.random.default_rng(0), policy="natv2")
+    X = space.sample(8, np.random.default_rng(0), policy="natv2")  # or "nat", "balanced"
     arch = space.decode(X[0]); assert (space.encode(arch) == X[0]).all()
     s = space.to_string(X[0])   # 'r32-w1.0-k3e4.k5e6-k7e3.k3e3.k3e3-...'
 """
@@ -38,7 +38,10 @@ import numpy as np
 
 from natv2.errors import Natv2Error
 
-POLICIES = ("nat", "natv2")
+POLICIES = ("nat", "natv2", "balanced")
+#: NATv2's initial sampling: probability that an optional block slot (after the first
+#: ``min(depths)``) is drawn as a skip (NAT_extended/search/search_spaces/ea_ofa_search_spaces.py:196-211)
+NATV2_SKIP_P = 1 / 3
 REPAIR_MODES = ("push", "fill")
 
 Block = tuple[int, int]  # (kernel, expand)
@@ -257,8 +260,13 @@ class SearchSpace:
         """``n`` valid genomes, shape (n, n_var).
 
         ``nat``: every gene uniform in its bounds, then "push" repair — depth is biased to the
-        maximum (P(depth 4) = 0.81 in the OFA space). ``natv2``: the depth of each stage is
-        uniform over ``depths`` and the active blocks' codes uniform, so depths are balanced.
+        maximum (P(depth 4) = 0.81 in the OFA space). ``natv2``: NATv2's initial sampling
+        (``set_initial_probs``, NAT_extended/search/search_spaces/ea_ofa_search_spaces.py:196-211,
+        used by ``initialize_archive``, NAT_extended/search/algorithms/nat_new.py:97-139): each
+        optional slot is a skip with probability 1/3, else a uniform block code, then "fill"
+        repair — depths 2/3/4 with probability 1/3, 2/9, 4/9 in the OFA space; the other genes
+        uniform. ``balanced``: the depth of each stage uniform over ``depths`` and the active
+        blocks' codes uniform (OFA's progressive-shrinking sampling).
         """
         if policy not in POLICIES:
             raise Natv2Error(f"sampling policy {policy!r}: expected one of {list(POLICIES)}")
@@ -268,9 +276,16 @@ class SearchSpace:
         X = rng.integers(xl, xu + 1, size=(n, self.n_var), dtype=np.int64)
         if policy == "nat":
             return self.repair(X, mode="push")
+        shape = (n, self.n_stages, self.max_blocks)
+        if policy == "natv2":
+            codes = rng.integers(1, self.n_choices + 1, size=shape)
+            optional = np.arange(self.max_blocks)[None, None, :] >= self.min_depth
+            skip = optional & (rng.random(shape) < NATV2_SKIP_P)
+            X[:, self._slot_matrix] = np.where(skip, 0, codes)
+            return self.repair(X, mode="fill")
         depth = rng.choice(np.asarray(self.depths), size=(n, self.n_stages))
+        codes = rng.integers(1, self.n_choices + 1, size=shape)
         active = np.arange(self.max_blocks)[None, None, :] < depth[:, :, None]  # (n, S, M)
-        codes = rng.integers(1, self.n_choices + 1, size=(n, self.n_stages, self.max_blocks))
         X[:, self._slot_matrix] = np.where(active, codes, 0)
         return X
 

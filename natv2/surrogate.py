@@ -2,17 +2,26 @@
 
 Kinds (config ``search.surrogate``; by default NATv2 uses ``lgbm``, NAT ``adaptive``):
 
-- ``lgbm``: NATv2's choice — LightGBM regressors on the integer genes, one per fold of a k-fold
-  split; the prediction is the mean of the k models (a k-fold ensemble; NATv2 uses k = 10).
-- ``rbf`` (scipy ``RBFInterpolator``), ``gp`` (scikit-learn Gaussian process), ``trees`` (a
-  random forest — NAT's bagged regression trees), ``mlp`` (scikit-learn MLP): NAT's four
-  predictors, each refit on all data after cross-validation.
-- ``adaptive``: NAT's adaptive switching (Lu et al. 2021, §3.2) — cross-validate the four, pick
-  the one with the best Kendall tau mean minus std over the folds, refit it on all data.
+- ``lgbm``: NATv2's choice — ``LGBMRegressor(objective="huber")`` with LightGBM's defaults on
+  the integer genes (NAT_extended/search/surrogate_models/__init__.py:57-62, integer features as
+  run_nat_new.py:202), one per fold of a k-fold split; the prediction is the mean of the k fold
+  models (``cross_validation``, __init__.py:99-125; NATv2 uses k = 10). ``lgbm_params`` may
+  override LightGBM settings (empty = the original's defaults).
+- ``rbf`` (scipy ``RBFInterpolator``, cubic kernel with a linear tail as the original's pySOT
+  RBF, surrogate_models/rbf.py), ``gp`` (scikit-learn Gaussian process with kernel
+  ``DotProduct() + WhiteKernel()``, __init__.py:36-39), ``carts`` (scikit-learn
+  ``DecisionTreeRegressor()``, __init__.py:32-34), ``mlp`` (scikit-learn ``MLPRegressor()``,
+  __init__.py:23-25): NAT's predictors, gp/carts/mlp on NAT's one-hot genes (run_nat.py:202),
+  rbf on the integer genes scaled to [0, 1] (see ``_make``); each refit on all data after
+  cross-validation.
+- ``adaptive``: NAT's adaptive switching (Lu et al. 2021, §3.2) — cross-validate the pool
+  (``NAT_KINDS`` = rbf, gp, carts, mlp; the MLP is optional: pass ``pool``), pick the one with
+  the best Kendall tau mean minus std over the folds, refit it on all data.
 
 Every fit reports ``cv_tau`` (Kendall tau of the pooled out-of-fold predictions) and
 ``cv_rmse``; for lgbm the out-of-fold predictions come from the ensemble's own fold models.
-Features are the raw integer genes; rbf/gp/mlp see them min-max scaled to [0, 1].
+The NAT kinds are fit on standardised targets (a unit-scale error suits the GP and MLP; the
+ranking of rbf and carts does not change).
 
 Example::
 
@@ -25,7 +34,7 @@ import logging
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
@@ -34,27 +43,13 @@ from natv2.errors import Natv2Error
 
 log = logging.getLogger(__name__)
 
-KINDS = ("lgbm", "adaptive", "rbf", "gp", "trees", "mlp")
-#: the candidates of NAT's adaptive switching
-NAT_KINDS = ("rbf", "gp", "trees", "mlp")
+KINDS = ("lgbm", "adaptive", "rbf", "gp", "carts", "mlp")
+#: the candidates of NAT's adaptive switching (the MLP optional)
+NAT_KINDS = ("rbf", "gp", "carts", "mlp")
 
-# LightGBM settings for archives of tens to hundreds of rows: shallow trees (4 leaves) that a
-# 30-row fold can still grow, row and gene subsampling against overfitting (on a synthetic
-# additive target these ranked better than deeper trees: Kendall tau 0.67 vs 0.56 at 80 rows);
-# one thread and deterministic mode so a seed gives the same model.
-_LGBM_PARAMS = dict(
-    n_estimators=300,
-    learning_rate=0.05,
-    num_leaves=4,
-    min_child_samples=2,
-    subsample=0.8,
-    subsample_freq=1,
-    colsample_bytree=0.5,
-    n_jobs=1,
-    deterministic=True,
-    force_row_wise=True,
-    verbose=-1,
-)
+# NATv2's LGBMRegressor(objective='huber') keeps LightGBM's defaults; only what does not change
+# the model is set here: one thread (a shared machine; results do not depend on it), no logging.
+_LGBM_PARAMS = dict(objective="huber", n_jobs=1, verbose=-1)
 
 
 def _seed(rng: np.random.Generator) -> int:
@@ -113,29 +108,38 @@ def _scaled(model) -> Any:
     return make_pipeline(MinMaxScaler(), model)
 
 
-def _make(kind: str, seed: int) -> Any:
-    """An unfitted model of ``kind`` (not lgbm/adaptive)."""
+def _one_hot(model) -> Any:
+    """NAT's features: the one-hot genes (values unseen in training encode as all zeros)."""
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    return make_pipeline(OneHotEncoder(handle_unknown="ignore", sparse_output=False), model)
+
+
+def _make(kind: str, seed: int, lgbm_params: Mapping[str, Any] | None = None) -> Any:
+    """An unfitted model of ``kind`` (not adaptive); the original's constructors, seeded."""
     if kind == "rbf":
+        # the original warns its RBF "might not work with one-hot encoding" (__init__.py:13-16):
+        # on one-hot genes every pair of genomes is almost equally far apart, so it gets the
+        # integer genes scaled to [0, 1]
         return _scaled(_RBF())
     if kind == "gp":
         from sklearn.gaussian_process import GaussianProcessRegressor
-        from sklearn.gaussian_process.kernels import RBF, ConstantKernel, WhiteKernel
+        from sklearn.gaussian_process.kernels import DotProduct, WhiteKernel
 
-        kernel = ConstantKernel(1.0) * RBF(length_scale=1.0) + WhiteKernel(0.1)
-        return _scaled(GaussianProcessRegressor(kernel=kernel, normalize_y=True, random_state=seed))
-    if kind == "trees":
-        from sklearn.ensemble import RandomForestRegressor
+        return _one_hot(GaussianProcessRegressor(kernel=DotProduct() + WhiteKernel(), random_state=seed))
+    if kind == "carts":
+        from sklearn.tree import DecisionTreeRegressor
 
-        return RandomForestRegressor(n_estimators=200, max_features=0.5, random_state=seed, n_jobs=1)
+        return _one_hot(DecisionTreeRegressor(random_state=seed))
     if kind == "mlp":
         from sklearn.neural_network import MLPRegressor
 
-        return _scaled(MLPRegressor(hidden_layer_sizes=(64,), alpha=1e-3, learning_rate_init=1e-2,
-                                    max_iter=1000, random_state=seed))
+        return _one_hot(MLPRegressor(random_state=seed))
     if kind == "lgbm":
         from lightgbm import LGBMRegressor
 
-        return LGBMRegressor(random_state=seed, **_LGBM_PARAMS)
+        return LGBMRegressor(random_state=seed, **{**_LGBM_PARAMS, **dict(lgbm_params or {})})
     raise Natv2Error(f"surrogate kind {kind!r}: expected one of {list(KINDS)}")
 
 
@@ -217,13 +221,18 @@ def _one_blas_thread():
     return threadpool_limits(limits=1, user_api="blas")
 
 
-def fit_surrogate(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, *, folds: int = 5) -> Surrogate:
-    """Fit a surrogate of ``kind`` (see the module docstring) predicting ``y`` from genomes ``X``."""
+def fit_surrogate(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, *, folds: int = 5,
+                  pool: Sequence[str] = NAT_KINDS, lgbm_params: Mapping[str, Any] | None = None) -> Surrogate:
+    """Fit a surrogate of ``kind`` (see the module docstring) predicting ``y`` from genomes ``X``.
+
+    ``pool``: the candidates of ``adaptive``; ``lgbm_params``: LightGBM overrides (lgbm only).
+    """
     with _one_blas_thread():
-        return _fit(X, y, kind, rng, folds)
+        return _fit(X, y, kind, rng, folds, tuple(pool), lgbm_params)
 
 
-def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, folds: int) -> Surrogate:
+def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, folds: int,
+         pool: tuple[str, ...] = NAT_KINDS, lgbm_params: Mapping[str, Any] | None = None) -> Surrogate:
     if kind not in KINDS:
         raise Natv2Error(f"search.surrogate: {kind!r} is not a surrogate kind; expected one of {list(KINDS)}")
     X = np.asarray(X, dtype=float)
@@ -232,6 +241,8 @@ def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, fold
         raise Natv2Error(f"surrogate: expected genomes (n, n_var) and n targets, got {X.shape} and {y.shape}")
     if not np.isfinite(y).all():
         raise Natv2Error("surrogate: the targets contain NaN or infinite errors")
+    if kind == "adaptive" and (not pool or any(p not in NAT_KINDS for p in pool)):
+        raise Natv2Error(f"search.surrogate_pool: {list(pool)} must be a non-empty subset of {list(NAT_KINDS)}")
     if folds < 2:
         raise Natv2Error(f"search.surrogate_folds: expected >= 2, got {folds}")
     k = min(folds, len(X))
@@ -242,17 +253,17 @@ def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, fold
 
     if kind == "lgbm":
         seeds = [_seed(rng) for _ in splits]
-        oof, models, taus = _cross_validate(lambda fold: _make("lgbm", seeds[fold]), X, y, splits)
+        oof, models, taus = _cross_validate(lambda fold: _make("lgbm", seeds[fold], lgbm_params), X, y, splits)
         scores = {"lgbm": _score(oof, y, taus)}
         result = Surrogate("lgbm", models, kendall_tau(oof, y), rmse(oof, y), len(X), scores)
     else:
-        candidates = NAT_KINDS if kind == "adaptive" else (kind,)
+        candidates = pool if kind == "adaptive" else (kind,)
         scores, oofs = {}, {}
         for name in candidates:
             seed = _seed(rng)
             oof, _, taus = _cross_validate(lambda fold, name=name, seed=seed: _Standardised(_make(name, seed)), X, y, splits)
             scores[name], oofs[name] = _score(oof, y, taus), oof
-        # NAT: the best mean-minus-std Kendall tau over the folds wins (ties: first in NAT_KINDS)
+        # NAT: the best mean-minus-std Kendall tau over the folds wins (ties: first in the pool)
         best = max(candidates, key=lambda name: np.nan_to_num(scores[name]["tau_mean_minus_std"], nan=-np.inf))
         final = _Standardised(_make(best, _seed(rng))).fit(X, y)
         result = Surrogate(best, [final], kendall_tau(oofs[best], y), rmse(oofs[best], y), len(X), scores)

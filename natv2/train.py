@@ -111,11 +111,33 @@ class TrainConfig:
         return cls.from_mapping(values)
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """Where one ``train`` call sits in a longer learning-rate schedule (NAT's adaptation).
+
+    The call trains epochs ``offset_epochs .. offset_epochs + cfg.epochs`` of one linear
+    warm-up (``warmup_epochs``) + cosine schedule over ``total_epochs``; the lr of a step is
+    taken at its position in that schedule, so consecutive calls continue one curve.
+    """
+
+    offset_epochs: int
+    total_epochs: int
+    warmup_epochs: float = 0.0
+
+    def check(self) -> None:
+        if self.offset_epochs < 0 or self.total_epochs < 1 or not 0 <= self.warmup_epochs <= self.total_epochs:
+            raise Natv2Error(f"training schedule {self}: expected offset >= 0, total >= 1, 0 <= warm-up <= total")
+
+
 @dataclass
 class History:
-    """One row per finished epoch: epoch (1-based), loss, lr, images_per_s, seconds."""
+    """One row per finished epoch: epoch (1-based), loss, lr, images_per_s, seconds.
+
+    ``optimizer_state``: the optimizer's state_dict at the end of the run (to carry it on).
+    """
 
     rows: list[dict[str, float]] = field(default_factory=list)
+    optimizer_state: dict | None = field(default=None, repr=False)
 
     @property
     def losses(self) -> list[float]:
@@ -236,7 +258,7 @@ def _epoch_batches(data, cfg: TrainConfig, *, epoch_seed: int, mean, std, device
 # resume state
 
 
-def _load_state(path: Path, cfg: TrainConfig, seed: int) -> dict | None:
+def _load_state(path: Path, cfg: TrainConfig, seed: int, schedule: Schedule | None = None) -> dict | None:
     if not path.is_file():
         return None
     state = load_torch(path)
@@ -251,10 +273,15 @@ def _load_state(path: Path, cfg: TrainConfig, seed: int) -> dict | None:
                 f"{path}: resume state written with {key}={saved.get(key)!r}, this run has {key}={value!r} "
                 "(delete it to start over)"
             )
+    wanted = None if schedule is None else dataclasses.asdict(schedule)
+    if state.get("schedule") != wanted:
+        raise Natv2Error(f"{path}: resume state written with schedule {state.get('schedule')}, this run has {wanted} "
+                         "(delete it to start over)")
     return state
 
 
-def _save_state(path: Path, *, net, optimizer, scheduler, scaler, cfg: TrainConfig, seed: int, epoch: int, history: History) -> None:
+def _save_state(path: Path, *, net, optimizer, scheduler, scaler, cfg: TrainConfig, seed: int, epoch: int, history: History,
+                schedule: Schedule | None = None) -> None:
     save_torch(
         path,
         {
@@ -267,6 +294,7 @@ def _save_state(path: Path, *, net, optimizer, scheduler, scaler, cfg: TrainConf
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),
             "history": history.rows,
+            "schedule": None if schedule is None else dataclasses.asdict(schedule),
         },
     )
 
@@ -295,6 +323,9 @@ def train(
     on_epoch_end: Callable[[int, dict, nn.Module], None] | None = None,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
+    schedule: Schedule | None = None,
+    optimizer_state: dict | None = None,
+    resolution_per_step: bool = False,
 ) -> History:
     """Train ``model`` in place on ``data`` (an ImageSet) and return the per-epoch history.
 
@@ -308,8 +339,17 @@ def train(
     back, and a resumed run redoes that epoch bit-exactly). ``loss_fn(outputs, labels)``
     replaces the cross-entropy (e.g. the weighted per-exit loss of a multi-exit net); it
     cannot be combined with a teacher. Raises Natv2Error on a NaN/inf loss.
+
+    Carrying a schedule across calls (NAT's adaptation): ``schedule`` places this call's epochs
+    in a longer warm-up + cosine curve (:class:`Schedule`; ``cfg.warmup_epochs`` is then unused),
+    ``optimizer_state`` (a previous call's ``History.optimizer_state``) restores the optimizer
+    (momentum buffers) before training. ``resolution_per_step``: ``resolution_sampler`` draws one
+    resolution per batch, shared by the batch's subnets (NAT's random resolution per batch);
+    otherwise one per sub-step.
     """
     cfg.check()
+    if schedule is not None:
+        schedule.check()
     if subnets_per_step < 1:
         raise Natv2Error(f"subnets_per_step={subnets_per_step}: expected >= 1")
     if resolution is None and resolution_sampler is None and subnet_sampler is None:
@@ -333,18 +373,32 @@ def train(
         teacher = teacher.to(device=device, memory_format=memory_format).eval()
 
     optimizer = make_optimizer(net, cfg)
+    if optimizer_state is not None:
+        try:
+            optimizer.load_state_dict(optimizer_state)
+        except (ValueError, KeyError, TypeError) as e:
+            raise Natv2Error(f"train: the carried optimizer state does not fit this model/optimizer ({e})") from None
+        for group in optimizer.param_groups:  # the lr comes from this run's config and schedule
+            group["lr"] = group["initial_lr"] = cfg.lr
     # natv2.data.batches drops the last partial training batch unless it is the only one
     steps_per_epoch = max(len(data) // cfg.batch_size, 1)
-    total_steps = max(cfg.epochs * steps_per_epoch, 1)
-    warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, total_steps, warmup_steps))
+    if schedule is None:
+        total_steps = max(cfg.epochs * steps_per_epoch, 1)
+        warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+        offset_steps = 0
+    else:
+        total_steps = max(schedule.total_epochs * steps_per_epoch, 1)
+        warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
+        offset_steps = schedule.offset_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(offset_steps + s, total_steps, warmup_steps))
     scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
     history = History()
     start_epoch = 0
 
     resume_path = Path(resume) if resume is not None else None
     if resume_path is not None:
-        state = _load_state(resume_path, cfg, seed)
+        state = _load_state(resume_path, cfg, seed, schedule)
         if state is not None:
             net.load_state_dict(state["model"])
             optimizer.load_state_dict(state["optimizer"])
@@ -375,6 +429,7 @@ def train(
                 subnets_per_step=subnets_per_step, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
                 scaler=scaler, use_amp=use_amp, memory_format=memory_format, mean=mean, std=std, pad=pad,
                 flip=flip, steps_per_epoch=steps_per_epoch, loss_fn=loss_fn, progress=progress,
+                resolution_per_step=resolution_per_step,
             )
         history.rows.append(row)
         if dist_info.main:
@@ -386,8 +441,9 @@ def train(
                 on_epoch_end(epoch + 1, row, net)
             if resume_path is not None:
                 _save_state(resume_path, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
-                            cfg=cfg, seed=seed, epoch=epoch + 1, history=history)
+                            cfg=cfg, seed=seed, epoch=epoch + 1, history=history, schedule=schedule)
         _barrier(dist_info)
+    history.optimizer_state = optimizer.state_dict()
 
     net.train(was_training)
     if cfg.channels_last:
@@ -401,7 +457,8 @@ def train(
 
 def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, dist_info: _Dist, resolution,
                  resolution_sampler, subnet_sampler, subnets_per_step, teacher, optimizer, scheduler, scaler,
-                 use_amp, memory_format, mean, std, pad, flip, steps_per_epoch, loss_fn, progress) -> dict:
+                 use_amp, memory_format, mean, std, pad, flip, steps_per_epoch, loss_fn, progress,
+                 resolution_per_step=False) -> dict:
     from tqdm.auto import tqdm
 
     rng = np.random.default_rng(_seed_for(seed, epoch, "subnets"))  # subnets and resolutions of this epoch
@@ -424,6 +481,7 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
         optimizer.zero_grad(set_to_none=True)
         targets: dict[int, torch.Tensor] = {}  # teacher soft targets per resolution, once per step
         step_loss = 0.0
+        step_res = int(resolution_sampler(rng)) if resolution_per_step and resolution_sampler is not None else None
         for sub in range(subnets_per_step):
             genome = None
             if subnet_sampler is not None:
@@ -431,6 +489,8 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
                 net.set_active(genome)
             if resolution is not None:
                 res = int(resolution)
+            elif step_res is not None:
+                res = step_res
             elif resolution_sampler is not None:
                 res = int(resolution_sampler(rng))
             else:

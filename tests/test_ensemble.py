@@ -173,3 +173,29 @@ def test_dominated_pairs_compare_accuracy_and_cost_on_the_same_split():
     assert dominated_pairs(singles, worse, single_top1="select_top1").empty
     assert dominance_lines(singles, worse) == ["no ensemble dominates a single net of the front on "
                                                "(held-out val error, latency_ms)"]
+
+
+def test_ofa3_search_settings_start_and_mutation():
+    """OFA3's ensemble search (ito-rafael/once-for-all-3, jupyter-notebooks/ofa3-max-latency.ipynb):
+    NSGA-II with P = 100, N = 2000 generations, mutation_prob 0.01 (cell 29); the initial population
+    is the all-members ensemble (``np.ones((P, P))``, cell 49); ``ChoiceRandomMutation(prob=1.0,
+    prob_var=0.01)`` (cell 38) redraws each bit uniformly, so a bit flips with probability 0.005."""
+    from pathlib import Path
+
+    from natv2.ensemble import _redraw_mutation
+
+    root = Path(__file__).resolve().parents[1]
+    paper = load_settings([root / "config" / "config.yaml", root / "config" / "paper.yaml"]).ensemble
+    assert (paper.population, paper.generations, paper.mutation_prob, paper.initial) == (100, 2000, 0.01, "all")
+    assert paper.max_members == 0 and load_settings().ensemble.initial == "all"
+    # generation 1 = the initial population only: the all-members ensemble (no cap)
+    members, labels, costs = known_pair_case()
+    table = select_ensembles(members, labels, costs, mode="parallel", population=10, generations=1, max_members=0,
+                             rng=np.random.default_rng(0))
+    assert table["members"].tolist() == [";".join(members)]
+    # the mutation redraws bits: about half of the redrawn ones change
+    X = np.zeros((200, 1000), dtype=bool)
+    flipped = _redraw_mutation(0.01)._do(None, X, random_state=np.random.default_rng(0))
+    assert abs(flipped.mean() - 0.005) < 0.001
+    with pytest.raises(Natv2Error, match="ensemble.initial"):
+        select_ensembles(members, labels, costs, mode="parallel", initial="none", rng=np.random.default_rng(0))

@@ -38,7 +38,7 @@ def cost_fn(X):
 def run_once(cfg, archive, seed):
     rng = np.random.default_rng(seed)
     surrogate = fit_surrogate(A.genomes_of(archive, SPACE), archive["top1_err"].to_numpy(), cfg.surrogate_kind, rng,
-                              folds=cfg.surrogate_folds)
+                              folds=cfg.surrogate_folds, pool=cfg.surrogate_pool, lgbm_params=cfg.lgbm_params)
     return surrogate, search_candidates(archive, SPACE, surrogate, cost_fn, cfg, rng)
 
 
@@ -110,8 +110,30 @@ def test_choose_candidates_drops_archive_genomes_and_tops_up():
     assert sorted(idx.tolist()) == [3, 4]
 
 
-def test_initial_population_is_seeded_with_the_archive_front(base_cfg):
+def test_initial_population_is_fresh_and_random_by_default(base_cfg):
+    """NAT/NATv2 start each iteration's surrogate search from a fresh population: ``_next``
+    (NAT_extended/search/algorithms/msunas.py:274-287) builds a new NSGA-II from
+    ``select_solver`` (msunas.py:178-229, ``get_sampling('int_lhs')``) every iteration; the
+    archive enters only through the surrogate."""
     cfg = dataclasses.replace(base_cfg, algorithm="natv2")
+    assert cfg.initial_population == "random" and load_settings().search.initial_population == "random"
+    archive = make_archive(cfg)
+    X, F = A.genomes_of(archive, SPACE), A.objective_matrix(archive, cfg.objectives)
+    a = initial_population(X, F, SPACE, cfg, np.random.default_rng(0))
+    b = initial_population(X, F, SPACE, cfg, np.random.default_rng(1))
+    assert a.shape == (cfg.pop_size, SPACE.n_var) and len(np.unique(a, axis=0)) == cfg.pop_size
+    assert all(SPACE.is_valid(g) for g in a)
+    assert not np.array_equal(a, b)  # a new population per iteration (seed)
+    front = {g.tobytes() for g in X[A.non_dominated(F)]}
+    assert not front & {g.tobytes() for g in a}  # no archive genome seeds it
+    # Latin hypercube: the resolution gene (3 values) is stratified, every value shows up
+    assert set(a[:, 0].tolist()) == {0, 1, 2}
+    with pytest.raises(Natv2Error, match="search.initial_population"):
+        initial_population(X, F, SPACE, dataclasses.replace(cfg, initial_population="bogus"), np.random.default_rng(0))
+
+
+def test_initial_population_is_seeded_with_the_archive_front(base_cfg):
+    cfg = dataclasses.replace(base_cfg, algorithm="natv2", initial_population="archive")
     archive = make_archive(cfg)
     X, F = A.genomes_of(archive, SPACE), A.objective_matrix(archive, cfg.objectives)
     init = initial_population(X, F, SPACE, cfg, np.random.default_rng(0))
@@ -226,3 +248,17 @@ def test_search_step_cost_wiring_with_a_real_supernet(tmp_path):
     small = net.extract(space.smallest())
     assert out["params"][0] == count_params(small) < out["params"][1]
     assert out["macs"][0] == count_macs(small, 32) <= out["macs"][1]
+
+
+def test_paper_config_has_the_originals_search_settings():
+    """The original's surrogate search and subset selection (NAT_extended/search/algorithms/msunas.py):
+    NSGA-II population 100 (``select_solver``, :181) for 20 generations (``_next``, :287); the
+    subset-selection GA with population 500 (:247) for 200 generations (:255), started afresh."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    paper = load_settings([root / "config" / "config.yaml", root / "config" / "paper.yaml"]).search
+    assert (paper.pop_size, paper.generations) == (100, 20)
+    assert (paper.subset_pop_size, paper.subset_generations) == (500, 200)
+    assert paper.initial_population == "random" and paper.surrogate_kind == "lgbm" and paper.lgbm_params == {}
+    assert paper.surrogate_folds == 10

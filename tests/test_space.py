@@ -36,7 +36,7 @@ def test_block_codes():
 
 
 @pytest.mark.parametrize("space", SPACES, ids=["ofa", "multi", "exits"])
-@pytest.mark.parametrize("policy", ["nat", "natv2"])
+@pytest.mark.parametrize("policy", ["nat", "natv2", "balanced"])
 def test_samples_are_valid_and_round_trip(space, policy):
     X = space.sample(1000, np.random.default_rng(1), policy=policy)
     assert X.shape == (1000, space.n_var) and X.dtype == np.int64
@@ -67,15 +67,34 @@ def _depth_shares(space, X):
     return {d: float(np.mean(depths == d)) for d in space.depths}
 
 
-def test_balanced_depths_natv2_and_biased_nat():
+def test_balanced_depths_and_biased_nat():
     s = SearchSpace()
     n = 2000
-    bal = _depth_shares(s, s.sample(n, np.random.default_rng(0), "natv2"))
+    bal = _depth_shares(s, s.sample(n, np.random.default_rng(0), "balanced"))
     for d in (2, 3, 4):
         assert abs(bal[d] - 1 / 3) < 0.03, bal
     uni = _depth_shares(s, s.sample(n, np.random.default_rng(0), "nat"))
     # uniform genes: P(depth 4) = 0.9^2 = 0.81, P(depth 2) = 0.01
     assert abs(uni[4] - 0.81) < 0.03 and uni[2] < 0.03, uni
+
+
+def test_natv2_initial_sampling_skips_optional_slots_with_one_third():
+    """NATv2's initial sampling (NAT_extended/search/search_spaces/ea_ofa_search_spaces.py:196-211,
+    ``set_initial_probs``: slots 3 and 4 of every stage are 0 with probability 1/3, each block
+    code (2/3)/9; used by NAT_extended/search/algorithms/nat_new.py:97-139) followed by the "fill"
+    repair (ea_ofa_search_spaces.py:146-163): depth 2 w.p. 1/3, 3 w.p. 2/3 * 1/3 = 2/9, 4 w.p. 4/9."""
+    s = SearchSpace(resolutions=(32, 40), n_exits=5)
+    X = s.sample(4000, np.random.default_rng(0), "natv2")  # 20000 stages
+    shares = _depth_shares(s, X)
+    for d, p in {2: 1 / 3, 3: 2 / 9, 4: 4 / 9}.items():
+        assert abs(shares[d] - p) < 0.015, shares
+    assert all(s.is_valid(g) for g in X[:200])
+    # the active blocks' codes stay uniform over the 9 (kernel, expand) choices
+    codes = X[:, s.slot_position(0, 0)]
+    assert set(np.unique(codes)) == set(range(1, 10)) and abs(np.mean(codes == 9) - 1 / 9) < 0.02
+    # the exit gene is uniform over 1..5
+    exits = X[:, s.exit_position]
+    assert set(np.unique(exits)) == {1, 2, 3, 4, 5} and abs(np.mean(exits == 5) - 0.2) < 0.03
 
 
 def test_smallest_and_largest():

@@ -243,3 +243,115 @@ def test_training_settings_come_from_the_config_sections_with_overrides_last():
     assert (adapt.epochs, adapt.lr, adapt.kd_weight) == (3, 0.004, s.adapt.kd_weight)
     with pytest.raises(Natv2Error, match="unknown training setting"):
         TrainConfig.from_sections(s.adapt, colour="red")
+
+
+# ------------------------------------------------------------------------------ NAT adaptation
+
+
+def test_carried_schedule_and_optimizer_continue_one_run():
+    """NAT keeps one optimizer and one lr schedule for the whole search: SuperNetTrainer builds
+    them once over n_epochs = ft_epochs_gen x max_gens (NAT_extended/train/trainer.py:622-641,
+    run_nat_new.py:211-212) and ``_adapt_supernet`` continues them iteration after iteration
+    (NAT_extended/search/algorithms/nat.py:219-249). Two calls that carry the optimizer state and
+    sit in one Schedule train like one call over both epochs (full-batch, no augmentation, so
+    the data order cannot differ)."""
+    from natv2.train import Schedule
+
+    data = learnable_set(n=64)
+    cfg = TrainConfig(epochs=4, lr=0.05, batch_size=64, warmup_epochs=1, label_smoothing=0.0)
+    common = dict(resolution=16, seed=3, progress=False, pad=0, flip=False)
+    whole = tiny_cnn(bn=False)
+    h_whole = train(whole, data, cfg, **common)
+
+    half = TrainConfig(epochs=2, lr=0.05, batch_size=64, label_smoothing=0.0)
+    split = tiny_cnn(bn=False)
+    h1 = train(split, data, half, schedule=Schedule(0, 4, 1.0), **common)
+    h2 = train(split, data, half, schedule=Schedule(2, 4, 1.0), optimizer_state=h1.optimizer_state, **common)
+    assert [r["lr"] for r in h1.rows + h2.rows] == pytest.approx([r["lr"] for r in h_whole.rows])
+    assert h1.rows[-1]["lr"] == pytest.approx(0.05 * lr_factor(1, 4, 1))
+    for a, b in zip(whole.parameters(), split.parameters()):
+        assert torch.allclose(a, b, atol=1e-5)
+    # a fresh optimizer in the second call (today's restart) trains differently
+    fresh = tiny_cnn(bn=False)
+    train(fresh, data, half, schedule=Schedule(0, 4, 1.0), **common)
+    train(fresh, data, half, schedule=Schedule(2, 4, 1.0), **common)
+    assert not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole.parameters(), fresh.parameters()))
+    with pytest.raises(Natv2Error, match="carried optimizer state does not fit"):
+        train(nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()), data, half,
+              optimizer_state=h1.optimizer_state, **common)
+
+
+class _FakeSupernet(nn.Module):
+    """A supernet stand-in for natv2.adapt: a space, set_active, and a record of input sizes."""
+
+    def __init__(self, space):
+        super().__init__()
+        torch.manual_seed(0)
+        self.space = space
+        self.conv = nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = nn.Linear(8, 4)
+        self.sizes: list[int] = []
+
+    def set_active(self, genome):
+        self.space.validate(genome)
+
+    def forward(self, x):
+        self.sizes.append(int(x.shape[-1]))
+        return self.fc(F.relu(self.conv(x)).mean(dim=(2, 3)))
+
+
+def test_adaptation_follows_nats_schedule_teacher_and_resolution(monkeypatch):
+    """NAT's adaptation (NAT_extended/search/algorithms/nat.py:219-249 with SuperNetTrainer,
+    NAT_extended/train/trainer.py:566-810, configured in run_nat_new.py:211-333): one cosine
+    over max_gens x ft_epochs_gen epochs carried across iterations, gradient clipping 5
+    (trainer.py:582, 782), CE without label smoothing (trainer.py:646), a fixed teacher loaded
+    once from the warm-up (run_nat_new.py:304-317), and one random image size per batch shared
+    by its subnets (MyModRandomResizedCrop, trainer.py:711-763; the genome's ``r`` is dropped)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import numpy as np
+    import natv2.shrinking
+    from synthetic_nas import evaluate
+
+    from natv2.adapt import STATE_KEY, adapt, schedule, train_config
+    from natv2.config import load_settings
+    from natv2.space import SearchSpace
+
+    settings = load_settings()
+    cfg = dataclasses.replace(settings.adapt, epochs=1, batch_size=32, subnets_per_step=3, top_n=8, kd_weight=0.0)
+    assert (train_config(cfg).grad_clip, train_config(cfg).label_smoothing) == (5.0, 0.0)
+    search = dataclasses.replace(settings.search, iterations=3)
+    space = SearchSpace(resolutions=(8, 16))
+    archive = evaluate(space, space.sample(12, np.random.default_rng(0), "natv2"))
+    data = SimpleNamespace(train=learnable_set(n=96), mean=(0.5,) * 3, std=(0.5,) * 3)
+    steps = 96 // 32
+
+    net = _FakeSupernet(space)
+    s1 = adapt(net, data, archive, cfg, search, device="cpu", seed=1, progress=False)
+    state1 = s1[STATE_KEY]
+    assert (state1["epochs_done"], state1["total_epochs"]) == (1, 3)
+    assert s1["history"][-1]["lr"] == pytest.approx(cfg.lr * lr_factor(steps - 1, 3 * steps, 0))
+    assert any("momentum_buffer" in v for v in state1["optimizer"]["state"].values())
+    # one resolution per batch, shared by its 3 subnets, drawn at random from the space's
+    sizes = np.array(net.sizes).reshape(steps, 3)
+    assert (sizes == sizes[:, :1]).all() and set(sizes[:, 0]) <= {8, 16}
+    s2 = adapt(net, data, archive, cfg, search, device="cpu", seed=2, carried=state1, progress=False)
+    assert s2[STATE_KEY]["epochs_done"] == 2
+    assert s2["history"][-1]["lr"] == pytest.approx(cfg.lr * lr_factor(2 * steps - 1, 3 * steps, 0))
+    # more iterations configured later: the schedule is as long as the new count, the position kept
+    plan = schedule(cfg, 5, {"epochs_done": 3})
+    assert (plan.offset_epochs, plan.total_epochs) == (3, 5)
+
+    # the teacher: the largest subnet of the given (warmed-up) supernet with the run's seed
+    seen = {}
+
+    def fake_teacher(source, data, *, bn_images, seed, device, **kw):
+        seen.update(source=source, seed=seed)
+        return tiny_cnn()
+
+    monkeypatch.setattr(natv2.shrinking, "largest_teacher", fake_teacher)
+    warm = _FakeSupernet(space)
+    adapt(net, data, archive, dataclasses.replace(cfg, kd_weight=1.0), search, device="cpu", seed=3,
+          teacher_supernet=warm, teacher_seed=0, carried=s2[STATE_KEY], progress=False)
+    assert seen == {"source": warm, "seed": 0}

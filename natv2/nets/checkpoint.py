@@ -80,18 +80,28 @@ def _stored_config(path: str | Path) -> Iterator[None]:
                          f"{type(e).__name__}: {e}") from None
 
 
-def save_supernet(path: str | Path, net: nn.Module, meta: Mapping[str, Any] | None = None) -> None:
-    save_torch(
-        path,
-        {
-            "format": SUPERNET_FORMAT,
-            "version": VERSION,
-            "config": net.config,
-            "n_classes": int(net.n_classes),
-            "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
-            "meta": dict(meta or {}),
-        },
-    )
+def save_supernet(path: str | Path, net: nn.Module, meta: Mapping[str, Any] | None = None,
+                  extra: Mapping[str, Any] | None = None) -> None:
+    """Write ``net``; ``extra``: further top-level entries (tensors allowed, e.g. NAT's carried
+    adaptation state), read back with :func:`load_supernet_extra`."""
+    obj = {
+        "format": SUPERNET_FORMAT,
+        "version": VERSION,
+        "config": net.config,
+        "n_classes": int(net.n_classes),
+        "state_dict": {k: v.detach().cpu() for k, v in net.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
+    clash = sorted(set(extra or {}) & set(obj))
+    if clash:
+        raise ValueError(f"save_supernet: extra entries {clash} would overwrite the checkpoint's own")
+    obj.update(extra or {})
+    save_torch(path, obj)
+
+
+def load_supernet_extra(path: str | Path, key: str) -> Any:
+    """The top-level entry ``key`` that :func:`save_supernet` wrote with ``extra`` (None if absent)."""
+    return _read(path, SUPERNET_FORMAT).get(key)
 
 
 def load_supernet(path: str | Path, map_location: str = "cpu"):

@@ -1,7 +1,7 @@
 """``natv2 init`` / ``natv2 init-select``: the initial archive (iteration 0).
 
 ``init`` draws the genomes to evaluate (NAT: archive_size, uniform; NATv2: preprocess_mult x
-archive_size, balanced depths; both with the smallest and largest); ``init-select`` keeps them
+archive_size, NATv2 skip-1/3 depths; both with the smallest and largest); ``init-select`` keeps them
 all (NAT) or the best archive_size by survival (NATv2 pre-processing) once evaluated.
 """
 from __future__ import annotations

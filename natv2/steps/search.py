@@ -70,7 +70,8 @@ def run_search(archive, space, cost_fn, cfg, rng, iteration: int):
 
     check_table(archive, cfg.objectives, "archive")
     surrogate = fit_surrogate(genomes_of(archive, space), archive["top1_err"].to_numpy(float),
-                              cfg.surrogate_kind, rng, folds=cfg.surrogate_folds)
+                              cfg.surrogate_kind, rng, folds=cfg.surrogate_folds,
+                              pool=tuple(cfg.surrogate_pool), lgbm_params=cfg.lgbm_params)
     candidates = search_candidates(archive, space, surrogate, cost_fn, cfg, rng)
     candidates["iteration"] = iteration
     summary = {"iteration": iteration, "asked": cfg.surrogate_kind, **surrogate.summary(),

@@ -149,6 +149,8 @@ rule adapt:
         data=SPLIT,
         supernet=supernet_before,
         archive=f"{ITER}/archive_pre.csv",
+        # NAT's fixed teacher: the warmed-up supernet's largest subnet, every iteration
+        teacher=f"{RESULTS}/{{ds}}/supernet/warmup.pt",
     output:
         maybe_temp(f"{ITER_OUT}/supernet.pt"),
     params:
@@ -163,7 +165,7 @@ rule adapt:
         **resources_for("train"),
     shell:
         "natv2 --threads {threads} adapt --config {params.config} --data {input.data} --supernet {input.supernet}"
-        " --archive {input.archive} --iteration {wildcards.i} --out {output} > {log} 2>&1"
+        " --archive {input.archive} --teacher {input.teacher} --iteration {wildcards.i} --out {output} > {log} 2>&1"
 
 
 rule reevaluate:
