@@ -324,7 +324,7 @@ def test_adaptation_follows_nats_schedule_teacher_and_resolution(monkeypatch):
     search = dataclasses.replace(settings.search, iterations=3)
     space = SearchSpace(resolutions=(8, 16))
     archive = evaluate(space, space.sample(12, np.random.default_rng(0), "natv2"))
-    data = SimpleNamespace(train=learnable_set(n=96), mean=(0.5,) * 3, std=(0.5,) * 3)
+    data = SimpleNamespace(train=learnable_set(n=96), mean=(0.5,) * 3, std=(0.5,) * 3, pad=4, flip=True)
     steps = 96 // 32
 
     net = _FakeSupernet(space)
