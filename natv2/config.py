@@ -156,7 +156,10 @@ class PhasesConfig:
     full: PhaseConfig
     kernel: PhaseConfig
     level: PhaseConfig
-    exit: PhaseConfig
+    exit1: PhaseConfig  # OFAv2 net_depth phases: active exits {4,5}, {3..5}, {2..5}, {1..5}
+    exit2: PhaseConfig
+    exit3: PhaseConfig
+    exit4: PhaseConfig
     depth1: PhaseConfig
     depth2: PhaseConfig
     expand1: PhaseConfig
