@@ -205,6 +205,8 @@ class WarmupConfig:
     label_smoothing: float
     kd_weight: float
     teacher_bn_images: int
+    head_warmup_epochs: float  # the max-net stage's own lr warm-up (NATv2: 5; supernet stage 10)
+    grad_clip: float | None  # NATv2's warm-up clips at 5 (run_nat_warmup.py:187, 198)
 
 
 @dataclass(frozen=True)

@@ -131,6 +131,46 @@ def test_full_phase_of_an_early_exit_net_trains_every_exit_on_the_weighted_loss(
     assert kernel.get("joint_exits", False) is False  # kernel: the sampled subnet's own exit, as OFAv2
 
 
+def test_warmup_max_net_stage_trains_every_exit_of_an_early_exit_net():
+    """NAT_extended/train/trainer.py:368-410 (TrainerEE: sum of weighted per-exit losses), run by
+    run_nat_warmup.py:312-316 on the max net with all exits (get_active_all_exits_subnet, :293)."""
+    from natv2.config import load_settings
+    from natv2.data import DataBundle, ImageSet
+    from natv2.nets import build_supernet
+    from natv2.warmup import warmup
+
+    g = torch.Generator().manual_seed(1)
+
+    def images(n):
+        return ImageSet(torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 3, (n,), generator=g))
+
+    data = DataBundle(["a", "b", "c"], 12, (0.5,) * 3, (0.25,) * 3, images(16), images(4), images(4))
+    settings = load_settings(overrides={
+        "supernet": {"variant": "EE_B", "resolutions": [12], "kernels": [3], "expands": [2], "stem_stride": 1},
+        "warmup": {"batch_size": 8, "head_epochs": 1, "supernet_epochs": 0},
+    })
+    torch.manual_seed(0)
+    net = build_supernet(settings.supernet, data.n_classes)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    summary = warmup(net, data, settings.warmup, device="cpu", seed=0, source_classes=data.classes, progress=False)
+    assert summary["head_joint_exits"] is True and net.joint_exits is False
+    for e in range(5):  # before: exit 5 only
+        assert any(not torch.equal(v, start[k]) for k, v in net.state_dict().items()
+                   if k.startswith(f"exits.{e}.") and v.dtype.is_floating_point), e
+
+
+def test_paper_config_holds_natv2s_warmup():
+    """run_nat_warmup.py:180-204: max net 100 epochs (per width) at 7.5e-3, warm-up 5, clip 5, wd 3e-4;
+    then 150 supernet epochs at 7.5e-3, warm-up 10, 4 subnets per step, kd_ratio 1."""
+    from natv2.config import REPO_ROOT, load_settings
+
+    w = load_settings(REPO_ROOT / "config" / "paper.yaml").warmup
+    assert (w.head_epochs, w.head_lr, w.head_warmup_epochs) == (100, 0.0075, 5)
+    assert (w.supernet_epochs, w.lr, w.warmup_epochs, w.subnets_per_step) == (150, 0.0075, 10, 4)
+    assert (w.grad_clip, w.weight_decay, w.momentum, w.kd_weight) == (5.0, 0.0003, 0.9, 1.0)
+
+
 TINY = {
     "data": {"image_size": 16},
     "datasets": {"digits": {"kind": "digits", "max_train": 64}},
