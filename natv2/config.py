@@ -120,6 +120,7 @@ class FinetuneConfig:
     warmup_epochs: int
     label_smoothing: float
     selection_holdout: float
+    aep_prune: bool  # AEP: cut the net after its best prefix of exits (off = the original code)
     bn_images: int
     latency_batch_size: int
     latency_repeats: int
