@@ -9,7 +9,7 @@ About 15-20 minutes on a busy 2-core machine with the defaults.
 Variant: EE_D when the OFAv2 variants are registered (natv2.nets.SUPERNETS), else the plain
 OFA MobileNetV3 (``ofa_mbv3``); the table says which. Early-exit variants also list the largest
 subnet stopped at each earlier exit (``largest-exit{e}``). Every phase that applies runs (full ->
-kernel -> [exit] -> depth1 -> depth2 -> expand1 -> expand2), with KD from the re-extracted
+kernel -> [exit1..exit4] -> depth1 -> depth2 -> expand1 -> expand2), with KD from the re-extracted
 largest subnet, through the same code as ``natv2 supernet``. Data: decoded once with
 natv2.data into --cache (shared with bench/evaluate.py), in memory as tensors.
 

@@ -120,6 +120,7 @@ class FinetuneConfig:
     warmup_epochs: int
     label_smoothing: float
     selection_holdout: float
+    aep_prune: bool  # AEP: cut the net after its best prefix of exits (off = the original code)
     bn_images: int
     latency_batch_size: int
     latency_repeats: int
@@ -158,7 +159,10 @@ class PhasesConfig:
     full: PhaseConfig
     kernel: PhaseConfig
     level: PhaseConfig
-    exit: PhaseConfig
+    exit1: PhaseConfig  # OFAv2 net_depth phases: active exits {4,5}, {3..5}, {2..5}, {1..5}
+    exit2: PhaseConfig
+    exit3: PhaseConfig
+    exit4: PhaseConfig
     depth1: PhaseConfig
     depth2: PhaseConfig
     expand1: PhaseConfig
@@ -204,6 +208,8 @@ class WarmupConfig:
     label_smoothing: float
     kd_weight: float
     teacher_bn_images: int
+    head_warmup_epochs: float  # the max-net stage's own lr warm-up (NATv2: 5; supernet stage 10)
+    grad_clip: float | None  # NATv2's warm-up clips at 5 (run_nat_warmup.py:187, 198)
 
 
 @dataclass(frozen=True)

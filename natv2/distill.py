@@ -3,9 +3,9 @@
 A teacher, for :func:`natv2.train.train`, is anything called on a batch that returns *logits*
 (``N x classes``): an ``nn.Module`` (e.g. the largest subnet of the supernet, extracted and BN
 recalibrated) or a plain callable. Early-exit nets distil from the weighted ensemble of the
-teacher's exits (OFAv2); :class:`ExitEnsembleTeacher` turns a multi-exit module into such a
-teacher by returning the log of the ensembled probabilities, which are valid logits
-(``softmax(log p) = p``), so the engine needs no special case.
+teacher's exits (OFAv2 ENS-KD); :class:`ExitEnsembleTeacher` turns a multi-exit module into such
+a teacher by returning the weighted sum of its exit logits, whose softmax is the soft target,
+so the engine needs no special case.
 """
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from natv2.errors import Natv2Error
+from natv2.exits import exit_weights, weighted_logits
 
 
 def soft_targets(logits: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
@@ -39,30 +40,23 @@ def kd_loss(student_logits: torch.Tensor, target_probs: torch.Tensor, temperatur
     return F.kl_div(log_p, target_probs, reduction="batchmean") * temperature**2
 
 
-def exit_weights(n_exits: int, weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Normalised ensemble weights of ``n_exits`` exits.
+def ensemble_logits(exit_logits: Sequence[torch.Tensor], table: Sequence[float] | None = None) -> torch.Tensor:
+    """OFAv2's ENS-KD teacher logits: ``sum_i w_i * z_i`` over exits 1..n (``N x classes``, no gradient).
 
-    Default (our choice; OFAv2 does not fix one we could verify): proportional to the exit's
-    position 1..n, so deeper, more accurate exits count more.
+    ``new_progressive_shrinking.py:361-377`` weights the exits' *logits* and sums them; the soft
+    target is the softmax of that sum (not a mean of the exits' probabilities). ``table``: one
+    weight per exit of the supernet (natv2.exits; None = the original's).
     """
-    w = torch.arange(1, n_exits + 1, dtype=torch.float32) if weights is None else torch.tensor(list(weights), dtype=torch.float32)
-    if w.numel() != n_exits or bool((w < 0).any()) or float(w.sum()) <= 0:
-        raise Natv2Error(f"exit weights {list(w.tolist())}: expected {n_exits} non-negative numbers with a positive sum")
-    return w / w.sum()
-
-
-def ensemble_probs(exit_logits: Sequence[torch.Tensor], weights: Sequence[float] | None = None) -> torch.Tensor:
-    """Weighted average of the exits' softmax probabilities (``N x classes``)."""
-    w = exit_weights(len(exit_logits), weights)
-    probs = torch.stack([F.softmax(z.detach().float(), dim=1) for z in exit_logits])
-    return torch.einsum("e,enc->nc", w.to(probs.device), probs)
+    w = exit_weights(range(1, len(exit_logits) + 1), table)
+    return weighted_logits([z.detach().float() for z in exit_logits], w)
 
 
 class ExitEnsembleTeacher(nn.Module):
-    """A teacher whose logits are the log of the weighted ensemble of a multi-exit net's exits.
+    """A teacher whose logits are the weighted sum of a multi-exit net's exit logits (ENS-KD).
 
     ``net(x)`` must return a list/tuple of exit logits (shallowest first), as the multi-exit
-    static net of an early-exit supernet does.
+    static net of an early-exit supernet does; the engine's softmax of the returned logits is
+    the original's ``teacher_soft_label``.
     """
 
     def __init__(self, net: nn.Module, weights: Sequence[float] | None = None):
@@ -74,5 +68,4 @@ class ExitEnsembleTeacher(nn.Module):
         outs = self.net(x)
         if isinstance(outs, torch.Tensor):
             outs = [outs]
-        probs = ensemble_probs(list(outs), self.weights)
-        return probs.clamp_min(1e-12).log()
+        return ensemble_logits(list(outs), self.weights)

@@ -1,22 +1,27 @@
 """NATv2 post-processing: two-step fine-tuning of a front member (Sarti et al. 2023, §post-processing).
 
-Step 1 trains the subnet extracted from the supernet on the training split and measures the
-validation loss after every epoch; :class:`EarlyStopping` stops it after ``patience`` epochs
-without improvement (or at ``max_epochs``) and records the best epoch. Epoch 0 (the extracted
-net, untrained) counts too: when no epoch beats it, the best epoch is 0 and step 2 does nothing.
-Step 2 re-extracts the subnet (fresh supernet weights) and trains it on train + val for exactly
-the best epoch count, with the same optimizer and a cosine schedule over that many epochs;
-the result is then tested. The fine-tune step keeps ``finetune.selection_holdout`` of val out
-of step 2 (``step2_images``), so ensembles are chosen on images no member trained on. Both
-steps resume after a kill (:class:`FinetuneState`). Paper values: patience 30, at most 150 epochs, SGD lr 1e-4
+As ``finetune_natnet.py:115-177, 248-340``: step 1 trains the subnet extracted from the supernet
+on the training split, measures val loss and val top-1 after every epoch, stops when the val
+loss has not improved for ``patience`` epochs (:class:`EarlyStopping`, or at ``max_epochs``)
+and keeps the epoch of the *highest val top-1* (the first on ties; epoch 0, the untrained
+net, only when no epoch reaches a top-1 above 0, as the original's ``best_acc = 0``). Step 2
+re-extracts the subnet (fresh supernet weights) and trains it on train + val for exactly that
+many epochs, on the same cosine schedule as step 1 (``T_max`` stays ``max_epochs``,
+``finetune_natnet.py:134, 339``: step 2 follows step 1's learning rates and stops early on
+them); the result is then tested. The fine-tune step keeps ``finetune.selection_holdout`` of
+val out of step 2 (``step2_images``), so ensembles are chosen on images no member trained on
+(a deviation: the original trains step 2 on all of val). Both steps resume after a kill
+(:class:`FinetuneState`). Paper values: patience 30, at most 150 epochs, SGD lr 1e-4
 (single-exit supernets), AdamW lr 1e-4 (early-exit ones).
 
-Early-exit supernets (OFAv2 EE_*) use NATv2's AEP variant, :func:`aep_finetune`: the subnet
-is extracted with its chosen exit *and every later exit* re-attached (``aep_exits``), both steps
-train on the weighted sum of the per-exit losses (:func:`exit_loss` as natv2.train's
-``loss_fn``; uniform weights by default) and early-stop on the same weighted loss on val; at the best epoch of step 1 every
-non-empty subset of the attached exits is scored on val with the weighted sum of its logits,
-and the step-2 net keeps the best subset (ties: the shallowest deepest exit, then fewer exits).
+Early-exit supernets (OFAv2 EE_*) use AEP (Anticipate, Ensemble and Prune), :func:`aep_finetune`:
+the subnet is extracted with its chosen exit ``nd`` *and every shallower exit* 1..nd
+(``aep_exits``; ``finetune_natnet_ens.py:361``, ``early_exit_ofa_mbv3.py:712-733``), both steps
+train on the weighted sum of the per-exit losses (:func:`natv2.exits.exit_loss`, weights from
+natv2.exits), and the net predicts with the weighted sum of its exits' logits
+(``finetune_natnet_ens.py:241-258``). Pruning (``finetune.aep_prune``): off by default, as the
+original code, which keeps exits 1..nd; on, the exits after the prefix 1..k whose ensemble
+scores best on val at step 1's best epoch are cut off with the stages only they use.
 """
 from __future__ import annotations
 
@@ -26,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from natv2.errors import Natv2Error
+from natv2.exits import exit_loss, exit_weights, weighted_logits
 
 log = logging.getLogger(__name__)
 
@@ -64,13 +70,15 @@ class FinetuneResult:
     step2_epochs: int
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     val_extras: dict[int, Any] = field(default_factory=dict)
+    val_top1s: dict[int, float] = field(default_factory=dict)
 
     def summary(self) -> dict:
         return {
             "best_epoch": self.best_epoch,
+            "best_epoch_rule": "highest val top-1 (finetune_natnet.py:153-155)",
             "step1_epochs": self.step1_epochs,
             "step2_epochs": self.step2_epochs,
-            "val_loss": [{"epoch": e, "loss": l} for e, l in self.val_losses],
+            "val_loss": [{"epoch": e, "loss": l, "top1": self.val_top1s.get(e)} for e, l in self.val_losses],
         }
 
 
@@ -79,30 +87,63 @@ class _Stop(Exception):
 
 
 def train_config(cfg, *, epochs: int, early_exit: bool = False):
-    """The natv2.train.TrainConfig of a fine-tune run from the ``finetune:`` section."""
+    """The natv2.train.TrainConfig of a fine-tune run from the ``finetune:`` section.
+
+    The cosine spans ``max_epochs`` in both steps (the original's ``T_max``), so a step-2 run of
+    ``epochs`` < ``max_epochs`` stops part-way along step 1's schedule.
+    """
     from natv2.train import TrainConfig
 
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("adamw" if early_exit else "sgd")
-    return TrainConfig.from_sections(cfg, optimizer=optimizer, epochs=int(epochs), kd_weight=0.0)
+    return TrainConfig.from_sections(cfg, optimizer=optimizer, epochs=int(epochs), kd_weight=0.0,
+                                     schedule_epochs=max(int(cfg.max_epochs), int(epochs)))
 
 
-def mean_loss(model, images, *, resolution: int, mean, std, batch_size: int, device=None) -> float:
-    """Mean cross-entropy of ``model`` on an ImageSet (no augmentation)."""
+def val_metrics(model, images, *, resolution: int, mean, std, batch_size: int, device=None) -> dict:
+    """``{"loss": mean cross-entropy, "top1": percent}`` of ``model`` on an ImageSet (no augmentation)."""
     import torch
     import torch.nn.functional as F
 
     from natv2.data import batches
 
     model.eval()
-    total, n = 0.0, 0
+    total, correct, n = 0.0, 0, 0
     with torch.no_grad():
         for x, y in batches(images, batch_size, resolution=resolution, mean=mean, std=std, train=False, device=device):
             logits = model(x.to(device) if device is not None else x)
-            total += float(F.cross_entropy(logits.float(), y.to(logits.device), reduction="sum"))
+            y = y.to(logits.device)
+            total += float(F.cross_entropy(logits.float(), y, reduction="sum"))
+            correct += int((logits.argmax(1) == y).sum())
             n += len(y)
     if n == 0:
         raise Natv2Error("finetune: the validation split is empty")
-    return total / n
+    return {"loss": total / n, "top1": 100.0 * correct / n}
+
+
+def mean_loss(model, images, **kwargs) -> float:
+    """Mean cross-entropy of ``model`` on an ImageSet (no augmentation)."""
+    return val_metrics(model, images, **kwargs)["loss"]
+
+
+def best_top1_epoch(records: dict[int, dict], last: int) -> int:
+    """Step 1's choice: the epoch in 1..``last`` of the highest val top-1, the first on ties.
+
+    ``finetune_natnet.py:142-155``: ``best_acc = 0``, updated on ``valid_top1 > best_acc``; so 0
+    when no epoch reaches a top-1 above 0.
+    """
+    best, best_acc = 0, 0.0
+    for epoch in sorted(records):
+        top1 = records[epoch].get("top1")
+        if 1 <= epoch <= last and top1 is not None and math.isfinite(top1) and top1 > best_acc:
+            best, best_acc = epoch, float(top1)
+    return best
+
+
+def _as_record(out) -> dict:
+    """A val function's result as ``{"loss", "top1", "extra"}`` (it returns such a dict)."""
+    if not isinstance(out, dict) or "loss" not in out or "top1" not in out:
+        raise Natv2Error(f"finetune: the val function returned {out!r}; expected a dict with loss and top1")
+    return {"loss": float(out["loss"]), "top1": float(out["top1"]), "extra": out.get("extra")}
 
 
 def _replay(cfg, records: dict[int, dict], last: int | None = None) -> tuple[EarlyStopping, bool]:
@@ -123,8 +164,8 @@ class FinetuneState:
     """The resume state of one member's fine-tune: a folder beside its output.
 
     Holds natv2.train's state files of the two steps (``step1.pt``, ``step2.pt``) and
-    ``records.json``: step 1's val loss (and any extra, such as AEP's exit-subset scores) per
-    epoch, written before the training state of that epoch, so a killed job continues where it
+    ``records.json``: step 1's val loss and top-1 (and any extra, such as AEP's prefix scores)
+    per epoch, written before the training state of that epoch, so a killed job continues where it
     stopped. ``fingerprint`` (any JSON) names what the state belongs to (genome, settings,
     checksums of the supernet and the data); a folder left by a different fingerprint is
     discarded, not resumed, and one whose fingerprint cannot be read is kept (see natv2.resume).
@@ -145,10 +186,10 @@ class FinetuneState:
     def path(self, name: str):
         return self._state.path(name)
 
-    def record(self, epoch: int, loss: float, extra: Any = None) -> None:
+    def record(self, epoch: int, loss: float, extra: Any = None, top1: float | None = None) -> None:
         from natv2.io import write_json
 
-        self.records[int(epoch)] = {"loss": float(loss), "extra": extra}
+        self.records[int(epoch)] = {"loss": float(loss), "top1": top1, "extra": extra}
         write_json(self._records_path, {str(k): v for k, v in sorted(self.records.items())})
 
     def remove(self) -> None:
@@ -164,7 +205,7 @@ def two_step_finetune(
     device=None,
     seed: int = 0,
     early_exit: bool = False,
-    val_loss: Callable[[Any], float | tuple[float, Any]] | None = None,
+    validate: Callable[[Any], dict] | None = None,
     train_fn: Callable | None = None,
     step2_images=None,
     state: FinetuneState | None = None,
@@ -174,27 +215,27 @@ def two_step_finetune(
 
     ``extract()`` returns a fresh copy of the subnet with the supernet's weights (called twice);
     ``data`` is a DataBundle (``train``, ``val``, ``trainval()``, ``mean``, ``std``); ``cfg`` the
-    ``finetune:`` section. ``val_loss(model)`` (a float, or ``(float, extra)`` where ``extra`` is
-    JSON data kept per epoch in ``result.val_extras``) and ``train_fn`` default to
-    :func:`mean_loss` on ``data.val`` and :func:`natv2.train.train`. ``step2_images``: what step
+    ``finetune:`` section. ``validate(model)`` returns ``{"loss", "top1"[, "extra"]}`` (``extra``:
+    JSON data kept per epoch in ``result.val_extras``); it and ``train_fn`` default to
+    :func:`val_metrics` on ``data.val`` and :func:`natv2.train.train`. The val loss drives the
+    early stopping, the val top-1 the best epoch. ``step2_images``: what step
     2 trains on (default train + val; the fine-tune step keeps a selection part of val out).
     ``state``: a :class:`FinetuneState` to resume from and save to.
     """
     if train_fn is None:
         from natv2.train import train as train_fn
-    if val_loss is None:
-        def val_loss(model):
-            return mean_loss(model, data.val, resolution=resolution, mean=data.mean, std=data.std,
-                             batch_size=cfg.batch_size, device=device)
+    if validate is None:
+        def validate(model):
+            return val_metrics(model, data.val, resolution=resolution, mean=data.mean, std=data.std,
+                               batch_size=cfg.batch_size, device=device)
 
     records: dict[int, dict] = dict(state.records) if state is not None else {}
 
     def measure(epoch: int, model) -> None:
-        out = val_loss(model)
-        loss, extra = out if isinstance(out, tuple) else (out, None)
-        records[int(epoch)] = {"loss": float(loss), "extra": extra}
+        rec = _as_record(validate(model))
+        records[int(epoch)] = rec
         if state is not None:
-            state.record(epoch, loss, extra)
+            state.record(epoch, rec["loss"], rec["extra"], rec["top1"])
 
     # the dataset's augmentation (split.json), not train()'s defaults: digits must not be mirrored
     common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, pad=data.pad,
@@ -212,8 +253,8 @@ def two_step_finetune(
             measure(epoch, net if net is not None else model)
             # replay the record: a resumed run's stopper sees the epochs before it too
             stopper, stop = _replay(cfg, records, last=epoch)
-            log.info("fine-tune step 1, epoch %d: val loss %.4f (best %.4f at epoch %s)", epoch,
-                     records[epoch]["loss"], stopper.best_loss, stopper.best_epoch)
+            log.info("fine-tune step 1, epoch %d: val loss %.4f, top-1 %.2f %% (best top-1 at epoch %d)", epoch,
+                     records[epoch]["loss"], records[epoch]["top1"], best_top1_epoch(records, epoch))
             if stop:
                 raise _Stop
 
@@ -226,10 +267,10 @@ def two_step_finetune(
         del model
     stopper, _ = _replay(cfg, records)
     step1_epochs = stopper.losses[-1][0] if stopper.losses else 0
-    best = int(stopper.best_epoch or 0)
-    log.info("fine-tune step 1: stopped after %d epochs, best epoch %d", step1_epochs, best)
+    best = best_top1_epoch(records, step1_epochs)
+    log.info("fine-tune step 1: stopped after %d epochs, best val top-1 at epoch %d", step1_epochs, best)
 
-    # step 2: retrain the re-extracted subnet on train + val for the best epoch count
+    # step 2: retrain the re-extracted subnet on train + val for the best epoch count, on step 1's schedule
     model = extract()
     step2_epochs = 0
     if best > 0:
@@ -245,7 +286,8 @@ def two_step_finetune(
             step2_epochs = len(history.rows)  # a resumed run's history holds the epochs before it too
     model.eval()
     return FinetuneResult(model, best, step1_epochs, step2_epochs, list(stopper.losses),
-                          val_extras={e: records[e]["extra"] for e, _ in stopper.losses})
+                          val_extras={e: records[e].get("extra") for e, _ in stopper.losses},
+                          val_top1s={e: records[e].get("top1") for e, _ in stopper.losses})
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,27 +295,16 @@ def two_step_finetune(
 
 
 def aep_exits(space, genome) -> list[int]:
-    """The exits AEP attaches to ``genome``: its chosen exit and every later one (1-based)."""
+    """The exits AEP attaches to ``genome``: exits 1..nd, nd its chosen exit (1-based).
+
+    ``finetune_natnet_ens.py:361``: ``get_active_some_exits_subnet(list(range(1, nd + 1)))``
+    (``early_exit_ofa_mbv3.py:712-733`` keeps those exits on the chosen body), so AEP never
+    makes the net deeper than the searched one.
+    """
     chosen = space.decode(genome).exit
     if chosen is None:
         raise Natv2Error("AEP: the genome has no exit gene (not an early-exit supernet)")
-    return list(range(int(chosen), space.n_exits + 1))
-
-
-def _normalised(weights, n: int) -> list[float]:
-    w = [1.0] * n if weights is None else [float(v) for v in weights]
-    if len(w) != n or any(v < 0 for v in w) or sum(w) <= 0:
-        raise Natv2Error(f"AEP exit weights {w}: expected {n} non-negative numbers with a positive sum")
-    return [v / sum(w) for v in w]
-
-
-def exit_loss(outputs, y, weights=None, *, label_smoothing: float = 0.0):
-    """Weighted sum of the per-exit cross-entropies (``outputs``: list of exit logits)."""
-    import torch.nn.functional as F
-
-    outputs = list(outputs)
-    w = _normalised(weights, len(outputs))
-    return sum(wi * F.cross_entropy(z.float(), y, label_smoothing=label_smoothing) for wi, z in zip(w, outputs))
+    return list(range(1, int(chosen) + 1))
 
 
 def exit_logits(model, images, *, resolution: int, mean, std, batch_size: int, device=None):
@@ -294,38 +325,43 @@ def exit_logits(model, images, *, resolution: int, mean, std, batch_size: int, d
     return [torch.cat(parts) for parts in zip(*chunks)], torch.cat(labels)
 
 
-def subset_scores(logits, labels, exits, weights=None) -> list[dict]:
-    """Top-1 (percent) of every non-empty subset of the exits, predicting with the weighted sum of logits.
+def prefix_scores(logits, labels, exits, table=None) -> list[dict]:
+    """Val top-1 (percent) of the ensemble of exits ``exits[:k]`` for k = 1..n, in order of k.
 
-    ``logits``: per-exit logits (same order as ``exits``, 1-based stage numbers); a subset's
-    weights are the given ones restricted to it and renormalised. Sorted best first (ties:
-    the shallowest deepest exit, then fewer exits).
+    ``logits``: per-exit logits (same order as ``exits``, 1-based stage numbers, shallowest
+    first); each prefix predicts with the weighted sum of its logits, natv2.exits weights of its
+    stages renormalised.
     """
-    from itertools import combinations
-
-    w = _normalised(weights, len(exits))
     rows = []
     for k in range(1, len(exits) + 1):
-        for idx in combinations(range(len(exits)), k):
-            ws = _normalised([w[i] for i in idx], k)
-            combined = sum(wi * logits[i] for wi, i in zip(ws, idx))
-            top1 = float((combined.argmax(1) == labels).float().mean()) * 100.0
-            rows.append({"exits": [int(exits[i]) for i in idx], "weights": ws, "top1": top1})
-    rows.sort(key=lambda r: (-r["top1"], r["exits"][-1], len(r["exits"])))
+        ws = exit_weights(exits[:k], table)
+        combined = weighted_logits(logits[:k], ws)
+        top1 = float((combined.argmax(1) == labels).float().mean()) * 100.0
+        rows.append({"exits": [int(e) for e in exits[:k]], "weights": ws, "top1": top1})
     return rows
+
+
+def prune_choice(scores: list[dict], prune: bool) -> dict:
+    """The prefix kept: all exits without pruning; with it, the best val top-1 (ties: fewer exits)."""
+    if not prune:
+        return scores[-1]
+    return max(scores, key=lambda r: (r["top1"], -len(r["exits"])))
 
 
 @dataclass
 class AEPResult(FinetuneResult):
-    """A fine-tuned early-exit net: the two steps, the chosen exit subset and its val scores."""
+    """A fine-tuned early-exit net: the two steps, the exits kept and the prefixes' val scores."""
 
     exits: list[int] = field(default_factory=list)
     attached: list[int] = field(default_factory=list)
-    subset_top1: list[dict] = field(default_factory=list)
+    prefix_top1: list[dict] = field(default_factory=list)
+    pruned: bool = False
 
     def summary(self) -> dict:
+        kept = next((r for r in self.prefix_top1 if r["exits"] == self.exits), None)
         return {**super().summary(), "aep_exits": self.exits, "aep_attached": self.attached,
-                "aep_val_top1": self.subset_top1[0]["top1"] if self.subset_top1 else None}
+                "aep_pruned": self.pruned, "aep_val_top1": kept["top1"] if kept else None,
+                "aep_prefix_top1": self.prefix_top1}
 
 
 def aep_finetune(
@@ -337,6 +373,7 @@ def aep_finetune(
     device=None,
     seed: int = 0,
     weights=None,
+    prune: bool | None = None,
     train_fn: Callable | None = None,
     step2_images=None,
     state: FinetuneState | None = None,
@@ -345,38 +382,46 @@ def aep_finetune(
     """NATv2's AEP fine-tune of an early-exit subnet (see the module docstring).
 
     ``extract()`` returns a fresh multi-exit static net (``supernet.extract(g, exits=aep_exits(space, g))``,
-    forward -> list of exit logits, shallowest first; called twice). ``weights``: one per attached
-    exit (None = uniform), used for the loss, the prediction and the subset scores. The returned
-    model predicts with the weighted sum of the chosen subset's logits (``with_exits``).
+    forward -> list of exit logits, shallowest first; called twice). ``weights``: one per exit
+    of the supernet (natv2.exits table; None = the original's), restricted to the attached
+    exits for the loss, the prediction and the prefix scores. ``prune`` (default
+    ``cfg.aep_prune``): cut the net after the best-scoring prefix of exits at step 1's best
+    epoch. The returned model predicts with the weighted sum of its exits' logits.
     """
     from functools import partial
 
     common = dict(resolution=resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device)
+    prune = bool(getattr(cfg, "aep_prune", False)) if prune is None else bool(prune)
 
-    def val_loss(model) -> tuple[float, list[dict]]:
+    def validate(model) -> dict:
         logits, labels = exit_logits(model, data.val, **common)
         stages = [s + 1 for s in model.exit_stages]
-        return float(exit_loss(logits, labels, weights)), subset_scores(logits, labels, stages, weights)
+        w = exit_weights(stages, weights)
+        scores = prefix_scores(logits, labels, stages, weights)
+        # the net's prediction is the ensemble of all its exits (validate_ee's net top-1)
+        return {"loss": float(exit_loss(logits, labels, w)), "top1": scores[-1]["top1"], "extra": scores}
 
     def trainer(model, images, tcfg, **kwargs):
+        w = exit_weights([s + 1 for s in model.exit_stages], weights)
         if train_fn is not None:
-            return train_fn(model, images, tcfg, weights=weights, **kwargs)
+            return train_fn(model, images, tcfg, weights=w, **kwargs)
         from natv2.train import train
 
-        loss = partial(exit_loss, weights=weights, label_smoothing=tcfg.label_smoothing)
+        loss = partial(exit_loss, weights=w, label_smoothing=tcfg.label_smoothing)
         return train(model, images, tcfg, loss_fn=loss, **kwargs)
 
     result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=seed, early_exit=True,
-                               val_loss=val_loss, train_fn=trainer, step2_images=step2_images, state=state,
+                               validate=validate, train_fn=trainer, step2_images=step2_images, state=state,
                                progress=progress)
-    # val_loss ran at epoch 0, 1, ... of step 1: the scores of the best epoch choose the subset
+    # validate ran at epoch 0, 1, ... of step 1: the scores of the best epoch choose the prefix
     scores = result.val_extras[result.best_epoch]
-    best = scores[0]
+    kept = prune_choice(scores, prune)
     model = result.model
     attached = [s + 1 for s in model.exit_stages]
-    chosen = best["exits"]
-    keep_w = None if weights is None else [_normalised(weights, len(attached))[attached.index(e)] for e in chosen]
-    model = model.with_exits(chosen, weights=keep_w, output="weighted").eval()
-    log.info("AEP: exits %s chosen on val (top-1 %.2f %%) out of %s", chosen, best["top1"], attached)
+    chosen = kept["exits"]
+    model = model.with_exits(chosen, weights=exit_weights(chosen, weights), output="weighted").eval()
+    log.info("AEP: exits %s kept (val top-1 %.2f %%) of %s%s", chosen, kept["top1"], attached,
+             " (pruned)" if prune else "")
     return AEPResult(model, result.best_epoch, result.step1_epochs, result.step2_epochs, result.val_losses,
-                     exits=list(chosen), attached=list(attached), subset_top1=scores)
+                     result.val_extras, result.val_top1s, exits=list(chosen), attached=list(attached),
+                     prefix_top1=scores, pruned=prune)

@@ -1,6 +1,6 @@
 """Extended progressive shrinking (OFA, extended by OFAv2): one phase = one call.
 
-    full -> kernel -> level (parallel-block nets) -> exit (early-exit nets)
+    full -> kernel -> level (parallel-block nets) -> exit1..exit4 (early-exit nets)
          -> depth1 -> depth2 -> expand1 -> expand2
 
 Each phase unlocks one more elastic dimension and keeps those unlocked before it; the others
@@ -10,6 +10,11 @@ its start: the largest subnet of the phase's initial weights, BN recalibrated (f
 nets the weighted ensemble of its exits). Channels are re-ordered by importance before the
 expand phases so smaller expand ratios keep the most important channels. A phase whose
 dimension the variant lacks is skipped (its input is its output).
+
+Early-exit nets (OFAv2): the ``full`` phase trains every exit at once on ``sum_i w_i * CE_i``
+(natv2.exits weights; ``early_exit_run_manager.py:311-324``); the other phases train the sampled
+subnet's own exit with KD from the ENS-KD teacher (``new_progressive_shrinking.py:361-420``),
+and the exit phase runs as OFAv2's four sub-phases with active exits {4,5}, {3..5}, {2..5}, {1..5}.
 
 The phase table is data: :data:`DIMENSIONS` says how each elastic dimension is restricted in a
 sub-space of the :class:`~natv2.space.SearchSpace`, :data:`PHASES` which dimensions each phase
@@ -34,15 +39,15 @@ log = logging.getLogger(__name__)
 
 
 def _top(values: tuple, mode: str) -> tuple:
-    """The values a dimension may take: all, the two largest, or only the largest."""
+    """The values a dimension may take: all, the N largest (``topN``), or only the largest."""
     ordered = tuple(sorted(values))
     if mode == "all":
         return ordered
-    if mode == "top2":
-        return ordered[-2:]
     if mode == "max":
         return ordered[-1:]
-    raise Natv2Error(f"dimension mode {mode!r}: expected all, top2 or max")
+    if mode.startswith("top") and mode[3:].isdigit() and int(mode[3:]) >= 1:
+        return ordered[-int(mode[3:]):]
+    raise Natv2Error(f"dimension mode {mode!r}: expected all, topN (N >= 1) or max")
 
 
 @dataclass(frozen=True)
@@ -50,14 +55,14 @@ class Dimension:
     """An elastic dimension: whether a space has it and how a phase restricts it.
 
     ``restrict(space, mode)`` returns SearchSpace field overrides for the sub-space;
-    ``fix(arch, space, mode)`` adjusts a decoded architecture after sampling (for dimensions
-    not expressible as a field of values, e.g. the exit gene).
+    ``fix(arch, space, mode, rng)`` adjusts a decoded architecture after sampling (for
+    dimensions not expressible as a field of values, e.g. the exit gene).
     """
 
     name: str
     applies: Callable[[Any], bool]
     restrict: Callable[[Any, str], dict] = lambda space, mode: {}
-    fix: Callable[[Any, Any, str], Any] = lambda arch, space, mode: arch
+    fix: Callable[[Any, Any, str, Any], Any] = lambda arch, space, mode, rng: arch
 
 
 def _field_dimension(name: str, field: str) -> Dimension:
@@ -68,11 +73,12 @@ def _field_dimension(name: str, field: str) -> Dimension:
     )
 
 
-def _fix_exit(arch, space, mode: str):
-    if mode == "all" or arch.exit is None:
+def _fix_exit(arch, space, mode: str, rng: np.random.Generator):
+    """The exit drawn uniformly among the phase's active exits (OFAv2 samples ``net_depth_list``)."""
+    if arch.exit is None:
         return arch
-    lowest = _top(tuple(range(1, space.n_exits + 1)), mode)[0]
-    return dataclasses.replace(arch, exit=max(arch.exit, lowest)) if mode == "top2" else dataclasses.replace(arch, exit=space.n_exits)
+    allowed = _top(tuple(range(1, space.n_exits + 1)), mode)
+    return dataclasses.replace(arch, exit=int(allowed[rng.integers(len(allowed))]) if len(allowed) > 1 else allowed[0])
 
 
 DIMENSIONS: dict[str, Dimension] = {
@@ -100,7 +106,12 @@ PHASES: tuple[Phase, ...] = (
     Phase("full", None),
     Phase("kernel", "kernel"),
     Phase("level", "level"),
-    Phase("exit", "exit"),
+    # OFAv2 net_depth phases 1-4 (OFA_mbv3_extended/train/utils.py:59-105): active exits
+    # {4,5}, {3..5}, {2..5}, {1..5}
+    Phase("exit1", "exit", "top2"),
+    Phase("exit2", "exit", "top3"),
+    Phase("exit3", "exit", "top4"),
+    Phase("exit4", "exit"),
     Phase("depth1", "depth", "top2"),  # OFA: depth {3, 4}
     Phase("depth2", "depth"),  # OFA: depth {2, 3, 4}
     Phase("expand1", "expand", "top2", reorder_channels=True),  # OFA: expand {4, 6}
@@ -152,7 +163,7 @@ def phase_sampler(space, phase: Phase) -> Callable[[np.random.Generator], np.nda
     def sample(rng: np.random.Generator) -> np.ndarray:
         arch = sub.decode(sub.sample(1, rng, policy="balanced")[0])
         for name, mode in modes.items():
-            arch = DIMENSIONS[name].fix(arch, space, mode)
+            arch = DIMENSIONS[name].fix(arch, space, mode, rng)
         return space.encode(arch)
 
     return sample
@@ -199,6 +210,26 @@ def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_w
     return net
 
 
+def joint_exits(phase: Phase, space) -> bool:
+    """Whether ``phase`` trains every exit at once: the full phase of an early-exit net.
+
+    OFAv2 trains the full net with all exits (``run_ofa_nd_new.py:167-168`` ->
+    ``early_exit_run_manager.py:311-324``); its elastic phases, the kernel phase included,
+    train the sampled subnet's single exit (``new_progressive_shrinking.py:407-408``; the kernel
+    phase's ``net_depth_list`` is ``"5"``, ``train/utils.py:26``).
+    """
+    return phase.dimension is None and getattr(space, "n_exits", 0) > 0
+
+
+def joint_exit_loss(space, table=None, label_smoothing: float = 0.0) -> Callable:
+    """``loss(outputs, y) = sum_i w_i * CE_i`` over exits 1..n (natv2.exits weights)."""
+    from functools import partial
+
+    from natv2.exits import exit_loss, exit_weights
+
+    return partial(exit_loss, weights=exit_weights(range(1, space.n_exits + 1), table), label_smoothing=label_smoothing)
+
+
 def run_phase(
     supernet,
     phase_name: str,
@@ -236,24 +267,32 @@ def run_phase(
     if phase.reorder_channels:
         supernet.reorder_channels()
     log.info("phase %s: elastic %s", phase.name, phase_modes(phase, space))
-    history = train(
-        supernet,
-        data.train,
-        train_config(cfg, phase_cfg, kd=teacher is not None),
-        subnet_sampler=phase_sampler(space, phase),
-        subnets_per_step=phase_cfg.subnets_per_step,
-        teacher=teacher,
-        resume=resume,
-        device=device,
-        seed=seed,
-        mean=data.mean,
-        std=data.std,
-        pad=data.pad if pad is None else pad,
-        flip=data.flip if flip is None else flip,
-        progress=progress,
-    )
+    tcfg = train_config(cfg, phase_cfg, kd=teacher is not None)
+    joint = joint_exits(phase, space)
+    loss_fn = joint_exit_loss(space, cfg.exit_weights, tcfg.label_smoothing) if joint else None
+    supernet.joint_exits = joint
+    try:
+        history = train(
+            supernet,
+            data.train,
+            tcfg,
+            subnet_sampler=phase_sampler(space, phase),
+            subnets_per_step=phase_cfg.subnets_per_step,
+            teacher=teacher,
+            loss_fn=loss_fn,
+            resume=resume,
+            device=device,
+            seed=seed,
+            mean=data.mean,
+            std=data.std,
+            pad=data.pad if pad is None else pad,
+            flip=data.flip if flip is None else flip,
+            progress=progress,
+        )
+    finally:
+        supernet.joint_exits = False
     supernet.set_active(space.largest())
-    return {**summary, "modes": phase_modes(phase, space), "history": history.rows}
+    return {**summary, "modes": phase_modes(phase, space), "joint_exits": joint, "history": history.rows}
 
 
 def phases_for(space) -> list[str]:

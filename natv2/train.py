@@ -57,6 +57,7 @@ class TrainConfig:
     nesterov: bool = True  # sgd only; OFA trains with Nesterov momentum
     epochs: int = 1
     warmup_epochs: float = 0.0  # linear warm-up from ~0 to lr, then cosine decay to 0
+    schedule_epochs: float | None = None  # length of the cosine in epochs (None = epochs); longer = stop early on it
     batch_size: int = 64  # global batch (split across ranks under DDP)
     label_smoothing: float = 0.1  # OFA
     kd_weight: float = 1.0  # OFA kd_ratio
@@ -74,6 +75,7 @@ class TrainConfig:
             "momentum": 0 <= self.momentum < 1,
             "epochs": self.epochs >= 0,
             "warmup_epochs": 0 <= self.warmup_epochs <= max(self.epochs, 0),
+            "schedule_epochs": self.schedule_epochs is None or self.schedule_epochs >= self.epochs,
             "batch_size": self.batch_size >= 1,
             "label_smoothing": 0 <= self.label_smoothing < 1,
             "kd_weight": self.kd_weight >= 0,
@@ -383,7 +385,9 @@ def train(
     # natv2.data.batches drops the last partial training batch unless it is the only one
     steps_per_epoch = max(len(data) // cfg.batch_size, 1)
     if schedule is None:
-        total_steps = max(cfg.epochs * steps_per_epoch, 1)
+        # fine-tune step 2 runs on step 1's schedule length (TrainConfig.schedule_epochs)
+        epochs = cfg.epochs if cfg.schedule_epochs is None else cfg.schedule_epochs
+        total_steps = max(round(epochs * steps_per_epoch), 1)
         warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
         offset_steps = 0
     else:

@@ -1,12 +1,19 @@
 """NAT's warm-up of the source supernet on the target dataset, before the search.
 
+As NATv2's ``run_nat_warmup.py:169-204`` (paper values in config/paper.yaml):
+
 1. A new classification head for the target classes (kept when the source supernet was
    already trained on exactly these classes, e.g. the default where the source dataset is the
-   target dataset itself).
-2. The largest subnet fine-tuned for ``head_epochs``.
-3. ``supernet_epochs`` of whole-supernet training: each step samples ``subnets_per_step``
-   subnets uniformly (NAT's sampling), gradients summed, KD from the largest subnet of step 2
-   (extracted, BN recalibrated, frozen).
+   target dataset itself). Early-exit nets get a new classifier on every exit, as the original
+   (``run_nat_warmup.py:275-277``).
+2. Max-net fine-tuning: the largest subnet trained for ``head_epochs`` at ``head_lr``
+   (``head_warmup_epochs`` of linear warm-up; the original: 100 epochs at 7.5e-3, 5 warm-up,
+   per width). Early-exit nets train every exit at once on ``sum_i w_i * CE_i``
+   (``TrainerEE``, ``NAT_extended/train/trainer.py:368-410``; weights from natv2.exits).
+3. ``supernet_epochs`` of whole-supernet training (the original: 150 epochs at 7.5e-3, 10
+   warm-up): each step samples ``subnets_per_step`` subnets uniformly (NAT's sampling),
+   gradients summed, KD from the largest subnet of step 2 (extracted, BN recalibrated,
+   frozen; for early-exit nets the ENS-KD teacher of all its exits, ``trainer.py:735-747``).
 
 Each stage keeps its own resume state (``state_dir/head.pt``, ``state_dir/supernet.pt``); a
 killed warm-up restarts where it stopped and ends with the same weights.
@@ -22,11 +29,12 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def stage_config(cfg, *, epochs: int, lr: float, kd: bool):
+def stage_config(cfg, *, epochs: int, lr: float, kd: bool, warmup_epochs: float | None = None):
     """The engine's TrainConfig for one warm-up stage from the ``warmup:`` settings."""
     from natv2.train import TrainConfig
 
-    return TrainConfig.from_sections(cfg, epochs=epochs, lr=lr, kd_weight=cfg.kd_weight if kd else 0.0)
+    extra = {} if warmup_epochs is None else {"warmup_epochs": warmup_epochs}
+    return TrainConfig.from_sections(cfg, epochs=epochs, lr=lr, kd_weight=cfg.kd_weight if kd else 0.0, **extra)
 
 
 def ensure_head(supernet, classes: list[str], source_classes: list[str] | None, *, seed: int) -> bool:
@@ -61,7 +69,7 @@ def warmup(
     classes the source supernet was trained on (None = unknown, so the head is replaced).
     ``pad``/``flip``: the augmentation (None: the dataset's, from its split.json).
     """
-    from natv2.shrinking import largest_teacher
+    from natv2.shrinking import joint_exit_loss, largest_teacher
     from natv2.train import train
 
     space = supernet.space
@@ -72,16 +80,25 @@ def warmup(
     common = dict(device=device, seed=seed, mean=data.mean, std=data.std, pad=pad, flip=flip, progress=progress)
     summary: dict[str, Any] = {"new_head": new_head}
 
-    # stage 1: the largest subnet alone
-    head_history = train(
-        supernet,
-        data.train,
-        stage_config(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr, kd=False),
-        subnet_sampler=lambda rng: largest,
-        resume=None if state_dir is None else Path(state_dir) / "head.pt",
-        **common,
-    )
+    # stage 1: the largest subnet alone (early-exit nets: all its exits at once)
+    head_cfg = stage_config(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr, kd=False,
+                            warmup_epochs=getattr(cfg, "head_warmup_epochs", None))
+    joint = getattr(space, "n_exits", 0) > 0
+    supernet.joint_exits = joint
+    try:
+        head_history = train(
+            supernet,
+            data.train,
+            head_cfg,
+            subnet_sampler=lambda rng: largest,
+            loss_fn=joint_exit_loss(space, None, head_cfg.label_smoothing) if joint else None,
+            resume=None if state_dir is None else Path(state_dir) / "head.pt",
+            **common,
+        )
+    finally:
+        supernet.joint_exits = False
     summary["head_history"] = head_history.rows
+    summary["head_joint_exits"] = joint
 
     # stage 2: sampled subnets with KD from the fine-tuned largest subnet
     teacher = None

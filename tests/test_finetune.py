@@ -27,6 +27,8 @@ def _one_thread():
 
 # scripted val losses for epochs 0, 1, 2, ...: best at epoch 4, then three epochs without improvement
 CURVE = [2.0, 1.5, 1.2, 1.3, 1.0, 1.05, 1.01, 1.1, 0.5, 0.4]
+# scripted val top-1 of the same epochs: highest at epoch 2 (and again at 6: the first one counts)
+TOP1 = [90.0, 40.0, 60.0, 55.0, 58.0, 50.0, 60.0, 10.0, 70.0, 80.0]
 
 
 def run_until_stop(stopper, curve):
@@ -83,7 +85,10 @@ def finetune_cfg(**overrides):
     return load_settings(overrides={"finetune": {**base, **overrides}}).finetune
 
 
-def test_step_two_trains_for_the_recorded_number_of_epochs():
+def test_step_two_trains_for_the_epoch_count_of_the_highest_val_top1_on_step_ones_schedule():
+    """finetune_natnet.py:153-155 (best_epoch = epoch of the highest valid_top1, strict >, from
+    epoch 1), 173-175 (stop on the val loss), 339 (step 2 runs that many epochs) with T_max
+    unchanged (134: T_max = 150 is set once, so step 2 follows step 1's cosine)."""
     from natv2.train import train
 
     data = tiny_bundle()
@@ -94,10 +99,11 @@ def test_step_two_trains_for_the_recorded_number_of_epochs():
         extracted.append(TinyNet())
         return extracted[-1]
 
-    curve = iter(CURVE)
+    curve = iter(zip(CURVE, TOP1))
 
-    def scripted_val_loss(model):
-        return next(curve)
+    def scripted_val(model):
+        loss, top1 = next(curve)
+        return {"loss": loss, "top1": top1}
 
     def counting_train(model, images, cfg, **kwargs):
         epochs = []
@@ -110,18 +116,35 @@ def test_step_two_trains_for_the_recorded_number_of_epochs():
         calls.append({"model": model, "n_images": len(images), "cfg": cfg, "epochs": epochs})
         return train(model, images, cfg, on_epoch_end=on_epoch_end, **kwargs)
 
-    result = two_step_finetune(extract, data, finetune_cfg(), resolution=8, seed=0, val_loss=scripted_val_loss,
+    result = two_step_finetune(extract, data, finetune_cfg(), resolution=8, seed=0, validate=scripted_val,
                                train_fn=counting_train, progress=False)
     step1, step2 = calls
-    assert result.best_epoch == 4 and result.step1_epochs == 7
+    # the val loss stops step 1 after epoch 7; the val top-1 picks epoch 2 (not epoch 0's 90 %,
+    # not the lowest-loss epoch 4, not the tied epoch 6)
+    assert result.best_epoch == 2 and result.step1_epochs == 7
     assert step1["epochs"] == [1, 2, 3, 4, 5, 6, 7] and step1["n_images"] == len(data.train)
-    assert step1["cfg"].epochs == 20  # the cosine schedule of step 1 spans max_epochs
-    # step 2: a freshly extracted net, on train + val, for exactly the best epoch count
-    assert step2["epochs"] == [1, 2, 3, 4] and result.step2_epochs == 4
-    assert step2["cfg"].epochs == 4 and step2["n_images"] == len(data.train) + len(data.val)
+    assert step1["cfg"].epochs == 20 and step1["cfg"].schedule_epochs == 20
+    # step 2: a freshly extracted net, on train + val, for exactly the best epoch count, on step 1's cosine
+    assert step2["epochs"] == [1, 2] and result.step2_epochs == 2
+    assert step2["cfg"].epochs == 2 and step2["cfg"].schedule_epochs == 20
+    assert step2["n_images"] == len(data.train) + len(data.val)
     assert len(extracted) == 2 and step2["model"] is extracted[1] is result.model
     assert [e for e, _ in result.val_losses] == list(range(8))
+    assert result.summary()["val_loss"][2] == {"epoch": 2, "loss": 1.2, "top1": 60.0}
     assert not result.model.training
+
+
+def test_step_two_lr_follows_step_ones_cosine():
+    """finetune_natnet.py:134, 312-316, 339: CosineAnnealingLR(T_max=150) in both steps."""
+    from natv2.train import train
+
+    data = tiny_bundle()
+    cfg = train_config(finetune_cfg(max_epochs=4), epochs=2)
+    hist = train(TinyNet(), data.train, cfg, resolution=8, mean=data.mean, std=data.std, seed=0, progress=False)
+    full = train(TinyNet(), data.train, train_config(finetune_cfg(max_epochs=4), epochs=4), resolution=8,
+                 mean=data.mean, std=data.std, seed=0, progress=False)
+    assert [r["lr"] for r in hist.rows] == pytest.approx([r["lr"] for r in full.rows[:2]])
+    assert hist.rows[-1]["lr"] > 0.4 * cfg.lr  # half-way along a 4-epoch cosine, not at its end
 
 
 def test_no_improvement_means_no_step_two_and_real_val_loss_runs():
@@ -133,8 +156,8 @@ def test_no_improvement_means_no_step_two_and_real_val_loss_runs():
         for epoch in range(1, cfg.epochs + 1):
             kwargs["on_epoch_end"](epoch, {}, model)
 
-    result = two_step_finetune(TinyNet, data, finetune_cfg(patience=2), resolution=8, val_loss=lambda m: 1.0,
-                               train_fn=fake_train)
+    result = two_step_finetune(TinyNet, data, finetune_cfg(patience=2), resolution=8,
+                               validate=lambda m: {"loss": 1.0, "top1": 0.0}, train_fn=fake_train)
     assert result.best_epoch == 0 and result.step1_epochs == 2 and result.step2_epochs == 0 and calls == [20]
     # the default val loss (cross-entropy over the val split) with the real engine
     result = two_step_finetune(TinyNet, data, finetune_cfg(patience=1, max_epochs=2), resolution=8, progress=False)
@@ -278,7 +301,8 @@ def member_job(tmp_path, overrides: dict):
 
 
 def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
-    """An EE_D member goes through AEP: exits from the chosen one on, exported and reloadable."""
+    """An EE_D member goes through AEP (exits 1..nd, finetune_natnet_ens.py:361), exported and
+    reloadable; every contract column of its row describes the exported net."""
     import natv2
     from natv2.cli import main
     from natv2.data import load_data
@@ -294,7 +318,7 @@ def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
     config, settings, split, supernet = member_job(tmp_path, overrides)
     space = supernet.space
     genome = space.smallest().copy()
-    genome[-1] = 3  # exit after stage 3: AEP re-attaches exits 3, 4 and 5
+    genome[-1] = 3  # exit after stage 3: AEP attaches exits 1, 2 and 3
     pd.DataFrame({"id": [0], "genome": [space.to_string(space.validate(genome))], "top1_err": [50.0]}).to_csv(
         tmp_path / "front.csv", index=False)
 
@@ -304,9 +328,13 @@ def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
                "--out", str(out)])
     assert rc == 0
     metrics = json.loads((out / "metrics.json").read_text())
-    assert metrics["aep_attached"] == [3, 4, 5]
-    assert set(metrics["aep_exits"]) <= {3, 4, 5} and len(metrics["aep_exits"]) >= 1
+    assert metrics["aep_attached"] == [1, 2, 3] and metrics["aep_exits"] == [1, 2, 3]  # no pruning by default
+    assert metrics["genome"] == metrics["search_genome"] == space.to_string(space.validate(genome))
     net = natv2.load_network(out)
+    # params of the exported 3-exit net; the searched single-exit net (search_params) has fewer
+    from natv2.costs import count_params
+
+    assert metrics["params"] == count_params(net) > metrics["search_params"]
     x = torch.randn(2, 3, 8, 8)
     with torch.no_grad():
         assert net(x).shape == (2, 10)
@@ -319,12 +347,12 @@ def _seeded_tiny():
 
 
 def _scripted(curve):
-    """A val-loss function replaying ``curve`` (epochs 0, 1, ...), counting its calls."""
+    """A val function replaying ``curve`` (epochs 0, 1, ...; top-1 falls as the loss rises), counting its calls."""
     calls = []
 
     def val_loss(model):
         calls.append(len(calls))
-        return curve[len(calls) - 1]
+        return {"loss": curve[len(calls) - 1], "top1": 100.0 - 10.0 * curve[len(calls) - 1]}
 
     return val_loss, calls
 
@@ -354,7 +382,7 @@ def test_a_killed_finetune_resumes_where_it_stopped_and_ends_bit_exact(tmp_path,
     data = tiny_bundle()
     cfg = finetune_cfg()  # patience 3 on CURVE: step 1 stops after epoch 7, best epoch 4
     val_loss, _ = _scripted(CURVE)
-    full = two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, val_loss=val_loss, progress=False)
+    full = two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, validate=val_loss, progress=False)
     assert (full.best_epoch, full.step1_epochs, full.step2_epochs) == (4, 7, 4)
 
     fingerprint = {"member": 0}
@@ -363,7 +391,7 @@ def test_a_killed_finetune_resumes_where_it_stopped_and_ends_bit_exact(tmp_path,
     # killed after epoch 5 of step 1 (max_epochs 20), or after epoch 3 of step 2 (4 epochs)
     when = (lambda c: 5 if c.epochs == 20 else None) if kill == "step1" else (lambda c: 3 if c.epochs == 4 else None)
     with pytest.raises(KeyboardInterrupt):
-        two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, val_loss=val_loss, state=state,
+        two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, validate=val_loss, state=state,
                           train_fn=_killing_train(when), progress=False)
     killed_calls = len(calls)
     assert killed_calls == (6 if kill == "step1" else 8)  # epochs 0..5, or all of step 1 (0..7)
@@ -372,7 +400,7 @@ def test_a_killed_finetune_resumes_where_it_stopped_and_ends_bit_exact(tmp_path,
     assert sorted(state.records) == list(range(killed_calls))
     rest = CURVE[killed_calls - 1:] if kill == "step1" else []
     val_loss, calls = _scripted(rest)
-    resumed = two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, val_loss=val_loss, state=state,
+    resumed = two_step_finetune(_seeded_tiny, data, cfg, resolution=8, seed=0, validate=val_loss, state=state,
                                 progress=False)
     # step 1: the killed epoch (its state was not saved) is redone, nothing before it; step 2 picks up
     assert len(calls) == (1 + 2 if kill == "step1" else 0)
@@ -386,9 +414,9 @@ def test_finetune_state_of_another_run_is_discarded(tmp_path):
     from natv2.finetune import FinetuneState
 
     state = FinetuneState(tmp_path / "s", {"genome": "a", "lr": (0.1,)})
-    state.record(0, 1.5, extra=[{"exits": [3]}])
+    state.record(0, 1.5, extra=[{"exits": [3]}], top1=40.0)
     again = FinetuneState(tmp_path / "s", {"genome": "a", "lr": (0.1,)})  # tuples compare as read back
-    assert again.records == {0: {"loss": 1.5, "extra": [{"exits": [3]}]}}
+    assert again.records == {0: {"loss": 1.5, "top1": 40.0, "extra": [{"exits": [3]}]}}
     other = FinetuneState(tmp_path / "s", {"genome": "b", "lr": (0.1,)})
     assert other.records == {} and not (tmp_path / "s" / "records.json").exists()
     other.remove()

@@ -1,4 +1,4 @@
-"""AEP fine-tuning of early-exit subnets: exits re-attached, weighted per-exit loss, subset on val."""
+"""AEP fine-tuning of early-exit subnets: exits 1..nd attached, weighted per-exit loss, optional prefix prune."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +9,8 @@ import torch.nn.functional as F
 from natv2.config import load_settings
 from natv2.data import DataBundle, ImageSet
 from natv2.errors import Natv2Error
-from natv2.finetune import aep_exits, aep_finetune, exit_loss, subset_scores, train_config
+from natv2.exits import exit_loss
+from natv2.finetune import aep_exits, aep_finetune, prefix_scores, prune_choice, train_config
 from natv2.nets import build_supernet
 from natv2.space import SearchSpace
 
@@ -54,40 +55,46 @@ def genome_with_exit(space: SearchSpace, exit_: int) -> np.ndarray:
     return g
 
 
-def test_aep_attaches_the_chosen_exit_and_the_later_ones(supernet):
+def test_aep_attaches_the_chosen_exit_and_every_shallower_one(supernet):
+    """finetune_natnet_ens.py:361: get_active_some_exits_subnet(list(range(1, nd + 1))), the exits
+    kept on the chosen body (early_exit_ofa_mbv3.py:712-733): never deeper than the searched net."""
     space = supernet.space
-    assert aep_exits(space, genome_with_exit(space, 3)) == [3, 4, 5]
-    assert aep_exits(space, genome_with_exit(space, 5)) == [5]
+    assert aep_exits(space, genome_with_exit(space, 3)) == [1, 2, 3]
+    assert aep_exits(space, genome_with_exit(space, 1)) == [1]
+    g = genome_with_exit(space, 3)
+    single, aep = supernet.extract(g), supernet.extract(g, exits=aep_exits(space, g))
+    assert len(aep.stages) == len(single.stages) == 3  # same body: the stages up to exit 3
     with pytest.raises(Natv2Error, match="no exit gene"):
         aep_exits(SearchSpace(), SearchSpace().smallest())
 
 
 def test_exit_loss_is_the_weighted_sum_of_per_exit_losses():
+    """finetune_natnet_ens.py:241-250 (sum of branch_loss * branch_weight); default weights
+    OFA_mbv3_extended/train/utils.py:286 restricted to the exits and renormalised (natv2.exits)."""
     g = torch.Generator().manual_seed(0)
     outs = [torch.randn(6, 4, generator=g) for _ in range(3)]
     y = torch.tensor([0, 1, 2, 3, 0, 1])
     ce = [float(F.cross_entropy(z, y)) for z in outs]
-    assert float(exit_loss(outs, y)) == pytest.approx(sum(ce) / 3, rel=1e-6)  # uniform by default
+    w = [0.06 / 0.39, 0.13 / 0.39, 0.20 / 0.39]  # exits 1..3 of [.06, .13, .20, .27, .34]
+    assert float(exit_loss(outs, y)) == pytest.approx(sum(wi * c for wi, c in zip(w, ce)), rel=1e-6)
     assert float(exit_loss(outs, y, [1, 0, 3])) == pytest.approx(0.25 * ce[0] + 0.75 * ce[2], rel=1e-6)
-    with pytest.raises(Natv2Error, match="expected 3 non-negative"):
+    with pytest.raises(Natv2Error, match="2 weights for 3 exits"):
         exit_loss(outs, y, [1, 1])
 
 
-def test_subset_scores_find_the_complementary_pair_and_break_ties_by_depth():
+def test_prefix_scores_and_the_prune_rule():
     labels = torch.tensor([0, 0, 1, 1])
-    # exit 3 is right on samples 0, 1 (confidently) and wrong on 2, 3 (barely); exit 5 the other way;
-    # exit 4 is always wrong. Only the sum of exits 3 and 5 gets all four right.
-    e3 = torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.5, 0.0], [0.5, 0.0]])
-    e5 = torch.tensor([[0.0, 0.5], [0.0, 0.5], [0.0, 4.0], [0.0, 4.0]])
-    e4 = torch.tensor([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
-    rows = subset_scores([e3, e4, e5], labels, [3, 4, 5])
-    assert len(rows) == 7
-    assert rows[0]["exits"] == [3, 5] and rows[0]["top1"] == 100.0 and rows[0]["weights"] == [0.5, 0.5]
-    by_exits = {tuple(r["exits"]): r["top1"] for r in rows}
-    assert by_exits[(3,)] == 50.0 and by_exits[(4,)] == 0.0 and by_exits[(5,)] == 50.0
-    # ties: exit 3 alone (50 %) ranks before exit 5 alone (50 %), the shallower deepest exit
-    fifty = [r["exits"] for r in rows if r["top1"] == 50.0]
-    assert fifty[0] == [3]
+    e1 = torch.tensor([[4.0, 0.0], [4.0, 0.0], [0.5, 0.0], [0.5, 0.0]])  # right on 0, 1
+    e2 = torch.tensor([[0.0, 0.5], [0.0, 0.5], [0.0, 8.0], [0.0, 8.0]])  # right on 2, 3
+    e3 = torch.tensor([[0.0, 9.0], [0.0, 9.0], [9.0, 0.0], [9.0, 0.0]])  # always wrong, loud
+    rows = prefix_scores([e1, e2, e3], labels, [1, 2, 3])
+    assert [r["exits"] for r in rows] == [[1], [1, 2], [1, 2, 3]]
+    assert [r["top1"] for r in rows] == [50.0, 100.0, 0.0]
+    assert rows[1]["weights"] == pytest.approx([0.06 / 0.19, 0.13 / 0.19])
+    assert prune_choice(rows, prune=False)["exits"] == [1, 2, 3]  # the original code keeps 1..nd
+    assert prune_choice(rows, prune=True)["exits"] == [1, 2]
+    tie = [{"exits": [1], "top1": 80.0}, {"exits": [1, 2], "top1": 80.0}]
+    assert prune_choice(tie, prune=True)["exits"] == [1]  # ties: fewer exits, the smaller net
 
 
 def test_the_engine_with_the_exit_loss_lowers_it_and_trains_every_exit(supernet):
@@ -105,10 +112,13 @@ def test_the_engine_with_the_exit_loss_lowers_it_and_trains_every_exit(supernet)
                  loss_fn=partial(exit_loss, weights=None))
     assert len(hist.rows) == 6 and hist.losses[-1] < hist.losses[0]
     changed = {k.split(".")[1] for k, v in net.state_dict().items() if k in before and not torch.equal(v, before[k])}
-    assert changed == {"2", "3", "4"}  # the classifiers of exits 3, 4 and 5 all learned
+    assert changed == {"0", "1", "2"}  # the classifiers of exits 1, 2 and 3 all learned
 
 
-def test_aep_finetune_chooses_a_subset_on_val_and_predicts_with_it(supernet):
+def test_aep_finetune_keeps_exits_one_to_nd_and_predicts_with_their_weighted_logits(supernet):
+    """finetune_natnet_ens.py:252-258 (net output = sum of output * ensemble weight), 361-362."""
+    from natv2.exits import exit_weights
+
     data = bundle()
     space = supernet.space
     g = genome_with_exit(space, 3)
@@ -119,21 +129,24 @@ def test_aep_finetune_chooses_a_subset_on_val_and_predicts_with_it(supernet):
         return extracted[-1]
 
     result = aep_finetune(extract, data, finetune_cfg(), resolution=RES, seed=0, progress=False)
-    assert len(extracted) == 2 and result.attached == [3, 4, 5]
-    assert len(result.subset_top1) == 7 and result.exits == result.subset_top1[0]["exits"]
+    assert len(extracted) == 2 and result.attached == [1, 2, 3] and result.exits == [1, 2, 3]
+    assert len(result.prefix_top1) == 3 and not result.pruned
     assert result.step2_epochs == result.best_epoch <= result.step1_epochs <= 3
     summary = result.summary()
-    assert summary["aep_exits"] == result.exits and summary["aep_val_top1"] == result.subset_top1[0]["top1"]
-    # the model predicts with the weighted (uniform) sum of the chosen exits of the step-2 net
+    assert summary["aep_exits"] == [1, 2, 3] and summary["aep_val_top1"] == result.prefix_top1[-1]["top1"]
     x = torch.randn(4, 3, RES, RES, generator=torch.Generator().manual_seed(1))
+    w = exit_weights([1, 2, 3])
     with torch.no_grad():
         outs = extracted[1].eval()(x)
-        expected = sum(outs[e - 3] for e in result.exits) / len(result.exits)
+        expected = sum(wi * z for wi, z in zip(w, outs))
         assert torch.allclose(result.model(x), expected, atol=1e-5)
-    assert [s + 1 for s in result.model.exit_stages] == result.exits and not result.model.training
+    assert [s + 1 for s in result.model.exit_stages] == [1, 2, 3] and not result.model.training
+    pruned = aep_finetune(extract, data, finetune_cfg(), resolution=RES, seed=0, prune=True, progress=False)
+    best = prune_choice(pruned.prefix_top1, prune=True)
+    assert pruned.exits == best["exits"] and len(pruned.model.stages) == best["exits"][-1]
 
 
-def test_aep_killed_in_step_one_resumes_with_the_recorded_subset_scores(supernet, tmp_path):
+def test_aep_killed_in_step_one_resumes_with_the_recorded_prefix_scores(supernet, tmp_path):
     from functools import partial
 
     from natv2.finetune import FinetuneState
@@ -164,10 +177,10 @@ def test_aep_killed_in_step_one_resumes_with_the_recorded_subset_scores(supernet
         aep_finetune(extract, data, cfg, resolution=RES, seed=0, train_fn=dying_train,
                      state=FinetuneState(tmp_path / "st", {"g": 3}), progress=False)
     state = FinetuneState(tmp_path / "st", {"g": 3})
-    assert sorted(state.records) == [0, 1, 2] and len(state.records[0]["extra"]) == 7  # 7 exit subsets each
+    assert sorted(state.records) == [0, 1, 2] and len(state.records[0]["extra"]) == 3  # 3 prefixes each
     resumed = aep_finetune(extract, data, cfg, resolution=RES, seed=0, state=state, progress=False)
     assert (resumed.best_epoch, resumed.exits, resumed.attached) == (full.best_epoch, full.exits, full.attached)
-    assert resumed.subset_top1 == full.subset_top1
+    assert resumed.prefix_top1 == full.prefix_top1
     x = torch.randn(4, 3, RES, RES, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         assert torch.equal(resumed.model(x), full.model(x))

@@ -218,7 +218,7 @@ def test_phases_for_variants():
     for variant in sorted(SUPERNETS):
         f = features(variant)
         names = phases_for(SearchSpace.from_config({"variant": variant}))
-        assert ("level" in names) == f.parallel and ("exit" in names) == f.early_exits, variant
+        assert ("level" in names) == f.parallel and ("exit1" in names) == f.early_exits, variant
 
 
 def test_every_phase_runs_for_ee_d():
@@ -240,7 +240,8 @@ def test_every_phase_runs_for_ee_d():
     })
     torch.manual_seed(0)
     net = build_supernet(settings.supernet, data.n_classes)
-    assert phases_for(net.space) == ["full", "kernel", "exit", "depth1", "depth2", "expand1", "expand2"]
+    assert phases_for(net.space) == ["full", "kernel", "exit1", "exit2", "exit3", "exit4", "depth1", "depth2",
+                                     "expand1", "expand2"]
     start = {k: v.clone() for k, v in net.state_dict().items()}
     for name in PHASE_NAMES:
         summary = run_phase(net, name, data, settings.supernet_train, device="cpu", seed=0, progress=False)

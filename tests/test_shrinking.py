@@ -32,7 +32,8 @@ def sampled(space: SearchSpace, phase: str, n: int = 300) -> dict[str, set]:
 
 def test_phases_that_do_not_apply_are_skipped():
     assert phases_for(OFA) == ["full", "kernel", "depth1", "depth2", "expand1", "expand2"]
-    assert phases_for(EE) == ["full", "kernel", "exit", "depth1", "depth2", "expand1", "expand2"]
+    assert phases_for(EE) == ["full", "kernel", "exit1", "exit2", "exit3", "exit4", "depth1", "depth2", "expand1",
+                              "expand2"]
     with pytest.raises(Exception, match="expected one of full, kernel"):
         get_phase("width")
 
@@ -66,11 +67,108 @@ def test_level_genes_are_locked_at_all_branches_until_the_level_phase():
     assert levels("kernel") == {3} and levels("level") == {1, 2, 3} and levels("expand2") == {1, 2, 3}
 
 
-def test_exit_gene_is_locked_at_the_last_exit_until_the_exit_phase():
+def test_exit_phase_is_ofav2s_four_sub_phases_of_active_exits():
+    """OFA_mbv3_extended/train/utils.py:59-105: net_depth phases 1-4 with net_depth_list "4,5",
+    "3,4,5", "2,3,4,5", "1,2,3,4,5"; the exit is drawn uniformly from the list (sample_active_subnet)."""
     assert sampled(EE, "kernel")["exit"] == {5}
-    assert sampled(EE, "exit")["exit"] == {1, 2, 3, 4, 5}
-    assert sampled(EE, "exit")["depth"] == {4}  # depth still locked in the exit phase
+    assert sampled(EE, "exit1")["exit"] == {4, 5}
+    assert sampled(EE, "exit2")["exit"] == {3, 4, 5}
+    assert sampled(EE, "exit3")["exit"] == {2, 3, 4, 5}
+    assert sampled(EE, "exit4")["exit"] == {1, 2, 3, 4, 5}
+    assert sampled(EE, "exit4")["depth"] == {4}  # depth still locked in the exit phases
     assert sampled(EE, "expand2")["exit"] == {1, 2, 3, 4, 5}
+    sample, rng = phase_sampler(EE, get_phase("exit1")), np.random.default_rng(1)
+    exits = [EE.decode(sample(rng)).exit for _ in range(2000)]
+    assert 0.45 < exits.count(4) / 2000 < 0.55  # uniform over {4, 5}, not clamped
+
+
+def test_paper_config_holds_ofav2s_exit_sub_phase_schedule():
+    """OFA_mbv3_extended/train/utils.py:64-103: (epochs, lr, warm-up) 25/1.875e-3/0, 60/3.75e-3/5,
+    90/7.5e-3/5, 120/1.5e-2/5, dynamic_batch_size 2."""
+    from natv2.config import REPO_ROOT, load_settings
+
+    phases = load_settings(REPO_ROOT / "config" / "paper.yaml").supernet_train.phases
+    got = [(p.epochs, p.lr, p.warmup_epochs, p.subnets_per_step) for p in (phases.exit1, phases.exit2, phases.exit3, phases.exit4)]
+    assert got == [(25, 0.001875, 0, 2), (60, 0.00375, 5, 2), (90, 0.0075, 5, 2), (120, 0.015, 5, 2)]
+
+
+def test_full_phase_of_an_early_exit_net_trains_every_exit_on_the_weighted_loss():
+    """OFA_mbv3_extended/run_manager/early_exit_run_manager.py:311-324 (loss = sum_i w_i * CE_i over
+    the full net's exits) with w = [.06, .13, .20, .27, .34] (OFA_mbv3_extended/train/utils.py:286)."""
+    import torch.nn.functional as F
+
+    from natv2.config import load_settings
+    from natv2.data import DataBundle, ImageSet
+    from natv2.nets import build_supernet
+    from natv2.shrinking import joint_exit_loss, run_phase
+
+    g = torch.Generator().manual_seed(0)
+
+    def images(n):
+        return ImageSet(torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 3, (n,), generator=g))
+
+    data = DataBundle(["a", "b", "c"], 12, (0.5,) * 3, (0.25,) * 3, images(16), images(4), images(4))
+    settings = load_settings(overrides={
+        "supernet": {"variant": "EE_B", "resolutions": [12], "kernels": [3], "expands": [2], "stem_stride": 1},
+        "supernet_train": {"batch_size": 8, "label_smoothing": 0.0,
+                           "phases": {"full": {"epochs": 1, "warmup_epochs": 0.0}}},
+    })
+    torch.manual_seed(0)
+    net = build_supernet(settings.supernet, data.n_classes)
+    outs = [torch.randn(4, 3, generator=g) for _ in range(5)]
+    y = torch.tensor([0, 1, 2, 0])
+    expected = sum(w * F.cross_entropy(z, y) for w, z in zip([0.06, 0.13, 0.20, 0.27, 0.34], outs))
+    assert float(joint_exit_loss(net.space)(outs, y)) == pytest.approx(float(expected), rel=1e-6)
+
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    summary = run_phase(net, "full", data, settings.supernet_train, device="cpu", seed=0, progress=False)
+    assert summary["joint_exits"] is True and net.joint_exits is False
+    for e in range(5):  # every exit head got gradients (before: exit 5 only)
+        assert any(not torch.equal(v, start[k]) for k, v in net.state_dict().items()
+                   if k.startswith(f"exits.{e}.") and v.dtype.is_floating_point), e
+    kernel = run_phase(net, "kernel", data, settings.supernet_train, device="cpu", seed=0, progress=False)
+    assert kernel.get("joint_exits", False) is False  # kernel: the sampled subnet's own exit, as OFAv2
+
+
+def test_warmup_max_net_stage_trains_every_exit_of_an_early_exit_net():
+    """NAT_extended/train/trainer.py:368-410 (TrainerEE: sum of weighted per-exit losses), run by
+    run_nat_warmup.py:312-316 on the max net with all exits (get_active_all_exits_subnet, :293)."""
+    from natv2.config import load_settings
+    from natv2.data import DataBundle, ImageSet
+    from natv2.nets import build_supernet
+    from natv2.warmup import warmup
+
+    g = torch.Generator().manual_seed(1)
+
+    def images(n):
+        return ImageSet(torch.randint(0, 256, (n, 3, 12, 12), dtype=torch.uint8, generator=g),
+                        torch.randint(0, 3, (n,), generator=g))
+
+    data = DataBundle(["a", "b", "c"], 12, (0.5,) * 3, (0.25,) * 3, images(16), images(4), images(4))
+    settings = load_settings(overrides={
+        "supernet": {"variant": "EE_B", "resolutions": [12], "kernels": [3], "expands": [2], "stem_stride": 1},
+        "warmup": {"batch_size": 8, "head_epochs": 1, "supernet_epochs": 0},
+    })
+    torch.manual_seed(0)
+    net = build_supernet(settings.supernet, data.n_classes)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    summary = warmup(net, data, settings.warmup, device="cpu", seed=0, source_classes=data.classes, progress=False)
+    assert summary["head_joint_exits"] is True and net.joint_exits is False
+    for e in range(5):  # before: exit 5 only
+        assert any(not torch.equal(v, start[k]) for k, v in net.state_dict().items()
+                   if k.startswith(f"exits.{e}.") and v.dtype.is_floating_point), e
+
+
+def test_paper_config_holds_natv2s_warmup():
+    """run_nat_warmup.py:180-204: max net 100 epochs (per width) at 7.5e-3, warm-up 5, clip 5, wd 3e-4;
+    then 150 supernet epochs at 7.5e-3, warm-up 10, 4 subnets per step, kd_ratio 1."""
+    from natv2.config import REPO_ROOT, load_settings
+
+    w = load_settings(REPO_ROOT / "config" / "paper.yaml").warmup
+    assert (w.head_epochs, w.head_lr, w.head_warmup_epochs) == (100, 0.0075, 5)
+    assert (w.supernet_epochs, w.lr, w.warmup_epochs, w.subnets_per_step) == (150, 0.0075, 10, 4)
+    assert (w.grad_clip, w.weight_decay, w.momentum, w.kd_weight) == (5.0, 0.0003, 0.9, 1.0)
 
 
 TINY = {

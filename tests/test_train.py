@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from natv2.distill import ExitEnsembleTeacher, ensemble_probs, kd_loss, soft_targets
+from natv2.distill import ExitEnsembleTeacher, ensemble_logits, kd_loss, soft_targets
 from natv2.errors import Natv2Error
 from natv2.train import TrainConfig, lr_factor, train
 
@@ -55,22 +55,28 @@ def test_kd_loss_equals_hand_computed_values():
         kd_loss(torch.zeros(2, 3), torch.zeros(2, 4))
 
 
-def test_exit_ensemble_is_the_weighted_mean_of_exit_softmaxes():
-    a = torch.tensor([[0.0, 0.0]])  # softmax (0.5, 0.5)
-    b = torch.tensor([[math.log(3.0), 0.0]])  # softmax (0.75, 0.25)
-    probs = ensemble_probs([a, b], weights=[1.0, 3.0])
-    assert torch.allclose(probs, torch.tensor([[0.25 * 0.5 + 0.75 * 0.75, 0.25 * 0.5 + 0.75 * 0.25]]))
-    # default weights: proportional to the exit's position (1, 2) -> 1/3, 2/3
-    assert torch.allclose(ensemble_probs([a, b]), torch.tensor([[0.5 / 3 + 1.5 / 3, 0.5 / 3 + 0.5 / 3]]))
+def test_ens_kd_teacher_is_the_softmax_of_the_weighted_sum_of_exit_logits():
+    """OFA_mbv3_extended/train/new_progressive_shrinking.py:361-377: weighted logits summed, then softmax.
 
-    class TwoExits(nn.Module):
+    Default weights: OFA_mbv3_extended/train/utils.py:287 ``ensemble_weights = [.06, .13, .20, .27, .34]``.
+    """
+    a = torch.tensor([[0.0, 0.0]])
+    b = torch.tensor([[math.log(3.0), 0.0]])
+    logits = ensemble_logits([a, b], table=[1.0, 3.0])
+    # 0.25 * a + 0.75 * b, softmax of it; a mean of probabilities would give (0.6875, 0.3125)
+    expected = F.softmax(0.75 * b, dim=1)
+    assert torch.allclose(F.softmax(logits, dim=1), expected)
+    assert not torch.allclose(F.softmax(logits, dim=1), torch.tensor([[0.6875, 0.3125]]), atol=1e-3)
+
+    class FiveExits(nn.Module):
         def forward(self, x):
-            return [a.expand(len(x), 2), b.expand(len(x), 2)]
+            return [torch.full((len(x), 2), float(i)) * torch.tensor([1.0, 0.0]) for i in range(1, 6)]
 
-    teacher = ExitEnsembleTeacher(TwoExits(), weights=[1.0, 3.0])
-    assert torch.allclose(F.softmax(teacher(torch.zeros(3, 1)), dim=1), probs.expand(3, 2), atol=1e-6)
+    teacher = ExitEnsembleTeacher(FiveExits())  # the original's weights by default
+    z = teacher(torch.zeros(3, 1))
+    assert torch.allclose(z[:, 0], torch.full((3,), 0.06 * 1 + 0.13 * 2 + 0.20 * 3 + 0.27 * 4 + 0.34 * 5))
     with pytest.raises(Natv2Error, match="exit weights"):
-        ensemble_probs([a, b], weights=[1.0])
+        ensemble_logits([a, b, a], table=[1.0, 3.0])
 
 
 # ------------------------------------------------------------------------------ schedule and config

@@ -158,12 +158,15 @@ def exit_widths(spec: MBv3Spec, stage_chs: int) -> tuple[int, int]:
     return (make_divisible(spec.head_mid * stage_chs / last, 8), make_divisible(spec.head_out * stage_chs / last, 8))
 
 
-def _weights(n: int, weights: Sequence[float] | None) -> list[float]:
-    """Exit-combination weights: uniform by default (NATv2 AEP), normalised to sum 1."""
-    w = [1.0] * n if weights is None else [float(v) for v in weights]
-    if len(w) != n or any(v < 0 for v in w) or sum(w) <= 0:
-        raise Natv2Error(f"exit weights {w}: expected {n} non-negative numbers with a positive sum")
-    return [v / sum(w) for v in w]
+def _weights(stages: Sequence[int], weights: Sequence[float] | None) -> list[float]:
+    """Exit-combination weights (natv2.exits): the original's defaults of ``stages`` unless given (one per exit)."""
+    from natv2.exits import exit_weights, normalise
+
+    if weights is None:
+        return exit_weights(stages)
+    if len(weights) != len(stages):
+        raise Natv2Error(f"exit weights {list(weights)}: expected {len(stages)} (one per attached exit)")
+    return normalise(weights)
 
 
 # ------------------------------------------------------------------------------------- static
@@ -175,7 +178,8 @@ class OFAv2StaticNet(nn.Module):
     ``config["exits"]`` (early-exit nets) lists the attached exit heads, each with its ``stage``
     (1-based); the stages run up to the deepest one. One exit: the forward returns its logits.
     Several: ``config["output"]`` = ``list`` returns every exit's logits (shallowest first),
-    ``weighted`` their sum weighted by ``config["exit_weights"]`` (normalised; uniform if null).
+    ``weighted`` their sum weighted by ``config["exit_weights"]`` (normalised; null = the
+    original's default weights of those exits, natv2.exits).
     """
 
     def __init__(self, config: Mapping[str, Any]) -> None:
@@ -204,7 +208,7 @@ class OFAv2StaticNet(nn.Module):
             self.output = cfg.get("output", "list")
             if self.output not in OUTPUTS:
                 raise ValueError(f"output {self.output!r}: expected one of {OUTPUTS}")
-            self.exit_weights = _weights(len(self.exit_stages), cfg.get("exit_weights"))
+            self.exit_weights = _weights([s + 1 for s in self.exit_stages], cfg.get("exit_weights"))
         else:
             hd = cfg["head"]
             self.head = Head(hd["in_chs"], hd["mid_chs"], hd["out_chs"], cfg["n_classes"], hd["dropout"])
@@ -314,6 +318,8 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
             self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
         self.active_depths = [space.max_blocks] * space.n_stages
         self.active_exit: int | None = space.n_stages if self.early_exits else None
+        # joint training of the exits (OFAv2 full phase, warm-up): forward returns exits 1..active
+        self.joint_exits = False
         self.active_genome = space.largest()
         self.set_active(self.active_genome)
 
@@ -350,8 +356,25 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.early_exits and self.joint_exits:
+            return self.forward_exits(x)
         x = self.forward_features(x)
         return self.exits[self.active_exit - 1](x) if self.early_exits else self.head(x)
+
+    def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Logits of exits 1..active_exit of the active subnet, shallowest first (one pass).
+
+        The output of OFAv2's full net trained on all exits at once
+        (``OFA_mbv3_extended/run_manager/early_exit_run_manager.py:311-324``).
+        """
+        if not self.early_exits:
+            raise Natv2Error(f"forward_exits: the {self.variant} supernet has no early exits")
+        x = self.stem(x)
+        outs = []
+        for s in range(self.active_exit):
+            x = run_stage(self.stages[s][: self.active_depths[s]], x, self.dense)
+            outs.append(self.exits[s](x))
+        return outs
 
     # ------------------------------------------------------------------ extraction
 

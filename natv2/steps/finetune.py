@@ -5,7 +5,9 @@
 
 Writes the member's directory whole or not at all: weights.pt, config.json, model.ts (see
 natv2.export) and metrics.json (test top-1 before and after fine-tuning, val top-1, params,
-MACs, latency, the best epoch and the val-loss curve). A killed job resumes from the hidden
+MACs, latency, the best epoch and the val curve). Every column but the ``search_*`` ones
+describes the exported net (for early-exit members the AEP net, its genome's exit gene its
+deepest kept exit); ``search_*`` are those of the single-exit net the search chose. A killed job resumes from the hidden
 folder ``.{id}.state`` beside the output (removed once the member is written). One job per
 member: a failing member leaves the others' directories untouched.
 """
@@ -54,6 +56,7 @@ def run(args: argparse.Namespace) -> int:
     from natv2.data import load_data
     from natv2.evaluate import recalibrate_bn, top1
     from natv2.export import export_network
+    from natv2.exits import exit_weights
     from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
     from natv2.io import check_writable, read_csv, write_json
     from natv2.nets.checkpoint import check_classes, load_supernet
@@ -88,9 +91,9 @@ def run(args: argparse.Namespace) -> int:
             recalibrate_bn(net, bn_images, **common)
         return net.eval()
 
-    def extract_with_exits():
-        """For AEP: the member with its chosen exit and every later one re-attached."""
-        net = supernet.extract(genome, exits=aep_exits(space, genome)).to(device)
+    def extract_with_exits(exits=None):
+        """For AEP: the member's body with exits 1..nd (or ``exits``) attached, forward = their logits."""
+        net = supernet.extract(genome, exits=aep_exits(space, genome) if exits is None else exits).to(device)
         if bn_images is not None:
             recalibrate_bn(net, bn_images, **common)
         return net.eval()
@@ -103,18 +106,34 @@ def run(args: argparse.Namespace) -> int:
         {"genome": str(member["genome"]), "seed": settings.seed, "finetune": cfg, "data": settings.data},
     ))
 
-    before = extract()
-    val_before = top1(before, data.val, **common)
-    test_before = top1(before, data.test, **common)
-    log.info("member %s: before fine-tune val %.2f %%, test %.2f %%", args.id, val_before, test_before)
-    del before
+    # the net the search chose (single exit), kept as the search-time columns
+    searched = extract()
+    search = {"search_genome": str(member["genome"]), "search_val_top1": float(top1(searched, data.val, **common)),
+              "search_test_top1": float(top1(searched, data.test, **common))}
+    searched = searched.to("cpu")
+    search.update(search_params=int(count_params(searched)), search_macs=int(count_macs(searched, resolution)))
+    log.info("member %s: searched net val %.2f %%, test %.2f %%", args.id, search["search_val_top1"],
+             search["search_test_top1"])
+    del searched
 
     kwargs = dict(resolution=resolution, device=device, seed=settings.seed, step2_images=data.trainval(val_fit),
                   state=state, progress=progress)
-    if early_exit:  # NATv2's AEP: exits after the chosen one, weighted sum of their logits
+    exported_genome = str(member["genome"])
+    if early_exit:  # NATv2's AEP: exits 1..nd, weighted sum of their logits
         result = aep_finetune(extract_with_exits, data, cfg, **kwargs)
+        # every column describes the exported net: its genome's exit is its deepest kept exit,
+        # its before-fine-tune accuracies those of the same exits fresh from the supernet
+        g = genome.copy()
+        g[space.exit_position] = result.exits[-1]
+        exported_genome = space.to_string(g)
+        before = extract_with_exits(result.exits).with_exits(result.exits, weights=exit_weights(result.exits),
+                                                              output="weighted").eval()
+        val_before, test_before = top1(before, data.val, **common), top1(before, data.test, **common)
+        del before
     else:
         result = two_step_finetune(extract, data, cfg, **kwargs)
+        val_before, test_before = search["search_val_top1"], search["search_test_top1"]
+    log.info("member %s: before fine-tune val %.2f %%, test %.2f %%", args.id, val_before, test_before)
     net = result.model.eval()
     test_after = top1(net, data.test, **common)
     select_after = top1(net, val_select, **common)
@@ -124,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     cpu_net = net.to("cpu")
     metrics = {
         "id": str(args.id),
-        "genome": str(member["genome"]),
+        "genome": exported_genome,
         "resolution": resolution,
         "params": int(count_params(cpu_net)),
         "macs": int(count_macs(cpu_net, resolution)),
@@ -138,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         # top-1 on the part of val that step 2 did not train on (where the ensembles are chosen)
         "select_top1_finetuned": float(select_after),
         "select_images": len(val_select),
+        **search,
         **result.summary(),
         "seconds": time.perf_counter() - t0,
     }
@@ -147,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         shutil.rmtree(tmp)
     try:
         export_network(net.to("cpu"), tmp, classes=data.classes, resolution=resolution, mean=data.mean, std=data.std,
-                       extra={"id": str(args.id), "genome": str(member["genome"]), "image_size": int(data.image_size)})
+                       extra={"id": str(args.id), "genome": exported_genome, "image_size": int(data.image_size)})
         write_json(tmp / "metrics.json", metrics)
         if out.exists():
             shutil.rmtree(out)

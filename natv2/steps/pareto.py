@@ -1,4 +1,9 @@
-"""``natv2 pareto``: the deliverable table, one row per front member (design.md §2 contract)."""
+"""``natv2 pareto``: the deliverable table, one row per front member (design.md §2 contract).
+
+Every contract column describes one network, the exported one (genome, costs, accuracies); the
+``search_*`` columns after them describe the net the search chose, which AEP changes for
+early-exit members (exits 1..nd attached, maybe pruned).
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +20,12 @@ COLUMNS = [
     "test_top1_finetuned",
     "path",
     "select_top1_finetuned",  # beyond the design.md contract, after its columns
+    # the single-exit net the search chose (differs from the row's net for AEP members)
+    "search_genome",
+    "search_params",
+    "search_macs",
+    "search_val_top1",
+    "search_test_top1",
 ]
 
 
@@ -47,7 +58,8 @@ def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
             rows.append(
                 {
                     "id": mid,
-                    "genome": member["genome"],
+                    # the exported net's genome (AEP: its exit gene is the deepest exit it kept)
+                    "genome": m.get("genome", member["genome"]),
                     "resolution": int(m.get("resolution", member.get("resolution"))),
                     "params": int(m["params"]),
                     "macs": int(m["macs"]),
@@ -59,6 +71,12 @@ def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
                     # on the part of val held out of fine-tuning, where ensembles are chosen
                     "select_top1_finetuned": float(m.get("select_top1_finetuned", "nan")),
                     "path": paths[mid],
+                    "search_genome": m.get("search_genome", member["genome"]),
+                    "search_params": m.get("search_params", member.get("params")),
+                    "search_macs": m.get("search_macs", member.get("macs")),
+                    "search_val_top1": m.get("search_val_top1", 100.0 - float(member["top1_err"])
+                                             if "top1_err" in member else float("nan")),
+                    "search_test_top1": m.get("search_test_top1", float("nan")),
                 }
             )
         except KeyError as e:
