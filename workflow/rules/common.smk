@@ -35,31 +35,25 @@ RESULTS = SETTINGS.results_dir
 
 # The merged config every step of this run reads, named by its content: another run (or a dry
 # run, `natv2 dvc`, a test) with another config writes another file, never this one, so a job
-# reads the config its run was started with. Not a rule input, and left out of the params
-# rerun trigger (see MergedConfig): what a step depends on is declared through its
-# `fingerprint` param below, so editing an unrelated key reruns nothing.
+# reads the config its run was started with. Not a rule input, and the same value for the
+# params rerun trigger whatever the config (see MergedConfigPath): what a step depends on is
+# declared through its `fingerprint` param below, so editing an unrelated key reruns nothing.
 MERGED_CONFIG_DIR = Path(".snakemake/natv2")
 
 
-class MergedConfig:
-    """The merged config's path as a rule param (`--config {params.config}`).
+class MergedConfigPath(str):
+    """The merged config's path (`--config {params.config}` in the shell command).
 
-    Snakemake's params trigger records only values it can represent (str, numbers, containers)
-    and skips other objects; this one's path changes with every config edit, so it must not
-    count: each step's own keys are in its `fingerprint` param.
+    Snakemake's params trigger records a param's `repr`; the path changes with every config
+    edit, so its repr is one constant: the fixed path this file had before it was named by its
+    content (so results made then are not rerun for it either).
     """
 
-    def __init__(self, path: Path):
-        self.path = str(path)
-
-    def __str__(self) -> str:
-        return self.path
-
-    def __fspath__(self) -> str:
-        return self.path
+    def __repr__(self) -> str:
+        return repr(".snakemake/natv2/config.yaml")
 
 
-def _write_merged_config(cfg: dict) -> MergedConfig:
+def _write_merged_config(cfg: dict):
     text = yaml.safe_dump(cfg, sort_keys=True)
     path = MERGED_CONFIG_DIR / f"config-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     # written once, atomically; a file of that name already holds this text (or is rewritten
@@ -68,7 +62,10 @@ def _write_merged_config(cfg: dict) -> MergedConfig:
         from natv2.io import write_text
 
         write_text(path, text)
-    return MergedConfig(path)
+    merged = MergedConfigPath(path)
+    # a function: Snakemake passes what a param function returns as it is (a plain string
+    # param would be copied into a str, losing the repr above)
+    return lambda wildcards: merged
 
 
 CONFIG = _write_merged_config(dict(config))
