@@ -41,19 +41,25 @@ RESULTS = SETTINGS.results_dir
 MERGED_CONFIG_DIR = Path(".snakemake/natv2")
 
 
-class MergedConfigPath(str):
-    """The merged config's path (`--config {params.config}` in the shell command).
-
-    Snakemake's params trigger records a param's `repr`; the path changes with every config
-    edit, so its repr is one constant: the fixed path this file had before it was named by its
-    content (so results made then are not rerun for it either).
-    """
+class _ConfigParam(str):
+    """The merged config's path as a param value: its `repr`, what Snakemake's params trigger
+    records, is one constant, the fixed path this file had before it was named by its content
+    (the path changes with every config edit; results made before are not rerun for it either)."""
 
     def __repr__(self) -> str:
         return repr(".snakemake/natv2/config.yaml")
 
 
-def _write_merged_config(cfg: dict):
+class MergedConfigPath(_ConfigParam):
+    """The merged config's path (`config=CONFIG` param, `--config {params.config}` in the shell)."""
+
+    def __call__(self, wildcards) -> _ConfigParam:
+        # as a param, a function: Snakemake passes what a param function returns as it is (a
+        # plain string param would be copied into a str, losing the constant repr)
+        return _ConfigParam(self)
+
+
+def _write_merged_config(cfg: dict) -> MergedConfigPath:
     text = yaml.safe_dump(cfg, sort_keys=True)
     path = MERGED_CONFIG_DIR / f"config-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
     # written once, atomically; a file of that name already holds this text (or is rewritten
@@ -62,10 +68,7 @@ def _write_merged_config(cfg: dict):
         from natv2.io import write_text
 
         write_text(path, text)
-    merged = MergedConfigPath(path)
-    # a function: Snakemake passes what a param function returns as it is (a plain string
-    # param would be copied into a str, losing the repr above)
-    return lambda wildcards: merged
+    return MergedConfigPath(path)
 
 
 CONFIG = _write_merged_config(dict(config))
