@@ -115,17 +115,17 @@ def main() -> int:
     parser.add_argument("--synthetic", action="store_true", help="synthetic objectives (no supernet, no data)")
     parser.add_argument("--supernet", help="trained supernet checkpoint")
     parser.add_argument("--data", help="split.json of the dataset (natv2 split)")
-    parser.add_argument("--config", action="append", help="config file(s) (default config/config.yaml)")
+    parser.add_argument("--config", action="append", help="config file(s), merged onto config/config.yaml")
     parser.add_argument("--budget", type=int, default=150, help="true evaluations per run (default 150)")
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--policies", nargs="+", default=["random", "nat", "natv2"])
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
 
-    from natv2.config import load_settings
+    from natv2.config import settings_from_args
     from natv2.front import HV_MARGIN, hypervolume
 
-    settings = load_settings(args.config or None)
+    settings = settings_from_args(args)
     if args.synthetic:
         space, evaluate, cost_fn = synthetic_problem()
     elif args.supernet and args.data:

@@ -391,13 +391,11 @@ def _build(cls, data: Mapping[str, Any], where: str):
 
 
 def deep_merge(base: dict, update: Mapping) -> dict:
-    """Merge ``update`` into a copy of ``base`` the way Snakemake merges config files."""
+    """Merge ``update`` into a copy of ``base`` as Snakemake merges ``--configfile`` files."""
+    from snakemake.utils import update_config
+
     out = copy.deepcopy(base)
-    for key, value in update.items():
-        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
-            out[key] = deep_merge(out[key], value)
-        else:
-            out[key] = copy.deepcopy(value)
+    update_config(out, copy.deepcopy(dict(update)))
     return out
 
 
@@ -427,14 +425,38 @@ def validate(config: dict) -> dict:
     return config
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a repeated key (YAML requires unique keys; PyYAML, and so
+    Snakemake, would silently keep the last one and drop a whole section)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if isinstance(key, typing.Hashable) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice (the second would replace the first)", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def yaml_error_message(path: str | Path, error: yaml.YAMLError) -> str:
+    """``<file>:<line>:<column>: not valid YAML (<problem>)``: one line an editor can jump to."""
+    mark = getattr(error, "problem_mark", None) or getattr(error, "context_mark", None)
+    where = f"{path}:{mark.line + 1}:{mark.column + 1}" if mark is not None else str(path)
+    problem = getattr(error, "problem", None) or str(error).splitlines()[0]
+    context = getattr(error, "context", None)
+    return f"{where}: not valid YAML ({f'{context}: ' if context else ''}{problem})"
+
+
 def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_file():
         raise Natv2Error(f"{path}: config file not found")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.load(path.read_text(), Loader=_UniqueKeyLoader) or {}
     except yaml.YAMLError as e:
-        raise Natv2Error(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+        raise Natv2Error(yaml_error_message(path, e)) from None
     if not isinstance(data, dict):
         raise Natv2Error(f"{path}: expected a mapping of config keys at the top level")
     return data
@@ -473,9 +495,10 @@ def add_config_argument(parser) -> None:
         "--config",
         action="append",
         metavar="YAML",
-        help="config file(s), merged in order (default: config/config.yaml)",
+        help="config file(s), merged in order onto config/config.yaml (as snakemake --configfile)",
     )
 
 
 def settings_from_args(args) -> Settings:
-    return load_settings(args.config or None)
+    """config/config.yaml, then each ``--config`` file merged onto it (as Snakemake's ``--configfile``)."""
+    return load_settings([DEFAULT_CONFIG, *(args.config or [])])

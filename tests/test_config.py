@@ -64,7 +64,7 @@ def test_bad_yaml_files(tmp_path):
         load_settings(tmp_path / "missing.yaml")
     broken = tmp_path / "broken.yaml"
     broken.write_text("data: [unclosed\n")
-    with pytest.raises(Natv2Error, match="broken.yaml: not valid YAML"):
+    with pytest.raises(Natv2Error, match=r"broken.yaml:2:1: not valid YAML"):
         load_settings(broken)
 
 

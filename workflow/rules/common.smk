@@ -11,13 +11,19 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from natv2.config import settings_from_dict
+from natv2.config import read_yaml, settings_from_dict
 from natv2.errors import Natv2Error
 
 
 # Validation before any job runs: Snakemake's validate (through natv2.config, which also
 # fills schema defaults), with a one-line message naming the key.
 try:
+    # config/config.yaml and each --configfile, strictly: a repeated key (Snakemake keeps the
+    # last, silently dropping a section) is refused with file and line. A YAML syntax error in
+    # a --configfile stops Snakemake before this file runs (its message names neither file nor
+    # line); `natv2 <step> --config FILE` names both.
+    for _path in workflow.configfiles:
+        read_yaml(_path)
     SETTINGS = settings_from_dict(config)
 except Natv2Error as e:
     raise WorkflowError(f"natv2: invalid config: {e}") from None
@@ -27,18 +33,42 @@ config.update(SETTINGS.raw)
 RESULTS = SETTINGS.results_dir
 
 
-# The merged config every step reads. A fixed path (not a rule input): what a step depends on
-# is declared through its `fingerprint` param below, so editing an unrelated key reruns nothing.
-MERGED_CONFIG = Path(".snakemake/natv2/config.yaml")
+# The merged config every step of this run reads, named by its content: another run (or a dry
+# run, `natv2 dvc`, a test) with another config writes another file, never this one, so a job
+# reads the config its run was started with. Not a rule input, and the same value for the
+# params rerun trigger whatever the config (see MergedConfigPath): what a step depends on is
+# declared through its `fingerprint` param below, so editing an unrelated key reruns nothing.
+MERGED_CONFIG_DIR = Path(".snakemake/natv2")
 
 
-def _write_merged_config(cfg: dict) -> str:
+class _ConfigParam(str):
+    """The merged config's path as a param value: its `repr`, what Snakemake's params trigger
+    records, is one constant, the fixed path this file had before it was named by its content
+    (the path changes with every config edit; results made before are not rerun for it either)."""
+
+    def __repr__(self) -> str:
+        return repr(".snakemake/natv2/config.yaml")
+
+
+class MergedConfigPath(_ConfigParam):
+    """The merged config's path (`config=CONFIG` param, `--config {params.config}` in the shell)."""
+
+    def __call__(self, wildcards) -> _ConfigParam:
+        # as a param, a function: Snakemake passes what a param function returns as it is (a
+        # plain string param would be copied into a str, losing the constant repr)
+        return _ConfigParam(self)
+
+
+def _write_merged_config(cfg: dict) -> MergedConfigPath:
     text = yaml.safe_dump(cfg, sort_keys=True)
-    if not MERGED_CONFIG.exists() or MERGED_CONFIG.read_text() != text:
+    path = MERGED_CONFIG_DIR / f"config-{hashlib.sha256(text.encode()).hexdigest()[:16]}.yaml"
+    # written once, atomically; a file of that name already holds this text (or is rewritten
+    # with it, if something else damaged it), so a reading job never sees another config
+    if not path.exists() or path.read_text() != text:
         from natv2.io import write_text
 
-        write_text(MERGED_CONFIG, text)
-    return str(MERGED_CONFIG)
+        write_text(path, text)
+    return MergedConfigPath(path)
 
 
 CONFIG = _write_merged_config(dict(config))
@@ -46,12 +76,13 @@ CONFIG = _write_merged_config(dict(config))
 
 
 
-def fingerprint(*keys: str):
+def fingerprint(*keys: str, content=None):
     """Hash of the config entries a step reads (dotted keys), as a `params:` rerun trigger.
 
     A `{ds}`-dependent key is written `datasets.{ds}`. Changing any other key does not rerun
     the step; `search.iterations` is never part of a fingerprint, so adding iterations reruns
-    only the new ones and what follows them.
+    only the new ones and what follows them. `content(wildcards)`, when given and not None,
+    is hashed in too (the split: the manifest of an image folder, see `data_content`).
     """
 
     def _fp(wildcards):
@@ -64,11 +95,29 @@ def fingerprint(*keys: str):
             if key == "search" and isinstance(node, dict):
                 node = {k: v for k, v in node.items() if k != "iterations"}
             picked[key] = node
+        extra = content(wildcards) if content is not None else None
+        if extra is not None:  # only then: a fingerprint without content keeps its old value
+            picked["content"] = extra
         blob = json.dumps(picked, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     _fp.config_keys = keys  # read by natv2.dvcgen: a DVC stage's params are these keys
     return _fp
+
+
+def data_content(wildcards) -> str | None:
+    """Manifest hash of an imagefolder dataset's files (relative paths, sizes, mtimes; natv2.manifest).
+
+    Adding, removing or replacing an image or a class changes it, and so the split's
+    fingerprint: the split and everything after it rerun. None for the other kinds, whose
+    content is fixed by their name.
+    """
+    from natv2.manifest import manifest_hash
+
+    entry = section("datasets").get(wildcards.ds)
+    if not isinstance(entry, dict) or entry.get("kind") != "imagefolder" or not entry.get("root"):
+        return None  # an unknown key or a missing root: `natv2 split` says so in one line
+    return manifest_hash(entry["root"])
 
 
 def section(name: str) -> dict:
