@@ -155,7 +155,8 @@ class PhasesConfig:
 
     full: PhaseConfig
     kernel: PhaseConfig
-    level: PhaseConfig
+    level1: PhaseConfig
+    level2: PhaseConfig
     exit: PhaseConfig
     depth1: PhaseConfig
     depth2: PhaseConfig

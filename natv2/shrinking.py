@@ -1,6 +1,6 @@
 """Extended progressive shrinking (OFA, extended by OFAv2): one phase = one call.
 
-    full -> kernel -> level (parallel-block nets) -> exit (early-exit nets)
+    full -> kernel -> level1 -> level2 (parallel-block nets) -> exit (early-exit nets)
          -> depth1 -> depth2 -> expand1 -> expand2
 
 Each phase unlocks one more elastic dimension and keeps those unlocked before it; the others
@@ -77,8 +77,8 @@ def _fix_exit(arch, space, mode: str):
 
 DIMENSIONS: dict[str, Dimension] = {
     "kernel": _field_dimension("kernel", "kernels"),
-    # parallel-block nets: the variant's space is expected to hold its branch choices in a
-    # ``levels`` field; the OFAv2 variants may register their own Dimension instead
+    # parallel-block nets: ``levels`` = how many branches a block may run (OFAv2 net_width_list);
+    # level1 allows the two largest (2, 3), level2 all (OFAv2 train/utils.py:30-57)
     "level": _field_dimension("level", "levels"),
     "exit": Dimension("exit", applies=lambda space: getattr(space, "n_exits", 0) > 0, fix=_fix_exit),
     "depth": _field_dimension("depth", "depths"),
@@ -99,7 +99,8 @@ class Phase:
 PHASES: tuple[Phase, ...] = (
     Phase("full", None),
     Phase("kernel", "kernel"),
-    Phase("level", "level"),
+    Phase("level1", "level", "top2"),  # OFAv2: blocks run 2 or 3 branches
+    Phase("level2", "level"),  # OFAv2: 1, 2 or 3 branches
     Phase("exit", "exit"),
     Phase("depth1", "depth", "top2"),  # OFA: depth {3, 4}
     Phase("depth2", "depth"),  # OFA: depth {2, 3, 4}
