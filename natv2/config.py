@@ -62,7 +62,7 @@ class DataConfig:
 class SupernetConfig:
     """The supernet and its search space (natv2.nets, natv2.space; design.md §3).
 
-    ``widths``: one entry = one supernet (OFA w1.0 or w1.2); the genome's width gene indexes it.
+    ``widths``: one supernet per entry (OFA w1.0, w1.2), side by side; the width gene picks one.
     ``stem_stride`` 2 is OFA's (224 px); 1 keeps useful feature maps at 32-64 px.
     """
 

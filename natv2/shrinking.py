@@ -139,6 +139,26 @@ def phase_modes(phase: Phase, space) -> dict[str, str]:
     return {name: free.get(name, "max") for name, dim in DIMENSIONS.items() if dim.applies(space)}
 
 
+def every_width(sampler: Callable[[np.random.Generator], np.ndarray], space) -> Callable[[np.random.Generator], np.ndarray]:
+    """``sampler`` with the width gene cycling through ``space.widths`` draw after draw.
+
+    With ``subnets_per_step`` times ``len(widths)`` draws per batch, every width's supernet trains
+    its own ``subnets_per_step`` subnets on every batch, as OFAv2 trains each width in its own run
+    (natv2.nets.multiwidth); a one-width space gets ``sampler`` itself.
+    """
+    n = len(space.widths)
+    if n == 1:
+        return sampler
+    draws = iter(range(1 << 62))
+
+    def sample(rng: np.random.Generator) -> np.ndarray:
+        g = np.array(sampler(rng))
+        g[1] = next(draws) % n
+        return g
+
+    return sample
+
+
 def phase_sampler(space, phase: Phase) -> Callable[[np.random.Generator], np.ndarray]:
     """``sample(rng) -> genome`` of the full space, with only ``phase``'s dimensions elastic.
 
@@ -242,8 +262,8 @@ def run_phase(
         supernet,
         data.train,
         train_config(cfg, phase_cfg, kd=teacher is not None),
-        subnet_sampler=phase_sampler(space, phase),
-        subnets_per_step=phase_cfg.subnets_per_step,
+        subnet_sampler=every_width(phase_sampler(space, phase), space),
+        subnets_per_step=phase_cfg.subnets_per_step * len(space.widths),  # per width (natv2.nets.multiwidth)
         teacher=teacher,
         resume=resume,
         device=device,
