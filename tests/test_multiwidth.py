@@ -125,3 +125,35 @@ def test_shrinking_phases_train_every_width_on_every_batch():
     one = SearchSpace()
     plain = phase_sampler(one, get_phase("kernel"))
     assert every_width(plain, one) is plain
+
+
+def test_evaluation_uses_each_widths_supernet_and_stem_cache(monkeypatch):
+    """Genomes of both widths evaluate through their own supernet (same numbers as a one-width
+    supernet of that width), with one stem cache per width and resolution."""
+    import natv2.evaluate as ev
+    from natv2.config import EvaluationConfig
+    from natv2.data import DataBundle, ImageSet
+
+    def images(n, seed):
+        g = torch.Generator().manual_seed(seed)
+        return ImageSet(torch.randint(0, 256, (n, 3, RES, RES), generator=g, dtype=torch.uint8),
+                        torch.randint(0, 4, (n,), generator=g))
+
+    torch.manual_seed(0)
+    net = randomize(build_supernet({**CFG, "variant": "ofa_mbv3"}, 4), 1).eval()
+    data = DataBundle(["a", "b", "c", "d"], RES, (0.5,) * 3, (0.25,) * 3, images(48, 3), images(24, 4), images(8, 5))
+    cfg = EvaluationConfig(bn_images=16, batch_size=16, channels_last=True, fold_bn=True, latency=False,
+                           latency_batch_size=1, latency_repeats=1, latency_warmup=0)
+    g = net.space.sample(2, np.random.default_rng(6), "natv2")
+    genomes = [_width(net.space, g[0], 1), _width(net.space, g[1], 0), _width(net.space, g[0], 0)]
+    stems = []
+    real = ev.prepare_stem_cache
+    monkeypatch.setattr(ev, "prepare_stem_cache", lambda stem, *a, **k: stems.append(stem) or real(stem, *a, **k))
+    both = ev.evaluate_genomes(net, genomes, data, cfg, progress=False, seed=1)
+    assert [id(s) for s in stems] == [id(net.engines[0].stem), id(net.engines[1].stem)]
+    for k, genome in enumerate(genomes):
+        engine = net.engines[int(genome[1])]
+        alone = ev.evaluate_genomes(engine, [_width(engine.space, genome, 0)], data, cfg, progress=False, seed=1)
+        assert both["top1"][k] == alone["top1"][0] and both["params"][k] == alone["params"][0]
+    assert both["genome"].tolist() == [net.space.to_string(x) for x in genomes]
+    assert both["params"][0] > both["params"][2]  # the same genome is larger at w1.2
