@@ -35,7 +35,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from natv2.errors import Natv2Error
 from natv2.nets.elastic import ElasticMBConv
