@@ -62,7 +62,7 @@ class DataConfig:
 class SupernetConfig:
     """The supernet and its search space (natv2.nets, natv2.space; design.md §3).
 
-    ``widths``: one entry = one supernet (OFA w1.0 or w1.2); the genome's width gene indexes it.
+    ``widths``: one supernet per entry (OFA w1.0, w1.2), side by side; the width gene picks one.
     ``stem_stride`` 2 is OFA's (224 px); 1 keeps useful feature maps at 32-64 px.
     """
 
@@ -158,7 +158,8 @@ class PhasesConfig:
 
     full: PhaseConfig
     kernel: PhaseConfig
-    level: PhaseConfig
+    level1: PhaseConfig
+    level2: PhaseConfig
     exit1: PhaseConfig  # OFAv2 net_depth phases: active exits {4,5}, {3..5}, {2..5}, {1..5}
     exit2: PhaseConfig
     exit3: PhaseConfig

@@ -469,25 +469,28 @@ def evaluate_genomes(
     images = data.split(split) if hasattr(data, "split") else getattr(data, split)
     bn_set = data.train.subset(cfg.bn_images, torch_stream(seed, "bn-images")) if cfg.bn_images > 0 else None
     common = dict(mean=data.mean, std=data.std, batch_size=cfg.batch_size, device=device, channels_last=cfg.channels_last)
-    # group by resolution so each resolution's tensors are prepared once and only one is held
-    order = sorted(range(len(gs)), key=lambda i: space.decode(gs[i]).resolution)
+    # group by resolution so each resolution's tensors are prepared once and only one is held;
+    # with several widths (natv2.nets.multiwidth) by width too: each width's supernet has its own stem
+    order = sorted(range(len(gs)), key=lambda i: (space.decode(gs[i]).resolution, int(gs[i][1])))
+    engines = getattr(supernet, "engines", None)
     rows: dict[int, dict] = {}
-    cached_res, bn_batches, eval_batches = None, None, None
+    cached_res, cached_width, bn_batches, eval_batches = None, None, None, None
     t0 = time.perf_counter()
     bar = tqdm(order, desc=f"evaluate {split}", unit="net", disable=not progress)
     for i in bar:
         g = gs[i]
         res = space.decode(g).resolution
-        if res != cached_res:
+        if res != cached_res or (engines is not None and int(g[1]) != cached_width):
             eval_batches = bn_batches = None  # the previous resolution's tensors go first
             eval_batches = prepare_batches(images, resolution=res, **common)
             bn_batches = prepare_batches(bn_set, resolution=res, **common) if bn_set is not None else None
-            if isinstance(getattr(supernet, "stem", None), nn.Module):
+            stem = getattr(engines[int(g[1])] if engines is not None else supernet, "stem", None)
+            if isinstance(stem, nn.Module):
                 bn_batches, eval_batches = prepare_stem_cache(
-                    supernet.stem, bn_batches, eval_batches, fold=cfg.fold_bn, channels_last=cfg.channels_last,
+                    stem, bn_batches, eval_batches, fold=cfg.fold_bn, channels_last=cfg.channels_last,
                     max_bytes=stem_cache_bytes,
                 )
-            cached_res = res
+            cached_res, cached_width = res, int(g[1])
         static = supernet.extract(g).to(device)
         if bn_batches is not None:
             recalibrate_on(static, bn_batches, cfg.channels_last)

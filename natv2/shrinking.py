@@ -1,6 +1,6 @@
 """Extended progressive shrinking (OFA, extended by OFAv2): one phase = one call.
 
-    full -> kernel -> level (parallel-block nets) -> exit1..exit4 (early-exit nets)
+    full -> kernel -> level1 -> level2 (parallel-block nets) -> exit1..exit4 (early-exit nets)
          -> depth1 -> depth2 -> expand1 -> expand2
 
 Each phase unlocks one more elastic dimension and keeps those unlocked before it; the others
@@ -83,8 +83,8 @@ def _fix_exit(arch, space, mode: str, rng: np.random.Generator):
 
 DIMENSIONS: dict[str, Dimension] = {
     "kernel": _field_dimension("kernel", "kernels"),
-    # parallel-block nets: the variant's space is expected to hold its branch choices in a
-    # ``levels`` field; the OFAv2 variants may register their own Dimension instead
+    # parallel-block nets: ``levels`` = how many branches a block may run (OFAv2 net_width_list);
+    # level1 allows the two largest (2, 3), level2 all (OFAv2 train/utils.py:30-57)
     "level": _field_dimension("level", "levels"),
     "exit": Dimension("exit", applies=lambda space: getattr(space, "n_exits", 0) > 0, fix=_fix_exit),
     "depth": _field_dimension("depth", "depths"),
@@ -105,7 +105,8 @@ class Phase:
 PHASES: tuple[Phase, ...] = (
     Phase("full", None),
     Phase("kernel", "kernel"),
-    Phase("level", "level"),
+    Phase("level1", "level", "top2"),  # OFAv2: blocks run 2 or 3 branches
+    Phase("level2", "level"),  # OFAv2: 1, 2 or 3 branches
     # OFAv2 net_depth phases 1-4 (OFA_mbv3_extended/train/utils.py:59-105): active exits
     # {4,5}, {3..5}, {2..5}, {1..5}
     Phase("exit1", "exit", "top2"),
@@ -147,6 +148,26 @@ def phase_modes(phase: Phase, space) -> dict[str, str]:
     """Mode of every dimension the space has during ``phase`` (``max`` = locked at the largest)."""
     free = unlocked(phase)
     return {name: free.get(name, "max") for name, dim in DIMENSIONS.items() if dim.applies(space)}
+
+
+def every_width(sampler: Callable[[np.random.Generator], np.ndarray], space) -> Callable[[np.random.Generator], np.ndarray]:
+    """``sampler`` with the width gene cycling through ``space.widths`` draw after draw.
+
+    With ``subnets_per_step`` times ``len(widths)`` draws per batch, every width's supernet trains
+    its own ``subnets_per_step`` subnets on every batch, as OFAv2 trains each width in its own run
+    (natv2.nets.multiwidth); a one-width space gets ``sampler`` itself.
+    """
+    n = len(space.widths)
+    if n == 1:
+        return sampler
+    draws = iter(range(1 << 62))
+
+    def sample(rng: np.random.Generator) -> np.ndarray:
+        g = np.array(sampler(rng))
+        g[1] = next(draws) % n
+        return g
+
+    return sample
 
 
 def phase_sampler(space, phase: Phase) -> Callable[[np.random.Generator], np.ndarray]:
@@ -276,8 +297,8 @@ def run_phase(
             supernet,
             data.train,
             tcfg,
-            subnet_sampler=phase_sampler(space, phase),
-            subnets_per_step=phase_cfg.subnets_per_step,
+            subnet_sampler=every_width(phase_sampler(space, phase), space),
+            subnets_per_step=phase_cfg.subnets_per_step * len(space.widths),  # per width (natv2.nets.multiwidth)
             teacher=teacher,
             loss_fn=loss_fn,
             resume=resume,

@@ -2,14 +2,17 @@
 
 A genome is an int vector laid out as
 
-    [r, w, s1b1 .. s1bM, s2b1 .. s2bM, ..., sSb1 .. sSbM, (l1 .. lS), (exit)]
+    [r, w, s1b1 .. s1bM, s2b1 .. s2bM, ..., sSb1 .. sSbM, (exit)]
 
 ``r`` indexes ``resolutions``, ``w`` indexes ``widths``; each block slot is 0 = skipped, or
 ``len(kernels) * idx(expand) + idx(kernel) + 1`` (1..9 for the OFA space). The first
 ``min(depths)`` slots of a stage are never skipped. With ``n_exits > 0`` the last gene is the
-exit (1..n_exits) whose head produces the output. Parallel-block supernets (OFAv2 *_P, *_DP)
-have one level gene per stage (``levels`` non-empty), just before the exit gene: the index into
-``levels`` of how many parallel branches each block of that stage runs (natv2.variants).
+exit (1..n_exits) whose head produces the output. Parallel-block supernets (OFAv2 *_P, *_DP;
+``levels`` non-empty) fold the block's branch set into its slot code, as OFAv2's parallel
+search space does (``NAT_extended/search/search_spaces/ea_ofa_search_spaces.py:264-286``):
+``len(kernels) * len(expands) * idx(branches) + len(kernels) * idx(expand) + idx(kernel) + 1``
+(1..63 for the OFA space), ``branches`` one of ``branch_keys`` (natv2.variants.branch_keys:
+the original's nw keys with ``levels`` active branches, in its order).
 ``from_config`` derives ``n_exits`` and ``levels`` from ``supernet.variant`` (natv2.variants).
 
 A *valid* genome is canonical: in every stage the active blocks form a prefix (skips only at
@@ -37,6 +40,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from natv2.errors import Natv2Error
+from natv2.variants import BRANCH_KEYS, PARALLEL_LEVELS, branch_keys
 
 POLICIES = ("nat", "natv2", "balanced")
 #: NATv2's initial sampling: probability that an optional block slot (after the first
@@ -51,14 +55,15 @@ Block = tuple[int, int]  # (kernel, expand)
 class Arch:
     """A decoded genome: the architecture in words.
 
-    ``stages[i]`` lists the (kernel, expand) of the active blocks of stage i, in order.
+    ``stages[i]`` lists the (kernel, expand) of the active blocks of stage i, in order;
+    ``branches[i]`` (parallel-block spaces) the branch-set key of each of them (natv2.variants).
     """
 
     resolution: int
     width: float
     stages: tuple[tuple[Block, ...], ...]
     exit: int | None = None
-    levels: tuple[int, ...] | None = None  # per stage: parallel branches run (parallel-block nets)
+    branches: tuple[tuple[int, ...], ...] | None = None  # per stage, per active block: branch-set key
 
     @property
     def depths(self) -> tuple[int, ...]:
@@ -71,7 +76,7 @@ class Arch:
             "width": self.width,
             "stages": [[list(b) for b in s] for s in self.stages],
             "exit": self.exit,
-            "levels": None if self.levels is None else list(self.levels),
+            "branches": None if self.branches is None else [list(b) for b in self.branches],
         }
 
     @classmethod
@@ -81,7 +86,7 @@ class Arch:
             width=float(d["width"]),
             stages=tuple(tuple((int(b[0]), int(b[1])) for b in s) for s in d["stages"]),
             exit=None if d.get("exit") is None else int(d["exit"]),
-            levels=None if d.get("levels") is None else tuple(int(v) for v in d["levels"]),
+            branches=None if d.get("branches") is None else tuple(tuple(int(v) for v in b) for b in d["branches"]),
         )
 
 
@@ -109,7 +114,7 @@ class SearchSpace:
     n_stages: int = 5
     max_blocks: int = 4
     n_exits: int = 0
-    levels: tuple[int, ...] = ()  # parallel branches per block (empty = no level genes)
+    levels: tuple[int, ...] = ()  # allowed numbers of parallel branches per block (empty = plain blocks)
 
     def __post_init__(self) -> None:
         # normalise lists (from YAML) to tuples so the space is hashable and comparable
@@ -130,8 +135,8 @@ class SearchSpace:
         if self.n_exits < 0:
             raise Natv2Error(f"search space n_exits: expected >= 0, got {self.n_exits}")
         levels = tuple(sorted(_as_tuple(self.levels, int, "levels"))) if len(tuple(self.levels or ())) else ()
-        if any(v < 1 for v in levels):
-            raise Natv2Error(f"search space levels: expected positive branch counts, got {list(levels)}")
+        if any(v not in PARALLEL_LEVELS for v in levels):
+            raise Natv2Error(f"search space levels: expected branch counts in {list(PARALLEL_LEVELS)}, got {list(levels)}")
         object.__setattr__(self, "levels", levels)
 
     # ---------------------------------------------------------------- construction
@@ -147,7 +152,7 @@ class SearchSpace:
             value = get(name)
             if value is not None:
                 kwargs[name] = value
-        # the variant implies the exit and level genes (natv2.variants)
+        # the variant implies the exit gene and the branch sets (natv2.variants)
         kwargs.update(space_fields(get("variant"), int(kwargs.get("n_stages", cls.n_stages)),
                                    n_exits=get("n_exits"), levels=get("levels")))
         return cls(**kwargs)
@@ -155,9 +160,14 @@ class SearchSpace:
     # ---------------------------------------------------------------- layout (derived)
 
     @property
+    def branch_keys(self) -> tuple[int, ...]:
+        """Branch-set keys a parallel block may take, in code order (empty: plain blocks)."""
+        return branch_keys(self.levels) if self.levels else ()
+
+    @property
     def n_choices(self) -> int:
-        """Number of (kernel, expand) codes per block slot."""
-        return len(self.kernels) * len(self.expands)
+        """Number of non-skip codes per block slot: (kernel, expand) [x branch set]."""
+        return len(self.kernels) * len(self.expands) * max(1, len(self.branch_keys))
 
     @property
     def min_depth(self) -> int:
@@ -173,25 +183,12 @@ class SearchSpace:
         return self.n_stages * self.max_blocks
 
     @property
-    def level_offset(self) -> int:
-        """Position of the first level gene (one per stage, present when ``levels`` is non-empty)."""
-        return self.block_offset + self.n_blocks
-
-    @property
-    def n_level_genes(self) -> int:
-        return self.n_stages if self.levels else 0
-
-    @property
-    def level_positions(self) -> np.ndarray:
-        return self.level_offset + np.arange(self.n_level_genes)
-
-    @property
     def exit_position(self) -> int | None:
-        return self.level_offset + self.n_level_genes if self.n_exits else None
+        return self.block_offset + self.n_blocks if self.n_exits else None
 
     @property
     def n_var(self) -> int:
-        return self.level_offset + self.n_level_genes + (1 if self.n_exits else 0)
+        return self.block_offset + self.n_blocks + (1 if self.n_exits else 0)
 
     @cached_property
     def _bounds(self) -> tuple[np.ndarray, np.ndarray]:
@@ -202,7 +199,6 @@ class SearchSpace:
         slots = self._slot_matrix  # (n_stages, max_blocks) gene positions
         xu[slots] = self.n_choices
         xl[slots[:, : self.min_depth]] = 1  # the first min(depths) slots are never skipped
-        xu[self.level_positions] = len(self.levels) - 1
         if self.n_exits:
             xl[self.exit_position] = 1
             xu[self.exit_position] = self.n_exits
@@ -236,23 +232,34 @@ class SearchSpace:
             return "width gene"
         if self.n_exits and pos == self.exit_position:
             return "exit gene"
-        if self.n_level_genes and self.level_offset <= pos < self.level_offset + self.n_level_genes:
-            return f"stage {pos - self.level_offset + 1} level gene"
         stage, block = divmod(pos - self.block_offset, self.max_blocks)
         return f"stage {stage + 1} block {block + 1}"
 
-    def code(self, kernel: int, expand: int) -> int:
-        """Block code of (kernel, expand)."""
+    def code(self, kernel: int, expand: int, branches: int | None = None) -> int:
+        """Block code of (kernel, expand) and, in parallel-block spaces, the branch-set key."""
         if kernel not in self.kernels:
             raise Natv2Error(f"kernel {kernel}: expected one of {list(self.kernels)}")
         if expand not in self.expands:
             raise Natv2Error(f"expand ratio {expand}: expected one of {list(self.expands)}")
-        return len(self.kernels) * self.expands.index(expand) + self.kernels.index(kernel) + 1
+        ke = len(self.kernels) * self.expands.index(expand) + self.kernels.index(kernel)
+        if not self.levels:
+            if branches is not None:
+                raise Natv2Error(f"branches {branches}: this search space has plain blocks (no parallel branches)")
+            return ke + 1
+        if branches not in self.branch_keys:
+            raise Natv2Error(f"branches {branches}: expected one of {list(self.branch_keys)} (levels {list(self.levels)})")
+        return len(self.kernels) * len(self.expands) * self.branch_keys.index(branches) + ke + 1
 
     def block(self, code: int) -> Block:
         """(kernel, expand) of a non-zero block code."""
-        e, k = divmod(int(code) - 1, len(self.kernels))
+        e, k = divmod((int(code) - 1) % (len(self.kernels) * len(self.expands)), len(self.kernels))
         return self.kernels[k], self.expands[e]
+
+    def branches(self, code: int) -> int | None:
+        """Branch-set key of a non-zero block code (None in a plain-block space)."""
+        if not self.levels:
+            return None
+        return self.branch_keys[(int(code) - 1) // (len(self.kernels) * len(self.expands))]
 
     # ---------------------------------------------------------------- sampling
 
@@ -292,7 +299,9 @@ class SearchSpace:
     def smallest(self) -> np.ndarray:
         """Lowest resolution and width, minimum depth, smallest kernel and expand everywhere."""
         g = np.zeros(self.n_var, dtype=np.int64)
-        g[self._slot_matrix[:, : self.min_depth]] = self.code(min(self.kernels), min(self.expands))
+        # parallel blocks: the first branch set of the fewest branches (key 1 = the pool branch alone)
+        g[self._slot_matrix[:, : self.min_depth]] = self.code(
+            min(self.kernels), min(self.expands), self.branch_keys[0] if self.levels else None)
         if self.n_exits:
             g[self.exit_position] = 1
         return g
@@ -302,8 +311,9 @@ class SearchSpace:
         g = np.zeros(self.n_var, dtype=np.int64)
         g[0] = len(self.resolutions) - 1
         g[1] = len(self.widths) - 1
-        g[self._slot_matrix] = self.code(max(self.kernels), max(self.expands))
-        g[self.level_positions] = len(self.levels) - 1
+        # parallel blocks: OFAv2's max net width, max(get_valid_nw_keys(max(levels))) (7 = every branch)
+        top = max(branch_keys((max(self.levels),))) if self.levels else None
+        g[self._slot_matrix] = self.code(max(self.kernels), max(self.expands), top)
         if self.n_exits:
             g[self.exit_position] = self.n_exits
         return g
@@ -392,12 +402,17 @@ class SearchSpace:
         stages = tuple(
             tuple(self.block(c) for c in g[self._slot_matrix[s]] if c != 0) for s in range(self.n_stages)
         )
+        branches = None
+        if self.levels:
+            branches = tuple(
+                tuple(self.branches(c) for c in g[self._slot_matrix[s]] if c != 0) for s in range(self.n_stages)
+            )
         return Arch(
             resolution=self.resolutions[g[0]],
             width=self.widths[g[1]],
             stages=stages,
             exit=int(g[self.exit_position]) if self.n_exits else None,
-            levels=tuple(self.levels[int(v)] for v in g[self.level_positions]) if self.levels else None,
+            branches=branches,
         )
 
     def encode(self, arch: Arch) -> np.ndarray:
@@ -408,6 +423,14 @@ class SearchSpace:
             raise Natv2Error(f"width {arch.width}: expected one of {list(self.widths)}")
         if len(arch.stages) != self.n_stages:
             raise Natv2Error(f"architecture: expected {self.n_stages} stages, got {len(arch.stages)}")
+        if self.levels:
+            if arch.branches is None or [len(b) for b in arch.branches] != [len(s) for s in arch.stages]:
+                raise Natv2Error(
+                    f"branches {arch.branches}: expected one branch-set key per active block "
+                    f"(keys {list(self.branch_keys)})"
+                )
+        elif arch.branches is not None:
+            raise Natv2Error(f"branches {[list(b) for b in arch.branches]}: this search space has plain blocks")
         g = np.zeros(self.n_var, dtype=np.int64)
         g[0] = self.resolutions.index(arch.resolution)
         g[1] = self.widths.index(widths[0])
@@ -415,75 +438,70 @@ class SearchSpace:
             if len(blocks) not in self.depths:
                 raise Natv2Error(f"stage {s + 1}: depth {len(blocks)} not allowed; expected one of {list(self.depths)}")
             for b, (k, e) in enumerate(blocks):
-                g[self.slot_position(s, b)] = self.code(k, e)
+                g[self.slot_position(s, b)] = self.code(k, e, arch.branches[s][b] if self.levels else None)
         if self.n_exits:
             if arch.exit is None or not 1 <= arch.exit <= self.n_exits:
                 raise Natv2Error(f"exit {arch.exit}: expected 1..{self.n_exits}")
             g[self.exit_position] = arch.exit
         elif arch.exit is not None:
             raise Natv2Error(f"exit {arch.exit}: this search space has no exit gene")
-        if self.levels:
-            if arch.levels is None or len(arch.levels) != self.n_stages or any(v not in self.levels for v in arch.levels):
-                raise Natv2Error(f"levels {arch.levels}: expected {self.n_stages} values in {list(self.levels)}")
-            g[self.level_positions] = [self.levels.index(v) for v in arch.levels]
-        elif arch.levels is not None:
-            raise Natv2Error(f"levels {list(arch.levels)}: this search space has no level genes")
         return g
 
     # ---------------------------------------------------------------- string form
 
     def to_string(self, g: Any) -> str:
-        """One CSV-safe token, e.g. ``r32-w1.0-k3e4.k5e6-k7e3.k3e3.k3e3-...(-l3.1.2.3.3)(-x3)``."""
+        """One CSV-safe token, e.g. ``r32-w1.0-k3e4.k5e6-k7e3.k3e3.k3e3-...(-x3)``.
+
+        Parallel-block spaces append each block's branch-set key: ``k3e4b7`` (natv2.variants).
+        """
         arch = self.decode(g)
         parts = [f"r{arch.resolution}", f"w{arch.width!r}"]
-        parts += [".".join(f"k{k}e{e}" for k, e in stage) for stage in arch.stages]
-        if arch.levels is not None:
-            parts.append("l" + ".".join(str(v) for v in arch.levels))
+        if arch.branches is None:
+            parts += [".".join(f"k{k}e{e}" for k, e in stage) for stage in arch.stages]
+        else:
+            parts += [".".join(f"k{k}e{e}b{n}" for (k, e), n in zip(stage, nws))
+                      for stage, nws in zip(arch.stages, arch.branches)]
         if arch.exit is not None:
             parts.append(f"x{arch.exit}")
         return "-".join(parts)
 
-    _BLOCK_RE = re.compile(r"^k(\d+)e(\d+)$")
+    _BLOCK_RE = re.compile(r"^k(\d+)e(\d+)(?:b(\d+))?$")
 
     def from_string(self, s: str) -> np.ndarray:
         """Inverse of :meth:`to_string`; a malformed string raises Natv2Error naming it."""
         if not isinstance(s, str):
             raise Natv2Error(f"genome string: expected text, got {s!r}")
         parts = s.strip().split("-")
-        expected = 2 + self.n_stages + (1 if self.levels else 0) + (1 if self.n_exits else 0)
+        expected = 2 + self.n_stages + (1 if self.n_exits else 0)
         if len(parts) != expected:
             raise Natv2Error(
                 f"genome string {s!r}: expected {expected} '-'-separated parts "
-                f"(r<res>-w<width>-<stage>x{self.n_stages}{'-l<levels>' if self.levels else ''}"
-                f"{'-x<exit>' if self.n_exits else ''})"
+                f"(r<res>-w<width>-<stage>x{self.n_stages}{'-x<exit>' if self.n_exits else ''})"
             )
         try:
             if not parts[0].startswith("r") or not parts[1].startswith("w"):
                 raise ValueError
             resolution, width = int(parts[0][1:]), float(parts[1][1:])
-            stages = []
+            stages, branches = [], []
             for part in parts[2 : 2 + self.n_stages]:
-                blocks = []
+                blocks, nws = [], []
                 for tok in part.split("."):
                     m = self._BLOCK_RE.match(tok)
-                    if m is None:
+                    if m is None or (m.group(3) is None) == bool(self.levels):
                         raise ValueError
                     blocks.append((int(m.group(1)), int(m.group(2))))
+                    nws.append(None if m.group(3) is None else int(m.group(3)))
                 stages.append(tuple(blocks))
-            levels = None
-            if self.levels:
-                part = parts[2 + self.n_stages]
-                if not part.startswith("l"):
-                    raise ValueError
-                levels = tuple(int(v) for v in part[1:].split("."))
+                branches.append(tuple(nws))
             exit_ = None
             if self.n_exits:
                 if not parts[-1].startswith("x"):
                     raise ValueError
                 exit_ = int(parts[-1][1:])
         except ValueError:
-            raise Natv2Error(f"genome string {s!r}: not of the form r32-w1.0-k3e4.k5e6-...") from None
+            form = "r32-w1.0-k3e4b7.k5e6b1-..." if self.levels else "r32-w1.0-k3e4.k5e6-..."
+            raise Natv2Error(f"genome string {s!r}: not of the form {form}") from None
         try:
-            return self.encode(Arch(resolution, width, tuple(stages), exit_, levels))
+            return self.encode(Arch(resolution, width, tuple(stages), exit_, tuple(branches) if self.levels else None))
         except Natv2Error as e:
             raise Natv2Error(f"genome string {s!r}: {e}") from None

@@ -9,8 +9,11 @@ OFAv2 (Sarti et al., arXiv 2302.01888) names its supernets ``<exits>_<blocks>``:
 plus ``ofa_mbv3``, the plain OFA MobileNetV3. The variant decides two parts of the genome:
 
 - EE adds the exit gene (``n_exits = n_stages``, the last gene);
-- P adds one *level* gene per stage (``levels``: how many of the block's parallel branches
-  run — 1 = the MBConv alone, 2 = + the 1x1 conv branch, 3 = + the pool/projection branch).
+- P folds a *branch set* into every block slot's code (OFAv2's "net width", nw): each block runs
+  any non-empty subset of its three parallel branches (MBConv, 1x1 conv + BN + act, max-pool +
+  1x1 conv + BN + act). ``levels`` are the allowed subset *sizes* (OFAv2's ``net_width_list``,
+  default 1, 2, 3); a subset is named by the original's key (:data:`BRANCH_KEYS`, 1..7: bit 4 =
+  MBConv, 2 = 1x1 conv, 1 = pool; ``my_networks.py:403-421``).
 
 :func:`space_fields` gives those SearchSpace fields, so ``SearchSpace.from_config`` derives them
 from ``supernet.variant`` alone (one config key chooses the variant).
@@ -24,8 +27,22 @@ from natv2.errors import Natv2Error
 BASE_VARIANT = "ofa_mbv3"
 OFAV2_VARIANTS: tuple[str, ...] = ("SE_B", "SE_D", "SE_P", "SE_DP", "EE_B", "EE_D", "EE_P", "EE_DP")
 VARIANTS: tuple[str, ...] = (BASE_VARIANT, *OFAV2_VARIANTS)
-# level = number of parallel branches that run: MBConv, + 1x1 conv, + pool/projection
+# allowed numbers of parallel branches a block runs (OFAv2 net_width_list)
 PARALLEL_LEVELS: tuple[int, ...] = (1, 2, 3)
+BRANCHES: tuple[str, ...] = ("mbconv", "conv", "pool")
+# OFAv2 nw key -> which branches run, (mbconv, conv, pool) (OFA_mbv3_extended/networks/nets/my_networks.py:403-411)
+BRANCH_KEYS: dict[int, tuple[bool, bool, bool]] = {
+    key: (bool(key & 4), bool(key & 2), bool(key & 1)) for key in range(1, 8)
+}
+
+
+def branch_keys(levels) -> tuple[int, ...]:
+    """The branch-set keys with ``levels`` active branches, in OFAv2's order.
+
+    ``get_valid_nw_keys`` (``my_networks.py:433-454``): for each size in ``levels`` (ascending),
+    the keys with that many branches, ascending; (1, 2, 3) -> (1, 2, 4, 3, 5, 6, 7).
+    """
+    return tuple(k for n in sorted(levels) for k, on in BRANCH_KEYS.items() if sum(on) == n)
 
 
 @dataclass(frozen=True)

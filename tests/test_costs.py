@@ -1,6 +1,7 @@
 """Costs: parameters, MACs from torch's flop counter, latency."""
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -57,3 +58,29 @@ def test_latency_is_a_positive_median(supernet):
     assert ms_plain > 0
     with pytest.raises(Natv2Error, match="repeats >= 1"):
         measure_latency(static, 32, repeats=0)
+
+
+def test_parallel_branch_costs_are_the_originals():
+    """Params and MACs the OFAv2 parallel branches add (``OFA_mbv3_extended/networks/stages/
+    static_stages/stat_layers_builders.py:225-290``, ``networks/layers/static_layers/stat_layers.py:50-85``):
+    per block a 1x1 conv (no bias) + BN, and the transformation branch: in the first block of a
+    stage a 1x1 conv with bias + BN after the max-pool, in the later blocks (same width) BN alone."""
+    torch.manual_seed(0)
+    net = build_supernet({"variant": "SE_P", "resolutions": [32], "stem_stride": 1}, 10).eval()
+    space = net.space
+    arch = space.decode(space.largest())
+
+    def genome(key):
+        return space.encode(dataclasses.replace(arch, branches=((key,) * 4,) * 5))
+
+    only_mb, every = genome(4), genome(7)
+    chs, sizes = [24, 40, 80, 112, 160], [16, 8, 4, 4, 2]  # OFA w1.0 stages; 32 px, strides 2, 2, 2, 1, 2
+    params = macs = 0
+    prev = 16  # the stem block's width
+    for out, hw in zip(chs, sizes):
+        params += (prev * out + 2 * out) + (prev * out + out + 2 * out)  # first block: conv, pool branch
+        params += 3 * ((out * out + 2 * out) + 2 * out)  # later blocks
+        macs += hw * hw * (2 * prev * out + 3 * out * out)
+        prev = out
+    assert count_params(net.extract(every)) - count_params(net.extract(only_mb)) == params
+    assert count_macs(net.extract(every), 32) - count_macs(net.extract(only_mb), 32) == macs

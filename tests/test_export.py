@@ -186,3 +186,35 @@ def test_load_network_refuses_a_degenerate_ensemble(tmp_path, exported):
         load_network(_copy_with(tmp_path, ens, "absolute", members=["m0", str(second.resolve())]))
     with pytest.raises(Natv2Error, match=r"member '\.' is outside the ensemble's folder"):
         load_network(_copy_with(tmp_path, ens, "itself", members=["m0", "."]))
+
+
+@pytest.mark.parametrize("variant", ["SE_D", "EE_DP"])
+def test_exported_ofav2_nets_keep_the_original_wiring(tmp_path, variant):
+    """Exported dense / parallel nets rebuild with OFAv2's wiring: dense inputs x, o1, o2, o3 + o1
+    and outputs o4 + o1 + o2 (``OFA_mbv3_extended/utils/common_tools.py:29-42``), per-block branch
+    sets with blocks lacking the MBConv (``OFA_mbv3_extended/networks/stages/static_stages/stat_stages.py:173-186``
+    static dense stage, ``:280-308`` static dense-parallel stage); reloaded and TorchScript logits
+    equal the supernet's."""
+    import dataclasses
+
+    from natv2.nets import build_supernet
+
+    torch.manual_seed(0)
+    supernet = build_supernet({"variant": variant, "resolutions": [32], "stem_stride": 1}, len(CLASSES)).eval()
+    space = supernet.space
+    g = space.sample(1, np.random.default_rng(3), "natv2")[0]
+    arch = space.decode(g)
+    if arch.branches is not None:  # make sure some block runs without its MBConv
+        arch = dataclasses.replace(arch, branches=((3,) + arch.branches[0][1:],) + arch.branches[1:])
+        g = space.encode(arch)
+    supernet.set_active(g)
+    net = supernet.extract(g).eval()
+    out = export_network(net, tmp_path / "n", classes=CLASSES, resolution=32, mean=MEAN, std=STD)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        reference = supernet(x)
+        for got in (load_network(out)(x), load_torchscript(out)(x)):
+            torch.testing.assert_close(got, reference, rtol=1e-4, atol=1e-4)
+    assert load_config(out)["net"]["dense"] == ("D" in variant)
+    if "P" in variant:
+        assert load_config(out)["net"]["stages"][0][0]["branches"] == 3

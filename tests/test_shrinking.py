@@ -1,6 +1,8 @@
 """Extended progressive shrinking: which phases run, what each unlocks, and the phase steps."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -56,15 +58,21 @@ def test_each_phase_unlocks_its_dimension_and_keeps_earlier_ones(phase, kernels,
     assert seen["exit"] == {None}
 
 
-def test_level_genes_are_locked_at_all_branches_until_the_level_phase():
+def test_level_phase_has_the_original_two_steps_of_branch_sets():
+    """OFAv2 ``OFA_mbv3_extended/train/utils.py:30-57`` (task net_width): phase 1 samples blocks
+    with 2 or 3 active branches (net_width_list "2,3"), phase 2 with 1, 2 or 3; earlier phases
+    keep all three (net_width_list "3", key 7); the keys per size are ``get_valid_nw_keys``
+    (``networks/nets/my_networks.py:403-454``)."""
     space = SearchSpace(resolutions=(32,), levels=(1, 2, 3))
-    assert phases_for(space) == ["full", "kernel", "level", "depth1", "depth2", "expand1", "expand2"]
+    assert phases_for(space) == ["full", "kernel", "level1", "level2", "depth1", "depth2", "expand1", "expand2"]
 
-    def levels(phase):
+    def branch_sets(phase):
         sample, rng = phase_sampler(space, get_phase(phase)), np.random.default_rng(0)
-        return {v for _ in range(200) for v in space.decode(sample(rng)).levels}
+        return {v for _ in range(200) for st in space.decode(sample(rng)).branches for v in st}
 
-    assert levels("kernel") == {3} and levels("level") == {1, 2, 3} and levels("expand2") == {1, 2, 3}
+    assert branch_sets("full") == branch_sets("kernel") == {7}
+    assert branch_sets("level1") == {3, 5, 6, 7}  # two or three branches
+    assert branch_sets("level2") == branch_sets("expand2") == set(range(1, 8))
 
 
 def test_exit_phase_is_ofav2s_four_sub_phases_of_active_exits():
@@ -200,7 +208,7 @@ def test_phase_steps_write_checkpoints_and_chain(tiny_run, capsys):
 
     assert main(common + ["--phase", "full", "--out", str(root / "full.pt")]) == 0
     assert main(common + ["--phase", "kernel", "--init", str(root / "full.pt"), "--out", str(root / "kernel.pt")]) == 0
-    assert main(common + ["--phase", "level", "--init", str(root / "kernel.pt"), "--out", str(root / "level.pt")]) == 0
+    assert main(common + ["--phase", "level1", "--init", str(root / "kernel.pt"), "--out", str(root / "level.pt")]) == 0
     full, _ = load_supernet(root / "full.pt")
     kernel, meta = load_supernet(root / "kernel.pt")
     level, level_meta = load_supernet(root / "level.pt")
@@ -210,7 +218,7 @@ def test_phase_steps_write_checkpoints_and_chain(tiny_run, capsys):
     # the kernel phase trained the weights; the level phase does not apply to ofa_mbv3 and keeps them
     changed = [k for k, v in kernel.state_dict().items() if not torch.equal(v, full.state_dict()[k])]
     assert any("stages" in k for k in changed)
-    assert level_meta["phases"][-1] == {"phase": "level", "skipped": True, "reason": "the variant has no elastic level"}
+    assert level_meta["phases"][-1] == {"phase": "level1", "skipped": True, "reason": "the variant has no elastic level"}
     assert all(torch.equal(v, kernel.state_dict()[k]) for k, v in level.state_dict().items())
     assert not any((root / ".resume").glob("*"))  # resume state is removed once the phase output is whole
 
@@ -325,3 +333,16 @@ def test_killed_phase_resumes_to_the_same_weights(tiny_run, tmp_path, monkeypatc
     assert [r["epoch"] for r in summary["history"]] == [1, 2]
     for key, value in straight.state_dict().items():
         assert torch.equal(value, resumed.state_dict()[key]), key
+
+
+def test_paper_config_holds_the_original_level_schedule():
+    """OFAv2 ``OFA_mbv3_extended/train/utils.py:30-57`` (task net_width): phase 1 = 25 epochs at
+    lr 2.5e-3 without warm-up, phase 2 = 120 epochs at 7.5e-3 with 5 warm-up epochs, both with
+    dynamic_batch_size 2 (subnets per step); the laptop defaults keep the 1 : 3 learning rates."""
+    from natv2.config import load_settings
+
+    paper = load_settings(Path(__file__).resolve().parents[1] / "config" / "paper.yaml").supernet_train.phases
+    assert (paper.level1.epochs, paper.level1.lr, paper.level1.warmup_epochs, paper.level1.subnets_per_step) == (25, 2.5e-3, 0, 2)
+    assert (paper.level2.epochs, paper.level2.lr, paper.level2.warmup_epochs, paper.level2.subnets_per_step) == (120, 7.5e-3, 5, 2)
+    laptop = load_settings().supernet_train.phases
+    assert laptop.level2.lr == pytest.approx(3 * laptop.level1.lr) and laptop.level1.epochs >= 1

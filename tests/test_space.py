@@ -11,6 +11,7 @@ SPACES = [
     SearchSpace(),
     SearchSpace(resolutions=(32, 40, 48), widths=(1.0, 1.2)),
     SearchSpace(resolutions=(48, 64), n_exits=5),
+    SearchSpace(resolutions=(32, 40), n_exits=5, levels=(1, 2, 3)),  # EE_P / EE_DP
 ]
 
 
@@ -35,7 +36,7 @@ def test_block_codes():
     assert [s.block(c) for c in (1, 5, 9)] == [(3, 3), (5, 4), (7, 6)]
 
 
-@pytest.mark.parametrize("space", SPACES, ids=["ofa", "multi", "exits"])
+@pytest.mark.parametrize("space", SPACES, ids=["ofa", "multi", "exits", "parallel"])
 @pytest.mark.parametrize("policy", ["nat", "natv2", "balanced"])
 def test_samples_are_valid_and_round_trip(space, policy):
     X = space.sample(1000, np.random.default_rng(1), policy=policy)
@@ -49,9 +50,11 @@ def test_samples_are_valid_and_round_trip(space, policy):
         assert "," not in s and " " not in s
         assert np.array_equal(space.from_string(s), g)
         assert Arch.from_dict(arch.to_dict()) == arch
-    # every value of every gene shows up (nat: P(slot 3 skipped) = 0.01)
+    # every value of every gene shows up (nat: P(slot 3 skipped) = 0.01); with 63 parallel-block
+    # codes 1000 samples leave some rare ones out, so there only the gene's own values are checked
     for pos in range(space.n_var):
-        assert set(np.unique(X[:, pos]).tolist()) == set(range(space.xl[pos], space.xu[pos] + 1)), pos
+        values, allowed = set(np.unique(X[:, pos]).tolist()), set(range(space.xl[pos], space.xu[pos] + 1))
+        assert values == allowed if space.n_choices <= 9 else values <= allowed, pos
 
 
 def test_sampling_is_seeded():
@@ -187,3 +190,38 @@ def test_bad_space_definitions():
     s = SearchSpace.from_config({"resolutions": [32, 64], "widths": [1.2], "n_exits": 0})
     assert s.resolutions == (32, 64) and s.widths == (1.2,)
     assert s == SearchSpace(resolutions=(32, 64), widths=(1.2,))
+
+
+def test_parallel_slot_codes_are_the_originals():
+    """OFAv2's parallel search space, ``NAT_extended/search/search_spaces/ea_ofa_search_spaces.py:264-286``
+    and ``:483-519``: no extra genes (22 = r, w, 20 slots); a slot code enumerates nw keys
+    (``get_valid_nw_keys([1, 2, 3])`` = 1, 2, 4, 3, 5, 6, 7; ``OFA_mbv3_extended/networks/nets/
+    my_networks.py:403-454``), then expand ratios, then kernel sizes, from 1 (0 = skip)."""
+    space = SearchSpace.from_config({"variant": "SE_P"})
+    assert space.n_var == 22 and space.xu.tolist() == [0, 0] + [63] * 20
+    assert SearchSpace.from_config({"variant": "EE_DP"}).n_var == 23  # + the exit gene, as EE_B
+    nw_bits = {1: (0, 0, 1), 2: (0, 1, 0), 3: (0, 1, 1), 4: (1, 0, 0), 5: (1, 0, 1), 6: (1, 1, 0), 7: (1, 1, 1)}
+    original, increment = {}, 1  # assign_mappings, transcribed
+    for nw in [k for n in (1, 2, 3) for k, v in nw_bits.items() if sum(v) == n]:
+        for e in (3, 4, 6):
+            for ks in (3, 5, 7):
+                original[(ks, e, nw)] = increment
+                increment += 1
+    assert len(original) == 63
+    for (ks, e, nw), code in original.items():
+        assert space.code(ks, e, nw) == code
+        assert (space.block(code), space.branches(code)) == ((ks, e), nw)
+    # the largest subnet runs every branch (OFAv2 max nw = 7), the string names each block's key
+    g = space.largest()
+    assert space.decode(g).branches == ((7,) * 4,) * 5
+    assert space.to_string(g).split("-")[2] == "k7e6b7.k7e6b7.k7e6b7.k7e6b7"
+    assert np.array_equal(space.from_string(space.to_string(g)), g)
+    # levels restrict the subset sizes (OFAv2 net_width_list), e.g. two or three branches
+    two_three = SearchSpace(levels=(2, 3))
+    assert two_three.branch_keys == (3, 5, 6, 7) and two_three.xu[2] == 36
+    with pytest.raises(Natv2Error, match="branches 4: expected one of"):
+        two_three.code(3, 3, 4)
+    with pytest.raises(Natv2Error, match="plain blocks"):
+        SearchSpace().code(3, 3, 7)
+    with pytest.raises(Natv2Error, match="not of the form"):
+        space.from_string(SearchSpace().to_string(SearchSpace().largest()))

@@ -176,8 +176,11 @@ def test_stem_stride_and_width():
     assert w12.stages[0][0].out_chs == 32 and s1.stages[0][0].out_chs == 24  # make_divisible(24 * 1.2)
     with pytest.raises(Natv2Error, match="supernet.variant 'nope'"):
         build_supernet({**CFG, "variant": "nope"}, 10)
+    from natv2.nets.mbv3 import MBv3Spec, OFAMobileNetV3
+    from natv2.space import SearchSpace
+
     with pytest.raises(Natv2Error, match="one supernet holds one width"):
-        build_supernet({**CFG, "widths": [1.0, 1.2]}, 10)
+        OFAMobileNetV3(MBv3Spec(width_mult=1.0), SearchSpace(widths=(1.0, 1.2)), 10)
 
 
 def test_kernel_transform_starts_as_centre_crop():

@@ -56,6 +56,12 @@ def build_supernet(cfg: Any, n_classes: int) -> nn.Module:
         raise Natv2Error(f"supernet.variant {variant!r}: expected one of {sorted(SUPERNETS)}")
     if not isinstance(n_classes, int) or n_classes < 1:
         raise Natv2Error(f"n_classes {n_classes!r}: expected a positive integer")
+    widths = cfg.get("widths") if isinstance(cfg, Mapping) else getattr(cfg, "widths", None)
+    if widths is not None and len(list(widths)) > 1:
+        # NAT / NATv2: one supernet per width, the width gene picks one (natv2.nets.multiwidth)
+        from natv2.nets.multiwidth import build_multiwidth
+
+        return build_multiwidth(cfg, n_classes, SUPERNETS[variant])
     return SUPERNETS[variant](cfg, n_classes)
 
 

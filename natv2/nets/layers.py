@@ -55,9 +55,10 @@ class ConvBNAct(nn.Module):
         groups: int = 1,
         act: str = "relu",
         bn: bool = True,
+        bias: bool = False,
     ) -> None:
         super().__init__()
-        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=False)
+        self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_chs) if bn else nn.Identity()
         self.act = make_act(act)
         # fuse_conv_act may merge conv and activation (False where a parent calls them itself)
@@ -146,7 +147,7 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
     model = copy.deepcopy(model).eval()
     for m in model.modules():
-        if isinstance(m, ConvBNAct) and isinstance(m.bn, nn.BatchNorm2d):
+        if isinstance(m, ConvBNAct) and isinstance(m.conv, nn.Conv2d) and isinstance(m.bn, nn.BatchNorm2d):
             m.conv = fuse_conv_bn_eval(m.conv, m.bn)
             m.bn = nn.Identity()
     return model

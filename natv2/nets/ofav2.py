@@ -8,13 +8,15 @@ additions, named ``<exits>_<blocks>`` (see :mod:`natv2.variants`):
   the last exit is exactly OFA's 960/1280 head). The genome's exit gene picks the exit; the
   forward stops at that stage. ``extract(g, all_exits=True)`` gives a multi-exit static net
   whose forward returns every exit's logits, shallowest first (teacher ensemble, AEP).
-- **D, dense skips**: inside a stage, block b >= 1 receives the sum of the outputs of all
-  earlier active blocks of the stage (not only the last one); inactive blocks (elastic depth)
-  simply do not contribute. The stage output is its last active block's output.
-- **P, parallel blocks**: each block position holds the MBConv plus a 1x1 conv branch and an
-  average-pool + 1x1 projection branch (both linear: conv + BN, as the MBConv's projection),
-  summed. The stage's level gene says how many branches run (1 = MBConv, 2 = + conv,
-  3 = + pool), in that order, so the branch set is nested and elastic like the other dimensions.
+- **D, dense skips** (OFAv2 ``dyn_stages.py:189-197`` with ``common_tools.py:29-42``
+  ``get_input_tensor``): with block outputs o1..o4, the blocks of a stage get x, o1, o2, o3 + o1
+  and the stage outputs o_d at depth d <= 2, o3 + o1 at depth 3, o4 + o1 + o2 at depth 4 (in
+  general block d >= 3 adds o1 .. o_{d-2}). Inactive blocks (elastic depth) do not contribute.
+- **P, parallel blocks** (``dyn_layers_builders.py:76-129``, ``stat_layers.py:50-85``): each
+  block position holds three branches, summed: the MBConv (with its residual), a 1x1 conv + BN +
+  activation, and the "transformation" branch: max-pool (kernel = stride, ceil mode) when the
+  block strides, a 1x1 conv (with bias) when the width changes, BN + activation. The genome's
+  slot code picks any non-empty subset per block (its branch-set key, natv2.variants).
 
 State-dict keys of a static net are a subset of its supernet's (``exits.{i}`` for the exit
 after stage i+1, ``stages.{s}.{b}.mbconv|conv|pool`` for parallel blocks), so BN statistics
@@ -33,14 +35,13 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from natv2.errors import Natv2Error
 from natv2.nets.elastic import ElasticMBConv
 from natv2.nets.layers import ConvBNAct, MBConv, fold_bn, make_divisible
 from natv2.nets.mbv3 import Head, MBv3Spec, OFAMobileNetV3, Stem
 from natv2.space import SearchSpace
-from natv2.variants import OFAV2_VARIANTS, VariantFeatures, features
+from natv2.variants import BRANCH_KEYS, OFAV2_VARIANTS, VariantFeatures, features
 
 OUTPUTS = ("list", "weighted")  # multi-exit forward: every exit's logits, or their weighted sum
 
@@ -48,79 +49,94 @@ OUTPUTS = ("list", "weighted")  # multi-exit forward: every exit's logits, or th
 # ------------------------------------------------------------------------------------- layers
 
 
-class PoolProject(nn.Module):
-    """3x3 average pool (with the block's stride) -> 1x1 conv -> BN: the parallel pooling branch."""
+class PoolBranch(ConvBNAct):
+    """OFAv2's ``TransformationLayer`` (``stat_layers.py:50-85``): [max-pool] -> [1x1 conv] -> BN -> act.
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int) -> None:
-        super().__init__()
-        self.stride = stride
-        self.proj = ConvBNAct(in_chs, out_chs, 1, act="none")
+    Max-pool (kernel = stride = the block's stride, ceil mode) only when the block strides; the
+    1x1 conv (with bias, as ``nn.Conv2d``'s default) only when the width changes.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, act: str) -> None:
+        super().__init__(in_chs, out_chs, 1, act=act, bias=True)
+        if in_chs == out_chs:
+            self.conv = nn.Identity()
+        self.pool = nn.MaxPool2d(stride, stride, ceil_mode=True) if stride > 1 else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = F.avg_pool2d(x, 3, self.stride, 1, count_include_pad=False)
-        return self.proj(x)
+        return super().forward(self.pool(x))
+
+
+def _branches_on(branches: int) -> tuple[bool, bool, bool]:
+    if branches not in BRANCH_KEYS:
+        raise ValueError(f"parallel block branches {branches}: expected a key in 1..7")
+    return BRANCH_KEYS[branches]
 
 
 class ParallelBlock(nn.Module):
-    """Static parallel block: MBConv (+ 1x1 conv branch) (+ pool/projection branch), summed."""
+    """Static parallel block: the sum of the active branches among MBConv, 1x1 conv, pool.
 
-    def __init__(self, mbconv: Mapping[str, Any], level: int) -> None:
+    ``mbconv`` is the MBConv's config (it also gives the widths, stride and activation of the
+    other branches, and is kept when the MBConv branch is off); ``branches`` the branch-set key.
+    """
+
+    def __init__(self, mbconv: Mapping[str, Any], branches: int) -> None:
         super().__init__()
-        if level not in (1, 2, 3):
-            raise ValueError(f"parallel block level {level}: expected 1, 2 or 3")
-        self.level = level
-        self.mbconv = MBConv(**mbconv)
-        m = self.mbconv
-        self.conv = ConvBNAct(m.in_chs, m.out_chs, 1, m.stride, act="none") if level >= 2 else None
-        self.pool = PoolProject(m.in_chs, m.out_chs, m.stride) if level >= 3 else None
+        use_mb, use_conv, use_pool = _branches_on(int(branches))
+        self.branches = int(branches)
+        self._mbconv_cfg = dict(mbconv)
+        m = self._mbconv_cfg
+        self.mbconv = MBConv(**m) if use_mb else None
+        self.conv = ConvBNAct(m["in_chs"], m["out_chs"], 1, m["stride"], act=m["act"]) if use_conv else None
+        self.pool = PoolBranch(m["in_chs"], m["out_chs"], m["stride"], m["act"]) if use_pool else None
 
     def config(self) -> dict:
-        return {"mbconv": self.mbconv.config(), "level": self.level}
+        return {"mbconv": dict(self._mbconv_cfg), "branches": self.branches}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mbconv(x)
-        if self.conv is not None:
-            y = y + self.conv(x)
-        if self.pool is not None:
-            y = y + self.pool(x)
+        # OFAv2 dyn_stages.py:300-311: branch results summed in branch order
+        ys = [branch(x) for branch in (self.mbconv, self.conv, self.pool) if branch is not None]
+        y = ys[0]
+        for other in ys[1:]:
+            y = y + other
         return y
 
 
 class ElasticParallelBlock(nn.Module):
-    """An elastic MBConv with the two parallel branches; ``active_level`` branches run."""
+    """An elastic MBConv with the two static parallel branches; ``active_branches`` say which run."""
 
-    def __init__(self, in_chs: int, out_chs: int, *, levels: tuple[int, ...], **mbconv: Any) -> None:
+    def __init__(self, in_chs: int, out_chs: int, *, branch_keys: tuple[int, ...], **mbconv: Any) -> None:
         super().__init__()
-        self.levels = tuple(sorted(levels))
+        self.branch_keys = tuple(branch_keys)
         self.mbconv = ElasticMBConv(in_chs, out_chs, **mbconv)
-        stride = mbconv["stride"]
-        # every branch a level may use is built (max level); a lower level leaves it unused
-        self.conv = ConvBNAct(in_chs, out_chs, 1, stride, act="none") if self.levels[-1] >= 2 else None
-        self.pool = PoolProject(in_chs, out_chs, stride) if self.levels[-1] >= 3 else None
-        self.active_level = self.levels[-1]
+        stride, act = mbconv["stride"], mbconv["act"]
+        # the extra branches have no elastic dimension (as in OFAv2): every block holds all three
+        self.conv = ConvBNAct(in_chs, out_chs, 1, stride, act=act)
+        self.pool = PoolBranch(in_chs, out_chs, stride, act)
+        self.active_branches = max(self.branch_keys)
 
-    def set_active(self, kernel: int, expand: int, level: int | None = None) -> None:
+    def set_active(self, kernel: int, expand: int, branches: int | None = None) -> None:
         self.mbconv.set_active(kernel, expand)
-        if level is not None:
-            if level not in self.levels:
-                raise ValueError(f"level {level} not in {self.levels}")
-            self.active_level = level
+        if branches is not None:
+            if branches not in self.branch_keys:
+                raise ValueError(f"branches {branches} not in {self.branch_keys}")
+            self.active_branches = int(branches)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.mbconv(x)
-        if self.active_level >= 2:
-            y = y + self.conv(x)
-        if self.active_level >= 3:
-            y = y + self.pool(x)
+        on = BRANCH_KEYS[self.active_branches]
+        ys = [branch(x) for branch, use in zip((self.mbconv, self.conv, self.pool), on) if use]
+        y = ys[0]
+        for other in ys[1:]:
+            y = y + other
         return y
 
     def active_config(self) -> dict:
-        return {"mbconv": self.mbconv.active_config(), "level": self.active_level}
+        return {"mbconv": self.mbconv.active_config(), "branches": self.active_branches}
 
     @torch.no_grad()
     def extract(self) -> ParallelBlock:
-        block = ParallelBlock(self.mbconv.active_config(), self.active_level)
-        block.mbconv = self.mbconv.extract()
+        block = ParallelBlock(self.mbconv.active_config(), self.active_branches)
+        if block.mbconv is not None:
+            block.mbconv = self.mbconv.extract()
         if block.conv is not None:
             block.conv.load_state_dict(self.conv.state_dict())
         if block.pool is not None:
@@ -132,21 +148,27 @@ class ElasticParallelBlock(nn.Module):
         self.mbconv.reorder_channels()
 
 
+def dense_input(d: int, outs: Sequence[torch.Tensor]) -> torch.Tensor:
+    """OFAv2's ``get_input_tensor`` (``common_tools.py:29-42``) without its in-place add.
+
+    ``outs`` = [x, o1, .., o_d]; d <= 2 gives ``outs[d]``, d >= 3 gives o_d + o1 + .. + o_{d-2}.
+    """
+    t = outs[d]
+    for o in outs[1 : d - 1]:
+        t = t + o
+    return t
+
+
 def run_stage(blocks: Sequence[nn.Module], x: torch.Tensor, dense: bool) -> torch.Tensor:
-    """Run a stage's active blocks; with ``dense`` block b >= 1 gets the sum of all earlier outputs."""
+    """Run a stage's active blocks; ``dense`` wires them as OFAv2's dense stage (``dyn_stages.py:189-197``)."""
     if not dense:
         for block in blocks:
             x = block(x)
         return x
-    outs: list[torch.Tensor] = []
-    for block in blocks:
-        inp = x
-        if outs:
-            inp = outs[0]
-            for o in outs[1:]:
-                inp = inp + o
-        outs.append(block(inp))
-    return outs[-1]
+    outs = [x]
+    for d, block in enumerate(blocks):
+        outs.append(block(dense_input(d, outs)))
+    return dense_input(len(blocks), outs)
 
 
 def exit_widths(spec: MBv3Spec, stage_chs: int) -> tuple[int, int]:
@@ -191,7 +213,7 @@ class OFAv2StaticNet(nn.Module):
         self.parallel = bool(cfg["parallel"])
         st = cfg["stem"]
         self.stem = Stem(3, st["chs"], st["block_chs"], st["stride"])
-        make = (lambda b: ParallelBlock(b["mbconv"], int(b["level"]))) if self.parallel else (lambda b: MBConv(**b))
+        make = (lambda b: ParallelBlock(b["mbconv"], int(b["branches"]))) if self.parallel else (lambda b: MBConv(**b))
         self.stages = nn.ModuleList(nn.ModuleList(make(b) for b in stage) for stage in cfg["stages"])
         self.head: nn.Module | None = None
         self.exits = nn.ModuleDict()
@@ -304,7 +326,7 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
             for b in range(space.max_blocks):
                 kw = dict(kernels=space.kernels, expands=space.expands, stride=stride if b == 0 else 1, act=act, se=se)
                 if self.parallel:
-                    blocks.append(ElasticParallelBlock(in_chs, out_chs, levels=space.levels, **kw))
+                    blocks.append(ElasticParallelBlock(in_chs, out_chs, branch_keys=space.branch_keys, **kw))
                 else:
                     blocks.append(ElasticMBConv(in_chs, out_chs, **kw))
                 in_chs = out_chs
@@ -339,10 +361,9 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
         arch = self.space.decode(g)
         for s, blocks in enumerate(arch.stages):
             self.active_depths[s] = len(blocks)
-            level = arch.levels[s] if arch.levels is not None else None
             for b, (k, e) in enumerate(blocks):
                 if self.parallel:
-                    self.stages[s][b].set_active(k, e, level)
+                    self.stages[s][b].set_active(k, e, arch.branches[s][b])
                 else:
                     self.stages[s][b].set_active(k, e)
         self.active_exit = arch.exit
@@ -463,7 +484,7 @@ def build_ofav2(cfg: Any, n_classes: int) -> OFAv2MobileNetV3:
     """Registry builder: the OFAv2 supernet named by ``cfg.variant``."""
     get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
     feats = features(get("variant"))
-    space = SearchSpace.from_config(cfg)  # derives the exit and level genes from the variant
+    space = SearchSpace.from_config(cfg)  # derives the exit gene and the branch sets from the variant
     spec = MBv3Spec(
         width_mult=space.widths[0],
         stem_stride=int(get("stem_stride", 2)),
@@ -478,7 +499,8 @@ __all__ = [
     "OFAv2MobileNetV3",
     "OFAv2StaticNet",
     "ParallelBlock",
-    "PoolProject",
+    "PoolBranch",
+    "dense_input",
     "build_ofav2",
     "run_stage",
 ]

@@ -249,7 +249,13 @@ def official_supernet(
     (default ``cfg.download``) false = never download.
     """
     get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
-    name = official_name(float(list(get("widths", [1.0]))[0]))
+    widths = [float(w) for w in get("widths", [1.0])]
+    if len(widths) > 1:  # one official supernet per width, behind the width gene (NAT)
+        from natv2.nets.multiwidth import build_multiwidth
+
+        return build_multiwidth(cfg, n_classes, lambda one, n: official_supernet(
+            one, n, cache_dir=cache_dir, mirrors=mirrors, download=download, generator=generator))
+    name = official_name(widths[0])
     extra = list(mirrors if mirrors is not None else (get("mirrors", None) or []))
     cache = Path(cache_dir if cache_dir is not None else get("weights_dir", "data/weights"))
     allow = bool(get("download", True)) if download is None else download

@@ -24,7 +24,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_argument(p)
     p.add_argument("--data", required=True, metavar="JSON", help="split.json of the source dataset")
     p.add_argument("--out", required=True, metavar="PT", help="the supernet checkpoint to write")
-    p.add_argument("--phase", metavar="NAME", help="run only this phase (full, kernel, level, exit, depth1, depth2, expand1, expand2)")
+    p.add_argument("--phase", metavar="NAME", help="run only this phase (full, kernel, level1, level2, exit, depth1, depth2, expand1, expand2)")
     p.add_argument("--init", metavar="PT", help="checkpoint the phase starts from (the previous phase's output)")
     p.add_argument("--work-dir", metavar="DIR", help="where all-phase runs keep each phase's checkpoint")
     p.add_argument("--state-dir", metavar="DIR", help="resume state of interrupted phases (default: <out dir>/.resume)")
