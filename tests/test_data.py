@@ -341,11 +341,11 @@ def test_bad_entries_of_a_dataset(tmp_path):
     with pytest.raises(Natv2Error, match="unknown dataset key 'nope'"):
         prepare_split(settings_with(), "nope", out)
     # an unknown kind never passes the schema; the registry says the same for a hand-made entry
-    with pytest.raises(Natv2Error, match=r"datasets\.x\.kind: 'lmdb' is not one of digits, torchvision, imagefolder"):
+    with pytest.raises(Natv2Error, match=r"datasets\.x\.kind: 'lmdb' is not one of digits, torchvision, imagefolder, tinyimagenet"):
         load_source(DatasetConfig(key="x", kind="lmdb"))
     with pytest.raises(Natv2Error, match=r"datasets\.x\.kind"):
         settings_with({"x": {"kind": "lmdb"}})
-    assert set(SOURCES) == {"digits", "torchvision", "imagefolder"}
+    assert set(SOURCES) == {"digits", "torchvision", "imagefolder", "tinyimagenet"}
 
 
 # --------------------------------------------------------------------------------------------
