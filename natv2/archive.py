@@ -222,8 +222,7 @@ def survive(F: np.ndarray, n: int, rng: np.random.Generator, G: np.ndarray | Non
     survival = RankAndCrowding() if m == 2 else ReferenceDirectionSurvival(reference_directions(m, n))
     if G is not None and np.asarray(G).size:
         G = np.asarray(G, dtype=float).reshape(len(F), -1)
-        cv = violation(G)
-        pop = Population.new(X=np.zeros((len(F), 1)), F=F, G=G, CV=cv[:, None], feas=cv <= 0)
+        pop = Population.new(X=np.zeros((len(F), 1)), F=F, G=G)  # pymoo derives CV and feas from G
         problem = Problem(n_var=1, n_obj=m, n_ieq_constr=G.shape[1])
     else:
         pop = Population.new(X=np.zeros((len(F), 1)), F=F)

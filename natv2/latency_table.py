@@ -109,7 +109,8 @@ class LatencyTable:
                 raise Natv2Error(f"{self.path}: made for {name} {self.space[name]}, the search space has {mine[name]}; "
                                  f"run natv2 latency-table with this config")
         for name in ("widths", "resolutions"):
-            missing = sorted(set(_norm(mine[name])) - set(_norm(self.space.get(name, []))))
+            have = set(_norm(self.space.get(name, [])))
+            missing = [v for v in mine[name] if _norm(v) not in have]
             if missing:
                 raise Natv2Error(f"{self.path}: no entries for {name} {missing} (has {self.space.get(name)}); "
                                  f"run natv2 latency-table with this config")
