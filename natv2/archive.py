@@ -43,7 +43,7 @@ from natv2.io import read_csv, write_csv
 log = logging.getLogger(__name__)
 
 #: every objective a run may use, all minimised (top-1 error in percent); latency_lut is the
-#: latency predicted by a device's lookup table (natv2.latency_table, evaluation.latency_table)
+#: latency predicted by a device's lookup table (natv2.latency_table, search.latency_table)
 OBJECTIVES = ("top1_err", "params", "macs", "latency_ms", "latency_lut")
 #: the error objective, predicted by the surrogate during the search
 ERROR = "top1_err"

@@ -98,7 +98,6 @@ class EvaluationConfig:
     latency_batch_size: int
     latency_repeats: int
     latency_warmup: int
-    latency_table: str | None = None  # table.json of `natv2 latency-table`: adds latency_lut
 
 
 @dataclass(frozen=True)
@@ -231,12 +230,16 @@ class SearchConfig:
     subset_generations: int
     hv_reference: tuple[float, ...] | None
     constraints: Mapping[str, float] = field(default_factory=dict)  # column -> upper bound
+    latency_table: str | None = None  # table.json of `natv2 latency-table`: adds latency_lut
 
     def __post_init__(self) -> None:
         from natv2.archive import check_constraints, check_objectives
 
         object.__setattr__(self, "objectives", check_objectives(self.objectives))
         object.__setattr__(self, "constraints", check_constraints(self.constraints))
+        if "latency_lut" in (*self.objectives, *self.constraints) and not self.latency_table:
+            raise Natv2Error("config key search.latency_table: required when search.objectives or "
+                             "search.constraints name latency_lut (make one with `natv2 latency-table`)")
         if self.hv_reference is not None:
             ref = tuple(float(v) for v in self.hv_reference)
             if len(ref) != len(self.objectives):
@@ -308,12 +311,6 @@ class Settings:
     evaluation: EvaluationConfig
     adapt: AdaptConfig
     raw: Mapping[str, Any] = field(repr=False, compare=False, default_factory=dict)
-
-    def __post_init__(self) -> None:
-        wanted = {"latency_lut"} & (set(self.search.objectives) | set(self.search.constraints))
-        if wanted and not self.evaluation.latency_table:
-            raise Natv2Error("config key evaluation.latency_table: required when search.objectives or "
-                             "search.constraints name latency_lut (make one with `natv2 latency-table`)")
 
     def dataset(self, key: str) -> DatasetConfig:
         """The dataset entry ``key`` merged over the ``data:`` defaults."""

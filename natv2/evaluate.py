@@ -447,8 +447,7 @@ def evaluate_genomes(
     Per genome: extract the static subnet, recalibrate its BN on ``cfg.bn_images`` training
     images (the same images for every genome, drawn with ``seed``), top-1 on the split, and its
     costs. ``cfg`` is an EvaluationConfig. Returns a DataFrame with columns
-    ``genome, resolution, top1, top1_err, params, macs, latency_ms`` in the order of ``genomes``
-    (+ ``latency_lut``, predicted by the lookup table, when ``cfg.latency_table`` names one).
+    ``genome, resolution, top1, top1_err, params, macs, latency_ms`` in the order of ``genomes``.
 
     Genomes are grouped by resolution; per resolution the images are prepared once, and so are
     the stem's outputs on them (:func:`prepare_stem_cache`, up to ``stem_cache_bytes``, default
@@ -464,7 +463,7 @@ def evaluate_genomes(
     device = torch.device(device) if device is not None else next(supernet.parameters()).device
     gs = [space.from_string(g) if isinstance(g, str) else space.validate(g) for g in genomes]
     if not gs:
-        return pd.DataFrame(columns=COLUMNS + (["latency_lut"] if getattr(cfg, "latency_table", None) else []))
+        return pd.DataFrame(columns=COLUMNS)
     supernet = supernet.to(device)
     images = data.split(split) if hasattr(data, "split") else getattr(data, split)
     bn_set = data.train.subset(cfg.bn_images, torch.Generator().manual_seed(seed)) if cfg.bn_images > 0 else None
@@ -509,11 +508,4 @@ def evaluate_genomes(
         bar.set_postfix(top1=f"{acc:.2f}")
     dt = time.perf_counter() - t0
     log.info("evaluated %d subnets on %s in %.1f s (%.2f s/net)", len(gs), split, dt, dt / len(gs))
-    frame = pd.DataFrame([rows[i] for i in range(len(gs))], columns=COLUMNS)
-    if getattr(cfg, "latency_table", None):  # the target device's latency, from its lookup table
-        from natv2.latency_table import load_table
-
-        table = load_table(cfg.latency_table)
-        table.check_space(space)
-        frame["latency_lut"] = table.predict(space, gs)
-    return frame
+    return pd.DataFrame([rows[i] for i in range(len(gs))], columns=COLUMNS)

@@ -21,7 +21,7 @@ timed passes after ``warmup``). The table records the device (torch version, thr
 GPU name) and the search space.
 
 :func:`load_table` reads it; :meth:`LatencyTable.predict` sums the entries of a genome's parts:
-the objective ``latency_lut`` (``evaluation.latency_table`` names the file).
+the objective ``latency_lut`` (``search.latency_table`` names the file).
 """
 from __future__ import annotations
 

@@ -34,7 +34,7 @@ def test_constraints_are_checked_in_the_config():
     assert load_settings().search.constraints == {}
     with pytest.raises(Natv2Error, match="search.constraints"):
         load_settings(overrides={"search": {"constraints": {"flops": 1}}})
-    with pytest.raises(Natv2Error, match="evaluation.latency_table: required"):
+    with pytest.raises(Natv2Error, match="search.latency_table: required"):
         load_settings(overrides={"search": {"constraints": {"latency_lut": 3.0}}})
 
 

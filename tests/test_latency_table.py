@@ -104,8 +104,8 @@ def test_latency_table_command_writes_the_device_and_the_entries(tmp_path):
     assert data["space"]["resolutions"] == [16] and data["settings"]["repeats"] == 1
     assert "stem/w1/r16" in data["entries"] and "overhead/w1/r16" in data["entries"]
     table = load_table(out)
-    settings = load_settings(config, overrides={"evaluation": {"latency_table": str(out)},
-                                                "search": {"objectives": ["top1_err", "latency_lut"]}})
+    settings = load_settings(config, overrides={"search": {"latency_table": str(out),
+                                                           "objectives": ["top1_err", "latency_lut"]}})
     space = settings.supernet.space()
     table.check_space(space)
     assert table.predict(space, [space.smallest()])[0] < table.predict(space, [space.largest()])[0] * 10

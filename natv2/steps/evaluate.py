@@ -40,6 +40,12 @@ def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, 
         supernet, list(part["genome"]), data, settings.evaluation,
         split=split, device=settings.torch_device(), progress=progress, seed=settings.seed,
     )
+    if settings.search.latency_table:  # the target device's latency, from its lookup table (no net built)
+        from natv2.latency_table import load_table
+
+        table = load_table(settings.search.latency_table)
+        table.check_space(supernet.space)
+        measured["latency_lut"] = table.predict(supernet.space, list(measured["genome"]))
     kept = part.drop(columns=[c for c in part.columns if c in measured.columns or c in ("supernet", "row")])
     out = pd.concat([measured, kept], axis=1)
     out["supernet"] = tag

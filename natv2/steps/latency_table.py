@@ -3,7 +3,7 @@
     natv2 latency-table --config C --out table.json [--repeats R] [--warmup W] [--classes N]
 
 Run it on the device the networks will be deployed on; name the file in the search's config
-(``evaluation.latency_table``) and use ``latency_lut`` as an objective or a constraint.
+(``search.latency_table``) and use ``latency_lut`` as an objective or a constraint.
 The table covers the ``supernet:`` resolutions and every dataset's own ``resolutions``.
 """
 from __future__ import annotations

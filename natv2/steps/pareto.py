@@ -17,7 +17,7 @@ COLUMNS = [
     "select_top1_finetuned",  # beyond the design.md contract, after its columns
 ]
 #: columns of front.csv carried into pareto.csv when the run has them (latency_lut: the target
-#: device's latency from evaluation.latency_table, the one the search used)
+#: device's latency from search.latency_table, the one the search used)
 FRONT_EXTRAS = ["latency_lut"]
 
 

@@ -57,7 +57,7 @@ def supernet_costs(settings, supernet_path):
     if "latency_lut" in names:  # predicted from the target device's table: no net built
         from natv2.latency_table import load_table
 
-        table = load_table(settings.evaluation.latency_table)
+        table = load_table(cfg.latency_table)
         table.check_space(space)
 
     def cost_fn(genomes):
