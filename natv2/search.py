@@ -39,7 +39,7 @@ from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
 from natv2.archive import (ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique,
-                           survive)
+                           survive, violation)
 from natv2.errors import Natv2Error
 
 log = logging.getLogger(__name__)
@@ -378,7 +378,7 @@ def search_candidates(archive: pd.DataFrame, space, surrogate, cost_fn: CostFn, 
     pool_cv = None
     if constraints:  # violation of the final population (predicted error, exact cached costs)
         values = {ERROR: F[:, objectives.index(ERROR)], **dict(zip(costs.names, costs(X).T))}
-        pool_cv = np.maximum(np.column_stack([values[c] - b for c, b in constraints.items()]), 0).sum(axis=1)
+        pool_cv = violation(np.column_stack([values[c] - b for c, b in constraints.items()]))
     idx, source = choose_candidates(X, F, archive_X, archive_F, cfg.candidates, objectives, rng,
                                     subset_pop_size=cfg.subset_pop_size, subset_generations=cfg.subset_generations,
                                     pool_cv=pool_cv)
