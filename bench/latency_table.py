@@ -93,6 +93,9 @@ def main() -> None:
           f"predicted {predicted.min():.2f}..{predicted.max():.2f} ms")
     print(f"kendall_tau: {kendall_tau(predicted, measured):.3f}  (goal >= 0.9)")
     print(f"median_relative_error: {100 * np.median(rel):.1f} %  (goal <= 15 %)")
+    if args.rounds > 1:  # the noise ceiling: how well the measurement ranks against itself
+        print(f"repeatability: kendall_tau {kendall_tau(rounds[0], rounds[1]):.3f} between rounds 1 and 2, "
+              f"median relative difference {100 * np.median(np.abs(rounds[0] - rounds[1]) / rounds[1]):.1f} %")
 
 
 if __name__ == "__main__":
