@@ -9,7 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 import yaml
-from test_workflow import BIN, make_workdir, run, smk
+from test_workflow import BIN, make_workdir, run
+
+#: on top of tiny.yaml: fewer images and one iteration, so two runs stay cheap
+CHEAP = {"datasets": {"digits": {"max_train": 600}}, "search": {"iterations": 1}}
+
+
+def smk(workdir, *args, configfiles):
+    proc = run([str(BIN / "snakemake"), "--cores", "2", *args, "--configfile", *configfiles], workdir, timeout=2400)
+    assert proc.returncode == 0, f"snakemake failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    return proc
 
 PARETO = "results/digits/pareto.csv"
 
@@ -22,13 +31,14 @@ def test_latency_lut_search_then_a_params_budget_that_halves_the_front(tmp_path)
     proc = run([str(BIN / "natv2"), "--threads", "1", "latency-table", "--config", "config/config.yaml",
                 "--config", "tiny.yaml", "--out", "table.json", "--repeats", "1", "--warmup", "0"], work)
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (work / "cheap.yaml").write_text(yaml.safe_dump(CHEAP))
     (work / "lut.yaml").write_text(yaml.safe_dump(
         {"search": {"objectives": ["top1_err", "latency_lut"], "latency_table": "table.json"}}))
-    smk(work, PARETO, configfiles=("tiny.yaml", "lut.yaml"))
+    smk(work, PARETO, configfiles=("tiny.yaml", "cheap.yaml", "lut.yaml"))
 
     free = pd.read_csv(work / PARETO)
-    archive = pd.read_csv(work / "results/digits/search/iter2/archive.csv")
-    candidates = pd.read_csv(work / "results/digits/search/iter2/candidates.csv")
+    archive = pd.read_csv(work / "results/digits/search/iter1/archive.csv")
+    candidates = pd.read_csv(work / "results/digits/search/iter1/candidates.csv")
     assert "latency_lut" in free.columns and "latency_lut" in candidates.columns
     # latency_lut is the table's prediction, in the archive and in pareto.csv alike
     space = load_settings([work / "config/config.yaml", work / "tiny.yaml"]).supernet_for("digits").space()
@@ -39,7 +49,7 @@ def test_latency_lut_search_then_a_params_budget_that_halves_the_front(tmp_path)
     budget = float(np.median(free["params"]))
     assert (free["params"] > budget).any() and (free["params"] <= budget).any()
     (work / "budget.yaml").write_text(yaml.safe_dump({"search": {"constraints": {"params": budget}}}))
-    smk(work, PARETO, configfiles=("tiny.yaml", "lut.yaml", "budget.yaml"))
+    smk(work, PARETO, configfiles=("tiny.yaml", "cheap.yaml", "lut.yaml", "budget.yaml"))
     bounded = pd.read_csv(work / PARETO)
     front = pd.read_csv(work / "results/digits/front.csv")
     assert len(bounded) >= 1
