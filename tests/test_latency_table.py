@@ -89,6 +89,9 @@ def test_measured_table_covers_every_genome(variant):
     genomes = space.sample(20, np.random.default_rng(1), policy="nat")
     predicted = table.predict(space, genomes)
     assert predicted.shape == (20,) and (predicted > 0).all()
+    assert table.entries["overhead/w1/r16"] >= 0  # never a credit that could cancel a whole subnet
+    # more blocks cost more: the largest subnet is predicted slower than the smallest
+    assert table.predict(space, [space.largest()])[0] > table.predict(space, [space.smallest()])[0]
     assert table.space["n_exits"] == space.n_exits and table.settings["n_classes"] == 5
 
 

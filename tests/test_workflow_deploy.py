@@ -44,6 +44,7 @@ def test_latency_lut_search_then_a_params_budget_that_halves_the_front(tmp_path)
     space = load_settings([work / "config/config.yaml", work / "tiny.yaml"]).supernet_for("digits").space()
     table = load_table(work / "table.json")
     assert np.allclose(archive["latency_lut"], table.predict(space, list(archive["genome"])))
+    assert (archive["latency_lut"] > 0).all() and archive["latency_lut"].nunique() > 1
     assert np.allclose(free["latency_lut"], table.predict(space, list(free["genome"])))
 
     budget = float(np.median(free["params"]))
