@@ -51,6 +51,8 @@ def knee_points(F: np.ndarray, epsilon: float = 0.125) -> np.ndarray:
             diff = N[finder.find(i)] - N[i]
             tradeoff = np.maximum(0, diff).sum(axis=1) / np.maximum(0, -diff).sum(axis=1)
             mu[i] = np.nanmin(tradeoff)
+        if not np.isfinite(mu).any():  # every point equal to its neighbours (ties): no trade-off, no knee
+            return mask
         idx = find_outliers_upper_tail(np.round(mu, 9))  # all equal: std 0, no outlier
     if idx is not None:
         mask[np.asarray(idx, dtype=int)] = True
