@@ -1,8 +1,10 @@
 """The workflow with a latency table and hard constraints (issue 15), end to end on digits.
 
 One tiny run searches on (top1_err, latency_lut) with a table measured here; a second run in the
-same folder adds a params budget at the median of the first pareto.csv (the supernet phases are
-reused), and every member of its pareto.csv must be within it.
+same folder adds a params budget at the median of the first run's final archive (the supernet
+phases are reused): every member of its front and pareto.csv must be within it, and its initial
+archive must hold every feasible genome of the pool (survival prefers feasible genomes).
+Two runs of the workflow: minutes on 2 free cores, much longer on a loaded machine.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def smk(workdir, *args, configfiles):
 PARETO = "results/digits/pareto.csv"
 
 
-def test_latency_lut_search_then_a_params_budget_that_halves_the_front(tmp_path):
+def test_latency_lut_search_then_a_params_budget_at_the_median(tmp_path):
     from natv2.config import load_settings
     from natv2.latency_table import load_table
 
@@ -47,12 +49,20 @@ def test_latency_lut_search_then_a_params_budget_that_halves_the_front(tmp_path)
     assert (archive["latency_lut"] > 0).all() and archive["latency_lut"].nunique() > 1
     assert np.allclose(free["latency_lut"], table.predict(space, list(free["genome"])))
 
-    budget = float(np.median(free["params"]))
-    assert (free["params"] > budget).any() and (free["params"] <= budget).any()
+    # the budget: half of the unconstrained run's final archive is above it (at the tiny config's
+    # near-chance accuracy the front itself may be a single net, so the archive is what it halves)
+    budget = float(np.median(archive["params"]))
+    assert (archive["params"] > budget).any() and (archive["params"] <= budget).any()
+    pool = pd.concat([pd.read_csv(p) for p in sorted((work / "results/digits/search/iter0/eval").glob("pool.*.csv"))])
+    n_feasible = int((pool["params"] <= budget).sum())
     (work / "budget.yaml").write_text(yaml.safe_dump({"search": {"constraints": {"params": budget}}}))
     smk(work, PARETO, configfiles=("tiny.yaml", "cheap.yaml", "lut.yaml", "budget.yaml"))
+
     bounded = pd.read_csv(work / PARETO)
     front = pd.read_csv(work / "results/digits/front.csv")
     assert len(bounded) >= 1
     assert (bounded["params"] <= budget).all(), bounded[["id", "params"]]
     assert (front["params"] <= budget).all()
+    # survival prefers feasible genomes: every feasible genome of the initial pool is in the archive
+    initial = pd.read_csv(work / "results/digits/search/iter0/archive.csv")
+    assert int((initial["params"] <= budget).sum()) == min(n_feasible, len(initial))
