@@ -42,12 +42,13 @@ from natv2.io import read_csv, write_csv
 
 log = logging.getLogger(__name__)
 
-#: every objective a run may use, all minimised (top-1 error in percent)
-OBJECTIVES = ("top1_err", "params", "macs", "latency_ms")
+#: every objective a run may use, all minimised (top-1 error in percent); latency_lut is the
+#: latency predicted by a device's lookup table (natv2.latency_table, search.latency_table)
+OBJECTIVES = ("top1_err", "params", "macs", "latency_ms", "latency_lut")
 #: the error objective, predicted by the surrogate during the search
 ERROR = "top1_err"
 #: columns every archive file carries, in this order (extra columns follow)
-COLUMNS = ("genome", *OBJECTIVES, "supernet", "seed", "iteration")
+COLUMNS = ("genome", *OBJECTIVES[:4], "supernet", "seed", "iteration")  # latency_lut, when present, follows
 ALGORITHMS = ("nat", "natv2")
 
 # Reference directions are a fixed design, not a random choice: one seed for all runs.
@@ -69,6 +70,51 @@ def check_objectives(objectives: Sequence[str]) -> tuple[str, ...]:
     if ERROR not in objectives:
         raise Natv2Error(f"config key search.objectives: must include {ERROR!r} (the surrogate predicts it), got {list(objectives)}")
     return objectives
+
+
+def check_constraints(constraints) -> dict[str, float]:
+    """Validate ``search.constraints``: {column of :data:`OBJECTIVES`: finite upper bound}."""
+    out = {}
+    for name, bound in dict(constraints or {}).items():
+        if name not in OBJECTIVES:
+            raise Natv2Error(f"config key search.constraints.{name}: unknown column; expected names from {list(OBJECTIVES)}")
+        try:
+            value = float(bound)
+        except (TypeError, ValueError):
+            value = float("nan")
+        if not np.isfinite(value):
+            raise Natv2Error(f"config key search.constraints.{name}: expected a finite number, got {bound!r}")
+        out[name] = value
+    return out
+
+
+def constraint_matrix(frame: pd.DataFrame, constraints) -> np.ndarray:
+    """(n, c) values minus bounds of the constrained columns: <= 0 is feasible (pymoo's G)."""
+    names = list(constraints)
+    if not names:
+        return np.zeros((len(frame), 0))
+    return frame[names].to_numpy(dtype=float) - np.array([constraints[n] for n in names], dtype=float)
+
+
+def violation(G: np.ndarray) -> np.ndarray:
+    """Total constraint violation per row (pymoo's CV: the sum of positive parts); 0 = feasible."""
+    G = np.asarray(G, dtype=float)
+    return np.maximum(G, 0.0).sum(axis=1) if G.size else np.zeros(len(G))
+
+
+def feasible_mask(frame: pd.DataFrame, constraints) -> np.ndarray:
+    """Boolean mask of the rows that satisfy every constraint."""
+    return violation(constraint_matrix(frame, constraints)) <= 0
+
+
+def checked_columns(cfg) -> tuple[str, ...]:
+    """The objectives of a run, then its constrained columns that are not objectives."""
+    extra = [c for c in getattr(cfg, "constraints", {}) if c not in cfg.objectives]
+    return (*cfg.objectives, *extra)
+
+
+def describe_constraints(constraints) -> str:
+    return ", ".join(f"{k} <= {v:g}" for k, v in dict(constraints).items())
 
 
 def check_table(frame: pd.DataFrame, objectives: Sequence[str], where: str) -> pd.DataFrame:
@@ -151,12 +197,14 @@ def non_dominated(F: np.ndarray) -> np.ndarray:
     return mask
 
 
-def survive(F: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
+def survive(F: np.ndarray, n: int, rng: np.random.Generator, G: np.ndarray | None = None) -> np.ndarray:
     """Indices (ascending) of the ``n`` rows of ``F`` that survive.
 
     2 objectives: NSGA-II rank and crowding; 3+: NSGA-III reference-direction survival. Fronts
     are kept whole in rank order; only the first front that does not fit is thinned (by
     crowding distance / niche counts), so the non-dominated set survives whenever it fits.
+    With constraints ``G`` ((n, c), <= 0 feasible; :func:`constraint_matrix`) pymoo's survival
+    keeps feasible rows first and fills up with the least violating infeasible ones.
     """
     from pymoo.algorithms.moo.nsga3 import ReferenceDirectionSurvival
     from pymoo.core.population import Population
@@ -172,8 +220,14 @@ def survive(F: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
         return np.zeros(0, dtype=int)
     m = F.shape[1]
     survival = RankAndCrowding() if m == 2 else ReferenceDirectionSurvival(reference_directions(m, n))
-    pop = Population.new(X=np.zeros((len(F), 1)), F=F)
-    idx = survival.do(Problem(n_var=1, n_obj=m), pop, n_survive=n, random_state=rng, return_indices=True)
+    if G is not None and np.asarray(G).size:
+        G = np.asarray(G, dtype=float).reshape(len(F), -1)
+        pop = Population.new(X=np.zeros((len(F), 1)), F=F, G=G)  # pymoo derives CV and feas from G
+        problem = Problem(n_var=1, n_obj=m, n_ieq_constr=G.shape[1])
+    else:
+        pop = Population.new(X=np.zeros((len(F), 1)), F=F)
+        problem = Problem(n_var=1, n_obj=m)
+    idx = survival.do(problem, pop, n_survive=n, random_state=rng, return_indices=True)
     return np.sort(np.asarray(idx, dtype=int))
 
 
@@ -229,14 +283,16 @@ def select_initial(evaluated: pd.DataFrame, space, cfg, rng: np.random.Generator
     NAT keeps every row. NATv2 keeps the smallest and largest genomes and fills the rest of
     ``archive_size`` by survival among the other rows (its pre-processing).
     """
-    check_table(evaluated, cfg.objectives, "evaluated initial genomes")
+    check_table(evaluated, checked_columns(cfg), "evaluated initial genomes")
     frame = evaluated.reset_index(drop=True)
     if cfg.algorithm == "nat" or len(frame) <= cfg.archive_size:
         return frame
     forced = {space.to_string(space.smallest()), space.to_string(space.largest())}
     is_forced = frame["genome"].isin(forced).to_numpy()
     rest = np.flatnonzero(~is_forced)
-    keep = rest[survive(objective_matrix(frame.iloc[rest], cfg.objectives), cfg.archive_size - int(is_forced.sum()), rng)]
+    constraints = getattr(cfg, "constraints", {})
+    keep = rest[survive(objective_matrix(frame.iloc[rest], cfg.objectives), cfg.archive_size - int(is_forced.sum()), rng,
+                        constraint_matrix(frame.iloc[rest], constraints))]
     chosen = np.sort(np.concatenate([np.flatnonzero(is_forced), keep]))
     log.info("pre-processing: kept %d of %d evaluated genomes by survival", len(chosen), len(frame))
     return frame.iloc[chosen].reset_index(drop=True)
@@ -248,15 +304,16 @@ def update_archive(archive: pd.DataFrame, candidates: pd.DataFrame, cfg, rng: np
     Candidates already in the archive are ignored (the archive's row is kept). NAT: the archive
     grows. NATv2: survival cuts it back to ``archive_size`` (row order otherwise preserved).
     """
-    check_table(archive, cfg.objectives, "archive")
-    check_table(candidates, cfg.objectives, "evaluated candidates")
+    check_table(archive, checked_columns(cfg), "archive")
+    check_table(candidates, checked_columns(cfg), "evaluated candidates")
     new = candidates[~candidates["genome"].isin(set(archive["genome"]))]
     if len(new) < len(candidates):
         log.warning("%d candidate(s) were already in the archive; keeping the archive's rows", len(candidates) - len(new))
     merged = pd.concat([archive, new], ignore_index=True)
     if cfg.algorithm == "nat" or len(merged) <= cfg.archive_size:
         return merged
-    keep = survive(objective_matrix(merged, cfg.objectives), cfg.archive_size, rng)
+    keep = survive(objective_matrix(merged, cfg.objectives), cfg.archive_size, rng,
+                   constraint_matrix(merged, getattr(cfg, "constraints", {})))
     return merged.iloc[keep].reset_index(drop=True)
 
 

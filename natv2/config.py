@@ -241,11 +241,17 @@ class SearchConfig:
     surrogate_pool: tuple[str, ...] = ("rbf", "gp", "carts", "mlp")
     lgbm_min_child_samples: int | None = None
     initial_population: str = "random"
+    constraints: Mapping[str, float] = field(default_factory=dict)  # column -> upper bound
+    latency_table: str | None = None  # table.json of `natv2 latency-table`: adds latency_lut
 
     def __post_init__(self) -> None:
-        from natv2.archive import check_objectives
+        from natv2.archive import check_constraints, check_objectives
 
         object.__setattr__(self, "objectives", check_objectives(self.objectives))
+        object.__setattr__(self, "constraints", check_constraints(self.constraints))
+        if "latency_lut" in (*self.objectives, *self.constraints) and not self.latency_table:
+            raise Natv2Error("config key search.latency_table: required when search.objectives or "
+                             "search.constraints name latency_lut (make one with `natv2 latency-table`)")
         if self.hv_reference is not None:
             ref = tuple(float(v) for v in self.hv_reference)
             if len(ref) != len(self.objectives):

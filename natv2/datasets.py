@@ -6,7 +6,10 @@ The registry :data:`SOURCES` maps a dataset ``kind`` to its loader:
 - ``torchvision``: a torchvision dataset class by name (CIFAR10, CIFAR100, MNIST, SVHN, ...),
   read from ``root`` when present, downloaded into it when absent and ``download`` is allowed;
 - ``imagefolder``: ``root/train/<class>/*`` and optionally ``root/test/<class>/*``, any image
-  size or mode, decoded in parallel worker processes.
+  size or mode, decoded in parallel worker processes;
+- ``tinyimagenet``: the official ``tiny-imagenet-200.zip`` unzipped as it is (``wnids.txt``,
+  ``words.txt``, ``train/<wnid>/images/*.JPEG``, ``val/images/*.JPEG`` + ``val/val_annotations.txt``);
+  the labelled val split serves as the test split (the official test split has no labels).
 
 Every loader returns a :class:`RawDataset`: all images of the source as one uint8
 ``N x 3 x S x S`` tensor (the training pool first, then the official test split when the source
@@ -357,12 +360,88 @@ def load_imagefolder(cfg: DatasetConfig, workers: int = 1) -> RawDataset:
 
 
 # --------------------------------------------------------------------------------------------
+# Tiny-ImageNet as downloaded
+
+TINY_LAYOUT = ("wnids.txt, words.txt, train/<wnid>/images/*.JPEG, val/images/*.JPEG and "
+               "val/val_annotations.txt (the unzipped tiny-imagenet-200.zip)")
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise Natv2Error(f"{path}: not found (Tiny-ImageNet layout: {TINY_LAYOUT})")
+    return [line.rstrip("\n\r") for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def tiny_class_names(wnids: list[str], words_txt: Path) -> list[str]:
+    """Readable class names from ``words.txt`` (``wnid<TAB>name, synonym, ...``): the first name.
+
+    A wnid missing from words.txt keeps its wnid; a name shared by two wnids gets its wnid
+    appended, so class names stay unique.
+    """
+    words = {}
+    if words_txt.is_file():
+        for line in _read_lines(words_txt):
+            wnid, _, names = line.partition("\t")
+            words[wnid.strip()] = names.split(",")[0].strip()
+    else:
+        log.warning("%s: not found; class names are the wnids", words_txt)
+    names = [words.get(w) or w for w in wnids]
+    counts = {n: names.count(n) for n in names}
+    return [f"{n} ({w})" if counts[n] > 1 and n != w else n for n, w in zip(names, wnids)]
+
+
+def scan_tinyimagenet(root: Path) -> tuple[list[str], list[str], list[Path], list[int], int]:
+    """(wnids, class names, image paths, labels, n_train) of the official Tiny-ImageNet layout.
+
+    Classes are the wnids of ``wnids.txt`` in sorted order (what ImageFolder gives the same
+    folders); train images first (``train/<wnid>/images/``, the ``*_boxes.txt`` beside them are
+    ignored), then val images labelled by ``val/val_annotations.txt``.
+    """
+    if not root.is_dir():
+        raise Natv2Error(f"{root}: does not exist or is not a folder (Tiny-ImageNet layout: {TINY_LAYOUT})")
+    wnids = sorted(set(w.split()[0] for w in _read_lines(root / "wnids.txt")))
+    index = {w: i for i, w in enumerate(wnids)}
+    paths: list[Path] = []
+    labels: list[int] = []
+    for wnid in wnids:
+        folder = root / "train" / wnid / "images"
+        files = sorted(p for p in folder.iterdir() if p.is_file() and _visible(p.name)) if folder.is_dir() else []
+        if not files:
+            raise Natv2Error(f"{folder}: no training images for class {wnid} (Tiny-ImageNet layout: {TINY_LAYOUT})")
+        paths.extend(files)
+        labels.extend([index[wnid]] * len(files))
+    n_train = len(paths)
+    for line_no, line in enumerate(_read_lines(root / "val" / "val_annotations.txt"), start=1):
+        fields = line.split("\t")
+        if len(fields) < 2:
+            raise Natv2Error(f"{root / 'val' / 'val_annotations.txt'}: line {line_no}: expected '<file>\\t<wnid>\\t...', got {line!r}")
+        name, wnid = fields[0].strip(), fields[1].strip()
+        if wnid not in index:
+            raise Natv2Error(f"{root / 'val' / 'val_annotations.txt'}: line {line_no}: wnid {wnid!r} not in wnids.txt")
+        image = root / "val" / "images" / name
+        if not image.is_file():
+            raise Natv2Error(f"{image}: listed in val/val_annotations.txt line {line_no} but not found")
+        paths.append(image)
+        labels.append(index[wnid])
+    return wnids, tiny_class_names(wnids, root / "words.txt"), paths, labels, n_train
+
+
+def load_tinyimagenet(cfg: DatasetConfig, workers: int = 1) -> RawDataset:
+    """Tiny-ImageNet from its official archive layout: train as the pool, the labelled val as test."""
+    root = _require_root(cfg)
+    _, classes, paths, labels, n_train = scan_tinyimagenet(root)
+    images = decode_files(paths, cfg.image_size, workers, desc=cfg.key)
+    return RawDataset(classes, images, torch.tensor(labels, dtype=torch.int64), n_train, origin=str(root.resolve()))
+
+
+# --------------------------------------------------------------------------------------------
 # registry
 
 SOURCES: dict[str, Callable[[DatasetConfig, int], RawDataset]] = {
     "digits": load_digits,
     "torchvision": load_torchvision,
     "imagefolder": load_imagefolder,
+    "tinyimagenet": load_tinyimagenet,
 }
 
 

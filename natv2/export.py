@@ -6,6 +6,8 @@ An exported network is a directory::
     config.json   how to rebuild it: {"format": "natv2-network", "kind": "single", "class":
                   "StaticNet", "net": <StaticNet.config>, "classes", "resolution", "mean", "std"}
     model.ts      TorchScript (traced at ``resolution``), for use without natv2
+    model.onnx    ONNX (opset ``ONNX_OPSET``, dynamic batch; input ``input``, output ``output``),
+                  for onnxruntime and other runtimes: ``natv2 predict --runtime onnx``
 
 An exported ensemble is a directory with ``config.json`` (``"kind": "ensemble"``, ``"members"``:
 the sub-directory names, ``"mode"``), ``model.ts``, and one exported member per sub-directory.
@@ -32,6 +34,10 @@ from natv2.io import load_torch, read_json, save_torch, write_bytes, write_json
 FORMAT = "natv2-network"
 VERSION = 1
 WEIGHTS, CONFIG, TORCHSCRIPT = "weights.pt", "config.json", "model.ts"
+ONNX = "model.onnx"
+#: ONNX opset of the exports: 17 has every op the nets use (hardswish, resize, ...) and is read
+#: by every onnxruntime since 1.11
+ONNX_OPSET = 17
 
 # class name in config.json -> class with ``from_config(cfg)``, for networks that are not natv2
 # static nets (natv2's own are rebuilt by natv2.nets.static_from_config from the config's variant)
@@ -116,6 +122,26 @@ def _trace(model, resolution: int, out: Path) -> None:
         model.train(was_training)
 
 
+def _onnx(model, resolution: int, out: Path) -> None:
+    """Write ``model`` as ONNX (TorchScript-based exporter, dynamic batch axis)."""
+    import torch
+
+    example = torch.zeros(1, 3, int(resolution), int(resolution))
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings(), atomic_path(out) as tmp:
+            # dynamo=False: the TorchScript exporter needs no onnxscript and handles these static nets
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            torch.onnx.export(model, (example,), str(tmp), dynamo=False, opset_version=ONNX_OPSET,
+                              input_names=["input"], output_names=["output"],
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
+    finally:
+        model.train(was_training)
+
+
 def export_network(
     net,
     out_dir: str | Path,
@@ -146,6 +172,7 @@ def export_network(
     }
     save_torch(out_dir / WEIGHTS, {k: v.detach().cpu() for k, v in net.state_dict().items()})
     _trace(net, resolution, out_dir / TORCHSCRIPT)
+    _onnx(net, resolution, out_dir / ONNX)
     write_json(out_dir / CONFIG, config)  # last: a directory with config.json is complete
     return out_dir
 
@@ -189,7 +216,9 @@ def export_ensemble(member_dirs: Sequence[str | Path], out_dir: str | Path, *, m
         **({"image_size": configs[0]["image_size"]} if "image_size" in configs[0] else {}),
         **dict(extra or {}),
     }
-    _trace(_load_dir(out_dir, config), resolution, out_dir / TORCHSCRIPT)
+    ensemble = _load_dir(out_dir, config)
+    _trace(ensemble, resolution, out_dir / TORCHSCRIPT)
+    _onnx(ensemble, resolution, out_dir / ONNX)
     write_json(out_dir / CONFIG, config)
     return out_dir
 
@@ -200,7 +229,7 @@ def export_ensemble(member_dirs: Sequence[str | Path], out_dir: str | Path, *, m
 
 def _resolve(path: str | Path) -> Path:
     path = Path(path)
-    if path.is_file() and path.name in (CONFIG, WEIGHTS, TORCHSCRIPT):
+    if path.is_file() and path.name in (CONFIG, WEIGHTS, TORCHSCRIPT, ONNX):
         path = path.parent
     if not path.is_dir():
         raise Natv2Error(f"{path}: not an exported network directory (expected {CONFIG}, {WEIGHTS}, {TORCHSCRIPT})")
@@ -335,6 +364,35 @@ def load_torchscript(path: str | Path):
             return torch.jit.load(str(ts), map_location="cpu").eval()
     except RuntimeError as e:
         raise Natv2Error(f"{ts}: not a readable TorchScript file ({str(e).splitlines()[0]})") from None
+
+
+class OnnxNetwork:
+    """An exported ``model.onnx`` under onnxruntime, called like the torch module (tensor in, tensor out)."""
+
+    def __init__(self, path: Path, config: Mapping[str, Any]) -> None:
+        import onnxruntime
+
+        try:
+            self.session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph types
+            raise Natv2Error(f"{path}: not a readable ONNX model ({str(e).splitlines()[0]})") from None
+        self.natv2_config = dict(config)
+
+    def __call__(self, x):
+        import torch
+
+        out = self.session.run(None, {"input": torch.as_tensor(x, dtype=torch.float32).contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+
+def load_onnx(path: str | Path) -> OnnxNetwork:
+    """The exported ONNX model of a network (or ensemble) directory, run by onnxruntime on the CPU."""
+    path = _resolve(path)
+    config = load_config(path)
+    model = path / ONNX
+    if not model.is_file():
+        raise Natv2Error(f"{model}: ONNX file not found (exported before natv2 wrote ONNX? export it again)")
+    return OnnxNetwork(model, config)
 
 
 def preprocess(images, config: Mapping[str, Any]):

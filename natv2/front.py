@@ -11,12 +11,12 @@
 from __future__ import annotations
 
 import warnings
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from natv2.archive import ERROR, check_table, non_dominated, objective_matrix
+from natv2.archive import ERROR, check_table, describe_constraints, feasible_mask, non_dominated, objective_matrix
 from natv2.errors import Natv2Error
 
 #: margin of the derived reference point beyond the worst value (normalised units)
@@ -51,21 +51,34 @@ def knee_points(F: np.ndarray, epsilon: float = 0.125) -> np.ndarray:
             diff = N[finder.find(i)] - N[i]
             tradeoff = np.maximum(0, diff).sum(axis=1) / np.maximum(0, -diff).sum(axis=1)
             mu[i] = np.nanmin(tradeoff)
+        if not np.isfinite(mu).any():  # every point equal to its neighbours (ties): no trade-off, no knee
+            return mask
         idx = find_outliers_upper_tail(np.round(mu, 9))  # all equal: std 0, no outlier
     if idx is not None:
         mask[np.asarray(idx, dtype=int)] = True
     return mask
 
 
-def pareto_front(archive: pd.DataFrame, objectives: Sequence[str]) -> pd.DataFrame:
+def pareto_front(archive: pd.DataFrame, objectives: Sequence[str],
+                 constraints: Mapping[str, float] | None = None) -> pd.DataFrame:
     """Non-dominated rows of ``archive`` sorted by top-1 error, with ``id`` and ``knee`` columns.
 
-    Rows with identical objective values are all kept (neither dominates the other).
+    Rows with identical objective values are all kept (neither dominates the other). With
+    ``constraints`` ({column: upper bound}, ``search.constraints``) only the feasible rows count;
+    an archive without any is a one-line Natv2Error saying how close it came.
     """
     objectives = tuple(objectives)
-    check_table(archive, objectives, "archive")
+    constraints = dict(constraints or {})
+    check_table(archive, (*objectives, *[c for c in constraints if c not in objectives]), "archive")
     if len(archive) == 0:
         raise Natv2Error("archive: empty, no front to extract")
+    if constraints:
+        feasible = feasible_mask(archive, constraints)
+        if not feasible.any():
+            best = ", ".join(f"min {c} {archive[c].astype(float).min():g}" for c in constraints)
+            raise Natv2Error(f"archive: no genome satisfies search.constraints ({describe_constraints(constraints)}); "
+                             f"of {len(archive)} genomes: {best}")
+        archive = archive[feasible]
     front = archive[non_dominated(objective_matrix(archive, objectives))]
     sort_by = [ERROR] + [o for o in objectives if o != ERROR] if ERROR in objectives else list(objectives)
     front = front.sort_values(sort_by, kind="stable").reset_index(drop=True)

@@ -20,7 +20,12 @@ candidates; the lead's evaluate step measures them; the update step tells the ar
   (:func:`subset_selection`); if fewer, the rest is topped up by the best predicted error.
 
 ``cost_fn(genomes: int array (n, n_var)) -> {name: array (n,)}`` must return every cost
-objective of the run (``params``, ``macs``, ``latency_ms``); the lead connects it to natv2.costs.
+objective of the run (``params``, ``macs``, ``latency_ms``, ``latency_lut``) and every cost column
+named in ``search.constraints``; the lead connects it to natv2.costs / natv2.latency_table.
+
+Hard constraints (``search.constraints``, issue 15): pymoo inequality constraints of the
+surrogate problem (NSGA-II/III then rank feasible before infeasible genomes), and the
+candidates are chosen among the feasible genomes of the final population first.
 """
 from __future__ import annotations
 
@@ -37,7 +42,7 @@ from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
 from natv2.archive import (ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique,
-                           survive)
+                           survive, violation)
 from natv2.errors import Natv2Error
 
 log = logging.getLogger(__name__)
@@ -115,25 +120,42 @@ class GenomeRepair(Repair):
 
 
 class SurrogateProblem(Problem):
-    """Objectives of a whole population at once: predicted error, exact cached costs."""
+    """Objectives of a whole population at once: predicted error, exact cached costs.
 
-    def __init__(self, space, objectives: Sequence[str], predict_error: PredictFn, costs: CostCache) -> None:
-        super().__init__(n_var=space.n_var, n_obj=len(objectives), xl=space.xl.astype(float),
-                         xu=space.xu.astype(float), vtype=int)
+    ``constraints`` ({column: upper bound}, ``search.constraints``) become pymoo inequality
+    constraints ``G = value - bound <= 0``; a constrained cost that is not an objective follows
+    the objective costs in the cost cache's names, a bound on ``top1_err`` uses the prediction.
+    """
+
+    def __init__(self, space, objectives: Sequence[str], predict_error: PredictFn, costs: CostCache,
+                 constraints: Mapping[str, float] | None = None) -> None:
+        constraints = dict(constraints or {})
+        super().__init__(n_var=space.n_var, n_obj=len(objectives), n_ieq_constr=len(constraints),
+                         xl=space.xl.astype(float), xu=space.xu.astype(float), vtype=int)
         self.objectives = tuple(objectives)
         self.error_col = self.objectives.index(ERROR)
         self.cost_cols = [i for i, o in enumerate(self.objectives) if o != ERROR]
-        if tuple(self.objectives[i] for i in self.cost_cols) != costs.names:
+        n_cost = len(self.cost_cols)
+        if tuple(self.objectives[i] for i in self.cost_cols) != costs.names[:n_cost]:
             raise Natv2Error(f"surrogate problem: cost cache has {costs.names}, objectives are {self.objectives}")
+        missing = [c for c in constraints if c != ERROR and c not in costs.names]
+        if missing:
+            raise Natv2Error(f"surrogate problem: constrained column(s) {missing} not in the cost cache {costs.names}")
         self.predict_error = predict_error
         self.costs = costs
+        self.constraints = constraints
 
     def _evaluate(self, X, out, *args, **kwargs):
         X = np.rint(X).astype(np.int64)
         F = np.empty((len(X), self.n_obj))
-        F[:, self.error_col] = self.predict_error(X)
-        F[:, self.cost_cols] = self.costs(X)
+        error = self.predict_error(X)
+        C = self.costs(X)
+        F[:, self.error_col] = error
+        F[:, self.cost_cols] = C[:, : len(self.cost_cols)]
         out["F"] = F
+        if self.constraints:
+            value = {ERROR: error, **{n: C[:, j] for j, n in enumerate(self.costs.names)}}
+            out["G"] = np.column_stack([value[c] - bound for c, bound in self.constraints.items()])
 
 
 def make_algorithm(space, cfg, n_obj: int, initial: np.ndarray):
@@ -198,7 +220,7 @@ def nsga_search(space, cfg, predict_error: PredictFn, costs: CostCache, initial:
     """Run the surrogate search; the final population's genomes (int) and objectives."""
     from pymoo.optimize import minimize
 
-    problem = SurrogateProblem(space, cfg.objectives, predict_error, costs)
+    problem = SurrogateProblem(space, cfg.objectives, predict_error, costs, getattr(cfg, "constraints", None))
     algorithm = make_algorithm(space, cfg, problem.n_obj, initial)
     start = time.perf_counter()
 
@@ -212,6 +234,9 @@ def nsga_search(space, cfg, predict_error: PredictFn, costs: CostCache, initial:
     log.info("surrogate search: %s, %d generations x %d in %.1fs (%.0f genomes/s), %d exact cost evaluations",
              type(algorithm).__name__, cfg.generations, cfg.pop_size, seconds,
              cfg.generations * cfg.pop_size / max(seconds, 1e-9), costs.n_computed)
+    if problem.n_ieq_constr:
+        n_feasible = int((res.pop.get("CV").reshape(-1) <= 0).sum())
+        log.info("surrogate search: %d of %d final genomes satisfy the constraints", n_feasible, len(X))
     return X, res.pop.get("F")
 
 
@@ -313,13 +338,16 @@ def subset_selection(pool_costs: np.ndarray, reference_costs: np.ndarray, k: int
 
 def choose_candidates(pool_X: np.ndarray, pool_F: np.ndarray, archive_X: np.ndarray, archive_F: np.ndarray,
                       k: int, objectives: Sequence[str], rng: np.random.Generator, *,
-                      subset_pop_size: int = 100, subset_generations: int = 60) -> tuple[np.ndarray, np.ndarray]:
+                      subset_pop_size: int = 100, subset_generations: int = 60,
+                      pool_cv: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Pick up to ``k`` new genomes from the search's final population.
 
     Returns (indices into the pool, the source of each: ``"front"`` = chosen by subset
     selection from the predicted front, ``"top-up"`` = best predicted error of the rest).
     Genomes already in the archive and repeated genomes are dropped first; fewer than ``k``
-    come back only when fewer than ``k`` new genomes exist.
+    come back only when fewer than ``k`` new genomes exist. With ``pool_cv`` (constraint
+    violation per pool genome, 0 = feasible) the front is taken among the feasible genomes and
+    the top-up takes feasible ones by error first, then infeasible ones by least violation.
     """
     objectives = tuple(objectives)
     err = objectives.index(ERROR)
@@ -334,6 +362,16 @@ def choose_candidates(pool_X: np.ndarray, pool_F: np.ndarray, archive_X: np.ndar
     new = np.asarray(new, dtype=int)
     if len(new) < k:
         log.warning("only %d new genomes in the search's population; asked for %d candidates", len(new), k)
+    if pool_cv is not None:
+        cv = np.asarray(pool_cv, dtype=float).reshape(-1)
+        ok, bad = new[cv[new] <= 0], new[cv[new] > 0]
+        front = ok[non_dominated(pool_F[ok])] if len(ok) else ok
+        if len(front) <= k:
+            rest = np.setdiff1d(ok, front)
+            rest = rest[np.argsort(pool_F[rest, err], kind="stable")]
+            rest = np.concatenate([rest, bad[np.argsort(cv[bad], kind="stable")]])[: k - len(front)].astype(int)
+            return np.concatenate([front, rest]).astype(int), np.array(["front"] * len(front) + ["top-up"] * len(rest))
+        new = ok
     front = new[non_dominated(pool_F[new])] if len(new) else new
     if len(front) > k:
         reference = archive_F[non_dominated(archive_F)][:, cost_cols] if len(archive_F) else np.zeros((0, len(cost_cols)))
@@ -356,15 +394,23 @@ def search_candidates(archive: pd.DataFrame, space, surrogate, cost_fn: CostFn, 
     Columns: ``genome``, ``predicted_top1_err``, the cost objectives (exact), ``source``.
     """
     objectives = tuple(cfg.objectives)
+    constraints = dict(getattr(cfg, "constraints", None) or {})
     cost_names = [o for o in objectives if o != ERROR]
+    # constrained costs that are not objectives follow the objective costs in the cache
+    cache_names = cost_names + [c for c in constraints if c != ERROR and c not in cost_names]
     archive_X = genomes_of(archive, space)
     archive_F = objective_matrix(archive, objectives)
-    costs = CostCache(cost_fn, cost_names)
-    costs.add(archive_X, archive[cost_names].to_numpy(dtype=float))  # measured already
+    costs = CostCache(cost_fn, cache_names)
+    costs.add(archive_X, archive[cache_names].to_numpy(dtype=float))  # measured already
     initial = initial_population(archive_X, archive_F, space, cfg, rng)
     X, F = nsga_search(space, cfg, surrogate.predict, costs, initial, rng)
+    pool_cv = None
+    if constraints:  # violation of the final population (predicted error, exact cached costs)
+        values = {ERROR: F[:, objectives.index(ERROR)], **dict(zip(costs.names, costs(X).T))}
+        pool_cv = violation(np.column_stack([values[c] - b for c, b in constraints.items()]))
     idx, source = choose_candidates(X, F, archive_X, archive_F, cfg.candidates, objectives, rng,
-                                    subset_pop_size=cfg.subset_pop_size, subset_generations=cfg.subset_generations)
+                                    subset_pop_size=cfg.subset_pop_size, subset_generations=cfg.subset_generations,
+                                    pool_cv=pool_cv)
     out = pd.DataFrame({"genome": [space.to_string(g) for g in X[idx]],
                         "predicted_top1_err": F[idx, objectives.index(ERROR)]})
     for name in cost_names:

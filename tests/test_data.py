@@ -348,11 +348,11 @@ def test_bad_entries_of_a_dataset(tmp_path):
     with pytest.raises(Natv2Error, match="unknown dataset key 'nope'"):
         prepare_split(settings_with(), "nope", out)
     # an unknown kind never passes the schema; the registry says the same for a hand-made entry
-    with pytest.raises(Natv2Error, match=r"datasets\.x\.kind: 'lmdb' is not one of digits, torchvision, imagefolder"):
+    with pytest.raises(Natv2Error, match=r"datasets\.x\.kind: 'lmdb' is not one of digits, torchvision, imagefolder, tinyimagenet"):
         load_source(DatasetConfig(key="x", kind="lmdb"))
     with pytest.raises(Natv2Error, match=r"datasets\.x\.kind"):
         settings_with({"x": {"kind": "lmdb"}})
-    assert set(SOURCES) == {"digits", "torchvision", "imagefolder"}
+    assert set(SOURCES) == {"digits", "torchvision", "imagefolder", "tinyimagenet"}
 
 
 # --------------------------------------------------------------------------------------------
@@ -669,3 +669,58 @@ def test_a_one_class_dataset_is_refused(tmp_path):
     with pytest.raises(Natv2Error, match=r"datasets\.mine: .* has 1 class\(es\) \(cat\); a classifier needs at least 2"):
         prepare_split(folder_settings(root), "mine", tmp_path / "out")
     assert not (tmp_path / "out" / "split.json").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Tiny-ImageNet as downloaded (issue 15.4)
+
+TINY_COLOURS = {"n01443537": (200, 30, 30), "n01629819": (30, 200, 30), "n09999999": (30, 30, 200)}
+
+
+def write_tiny_imagenet(root: Path) -> Path:
+    """A 3-class tree with the official archive's layout (2 train images per class, 3 val images)."""
+    wnids = list(TINY_COLOURS)
+    (root / "wnids.txt").parent.mkdir(parents=True, exist_ok=True)
+    (root / "wnids.txt").write_text("\n".join(reversed(wnids)) + "\n")  # the official file is not sorted
+    (root / "words.txt").write_text("n01443537\tgoldfish, Carassius auratus\n"
+                                    "n01629819\tEuropean fire salamander, Salamandra salamandra\n"
+                                    "n00000001\tunused entity\n")  # n09999999 has no entry: keeps its wnid
+    for wnid, colour in TINY_COLOURS.items():
+        for i in range(2):
+            _write_image(root / "train" / wnid / "images" / f"{wnid}_{i}.JPEG", "RGB", (64, 64), colour)
+        (root / "train" / wnid / f"{wnid}_boxes.txt").write_text(f"{wnid}_0.JPEG\t0\t0\t10\t10\n")
+    val = [("val_0.JPEG", "n01629819"), ("val_1.JPEG", "n09999999"), ("val_2.JPEG", "n01443537")]
+    for name, wnid in val:
+        _write_image(root / "val" / "images" / name, "RGB", (64, 64), TINY_COLOURS[wnid])
+    (root / "val" / "val_annotations.txt").write_text("".join(f"{n}\t{w}\t0\t0\t63\t63\n" for n, w in val))
+    _write_image(root / "test" / "images" / "test_0.JPEG", "RGB", (64, 64), (0, 0, 0))  # unlabelled: ignored
+    return root
+
+
+def test_tinyimagenet_reads_the_official_layout(tmp_path):
+    root = write_tiny_imagenet(tmp_path / "tiny-imagenet-200")
+    settings = settings_with({"tiny": {"kind": "tinyimagenet", "root": str(root), "image_size": 16,
+                                       "val_size": 3, "test_size": 0.2}})
+    split = prepare_split(settings, "tiny", tmp_path / "out", workers=1)
+    meta = json.loads(split.read_text())
+    assert meta["classes"] == ["goldfish", "European fire salamander", "n09999999"]
+    assert meta["test_from"] == "official test split" and meta["counts"]["test"] == 3
+    assert meta["counts"]["train"] + meta["counts"]["val"] == 6
+    cache = torch.load(tmp_path / "out" / CACHE_FILE, weights_only=True)
+    assert cache["images"].shape == (9, 3, 16, 16)
+    assert cache["labels"].tolist() == [0, 0, 1, 1, 2, 2, 1, 2, 0]  # train by sorted wnid, then val in file order
+    for image, label in zip(cache["images"], cache["labels"].tolist()):
+        colour = torch.tensor(list(TINY_COLOURS.values())[label], dtype=torch.float32)
+        assert torch.allclose(image.float().mean(dim=(1, 2)), colour, atol=8)
+
+
+def test_tinyimagenet_layout_errors_name_the_file(tmp_path):
+    root = write_tiny_imagenet(tmp_path / "tiny")
+    settings = settings_with({"tiny": {"kind": "tinyimagenet", "root": str(root), "image_size": 16}})
+    (root / "val" / "images" / "val_1.JPEG").unlink()
+    with pytest.raises(Natv2Error, match=r"val_1.JPEG: listed in val/val_annotations.txt line 2 but not found"):
+        prepare_split(settings, "tiny", tmp_path / "out", workers=1)
+    (root / "wnids.txt").unlink()
+    with pytest.raises(Natv2Error, match=r"wnids.txt: not found \(Tiny-ImageNet layout"):
+        prepare_split(settings, "tiny", tmp_path / "out", workers=1)
+    assert_nothing_written(tmp_path / "out")

@@ -10,7 +10,7 @@ import torch
 import natv2
 from natv2.cli import main
 from natv2.errors import Natv2Error
-from natv2.export import export_ensemble, export_network, load_config, load_network, load_torchscript
+from natv2.export import export_ensemble, export_network, load_config, load_network, load_onnx, load_torchscript
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [f"class{i}" for i in range(10)]
@@ -58,7 +58,7 @@ def test_two_exports_of_a_net_give_identical_files(exported, tmp_path):
 
 def test_reloaded_three_ways_gives_the_same_logits(exported):
     net, out = exported
-    assert {p.name for p in out.iterdir()} == {"weights.pt", "config.json", "model.ts"}
+    assert {p.name for p in out.iterdir()} == {"weights.pt", "config.json", "model.ts", "model.onnx"}
     x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         reference = net(x)
@@ -88,6 +88,7 @@ def test_ensemble_export_averages_member_probabilities(tmp_path, exported):
         expected = (a + b) / 2
         torch.testing.assert_close(ens(x), expected, rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(load_torchscript(ens_dir)(x), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(load_onnx(ens_dir)(x), expected, rtol=0, atol=1e-4)  # onnxruntime, same mean
     torch.testing.assert_close(ens(x).sum(1), torch.ones(3))
     with pytest.raises(Natv2Error, match="at least 2"):
         export_ensemble([first], tmp_path / "e1")
@@ -218,3 +219,43 @@ def test_exported_ofav2_nets_keep_the_original_wiring(tmp_path, variant):
     assert load_config(out)["net"]["dense"] == ("D" in variant)
     if "P" in variant:
         assert load_config(out)["net"]["stages"][0][0]["branches"] == 3
+
+
+@pytest.mark.parametrize("variant", ["ofa_mbv3", "EE_B", "SE_P"])
+def test_onnx_export_matches_torch_logits(tmp_path, variant):
+    """model.onnx under onnxruntime gives torch's logits within 1e-4 (plain, early-exit, parallel-block)."""
+    from natv2.nets import build_supernet
+
+    from tests.net_helpers import randomize
+
+    torch.manual_seed(3)
+    supernet = build_supernet({"variant": variant, "resolutions": [24], "widths": [1.0]}, len(CLASSES))
+    genome = supernet.space.sample(1, np.random.default_rng(4), policy="natv2")[0]
+    net = randomize(supernet.extract(genome), 5).eval()
+    out = export_network(net, tmp_path / variant, classes=CLASSES, resolution=24, mean=MEAN, std=STD)
+    x = torch.randn(5, 3, 24, 24, generator=torch.Generator().manual_seed(6))  # batch 5: dynamic axis
+    with torch.no_grad():
+        reference = net(x)
+    got = load_onnx(out)(x)
+    assert got.shape == (5, len(CLASSES))
+    torch.testing.assert_close(got, reference, rtol=0, atol=1e-4)
+
+
+def test_predict_with_the_onnx_runtime_prints_the_same_classes(tmp_path, exported, capsys):
+    from PIL import Image
+
+    _, out = exported
+    image = tmp_path / "img.png"
+    Image.fromarray(np.random.default_rng(7).integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(image)
+    assert main(["predict", "--net", str(out), "--top", "3", str(image)]) == 0
+    torch_line = capsys.readouterr().out.strip()
+    assert main(["predict", "--net", str(out), "--runtime", "onnx", "--top", "3", str(image)]) == 0
+    onnx_line = capsys.readouterr().out.strip()
+    assert [c.split(" ")[0] for c in onnx_line.split(": ", 1)[1].split(", ")] == \
+        [c.split(" ")[0] for c in torch_line.split(": ", 1)[1].split(", ")]
+    (out / "model.onnx").rename(tmp_path / "moved.onnx")
+    try:
+        with pytest.raises(Natv2Error, match="model.onnx: ONNX file not found"):
+            load_onnx(out)
+    finally:
+        (tmp_path / "moved.onnx").rename(out / "model.onnx")

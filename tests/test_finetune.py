@@ -242,7 +242,7 @@ def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
     assert rc == 2 and "corrupt.pt" in capsys.readouterr().err and not (tmp_path / "bad").exists()
 
     metrics = json.loads((nets / "0" / "metrics.json").read_text())
-    assert {p.name for p in (nets / "0").iterdir()} == {"weights.pt", "config.json", "model.ts", "metrics.json"}
+    assert {p.name for p in (nets / "0").iterdir()} == {"weights.pt", "config.json", "model.ts", "model.onnx", "metrics.json"}
     assert metrics["resolution"] == 8 and metrics["params"] > 0 and metrics["macs"] > 0 and metrics["latency_ms"] > 0
     assert 0 <= metrics["test_top1"] <= 100 and 0 <= metrics["test_top1_finetuned"] <= 100
     assert metrics["step2_epochs"] == metrics["best_epoch"] <= 2

@@ -126,3 +126,10 @@ def test_spread_members_keeps_the_extremes_and_the_knee_and_spreads_the_rest():
     assert spread_members(front, ["top1_err", "params"], 20).all()
     even = np.flatnonzero(spread_members(front.assign(knee=False), ["top1_err", "params"], 4))
     assert list(even) == [0, 3, 6, 9]
+
+
+def test_a_front_of_tied_points_has_no_knee():
+    # e.g. an untrained supernet (every subnet at chance) ranked by a latency table that rounds to 0
+    assert knee_points(np.zeros((5, 2))).tolist() == [False] * 5
+    tied = pd.DataFrame({"genome": [f"g{i}" for i in range(4)], "top1_err": [90.0] * 4, "latency_lut": [0.0] * 4})
+    assert pareto_front(tied, ["top1_err", "latency_lut"])["knee"].tolist() == [False] * 4

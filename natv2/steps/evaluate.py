@@ -32,7 +32,7 @@ def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, 
     """Rows ``shard::shards`` of ``table`` evaluated; input columns other than the measured ones kept."""
     import pandas as pd
 
-    from natv2.evaluate import COLUMNS, evaluate_genomes
+    from natv2.evaluate import evaluate_genomes
 
     rows = list(range(shard, len(table), shards))
     part = table.iloc[rows].reset_index(drop=True)
@@ -40,7 +40,13 @@ def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, 
         supernet, list(part["genome"]), data, settings.evaluation,
         split=split, device=settings.torch_device(), progress=progress, seed=settings.seed,
     )
-    kept = part.drop(columns=[c for c in part.columns if c in COLUMNS or c in ("supernet", "row")])
+    if settings.search.latency_table:  # the target device's latency, from its lookup table (no net built)
+        from natv2.latency_table import load_table
+
+        table = load_table(settings.search.latency_table)
+        table.check_space(supernet.space)
+        measured["latency_lut"] = table.predict(supernet.space, list(measured["genome"]))
+    kept = part.drop(columns=[c for c in part.columns if c in measured.columns or c in ("supernet", "row")])
     out = pd.concat([measured, kept], axis=1)
     out["supernet"] = tag
     out["seed"] = out["seed"] if "seed" in out.columns else settings.seed

@@ -29,7 +29,8 @@ def run(args: argparse.Namespace) -> int:
 
     settings = settings_from_args(args)
     objectives = settings.search.objectives
-    front = pareto_front(read_archive(args.archive, objectives), objectives)
+    # feasible members only (search.constraints): so the fine-tuning and pareto.csv are within budget
+    front = pareto_front(read_archive(args.archive, objectives), objectives, settings.search.constraints)
     # members the post-processing fine-tunes (finetune.max_members, spread along the front)
     front["finetune"] = spread_members(front, objectives, settings.finetune.max_members)
     logging.getLogger(__name__).info("front: %d members, %d knee point(s)", len(front), int(front["knee"].sum()))

@@ -27,6 +27,9 @@ COLUMNS = [
     "search_val_top1",
     "search_test_top1",
 ]
+#: columns of front.csv carried into pareto.csv when the run has them (latency_lut: the target
+#: device's latency from search.latency_table, the one the search used)
+FRONT_EXTRAS = ["latency_lut"]
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -81,7 +84,10 @@ def assemble(front, metrics: dict[str, dict], paths: dict[str, str]):
             )
         except KeyError as e:
             raise Natv2Error(f"nets/{mid}/metrics.json: key {e.args[0]!r} missing") from None
-    return pd.DataFrame(rows, columns=COLUMNS).sort_values("params", kind="stable").reset_index(drop=True)
+    extras = [c for c in FRONT_EXTRAS if c in front.columns]
+    for row, (_, member) in zip(rows, front.iterrows()):
+        row.update({c: float(member[c]) for c in extras})
+    return pd.DataFrame(rows, columns=COLUMNS + extras).sort_values("params", kind="stable").reset_index(drop=True)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -7,6 +7,8 @@ import argparse
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="print the top classes of images under an exported network or ensemble")
     p.add_argument("--net", required=True, metavar="DIR", help="exported network directory (config.json, weights.pt)")
+    p.add_argument("--runtime", choices=["torch", "onnx"], default="torch",
+                   help="torch (weights.pt rebuilt by natv2, default) or onnx (model.onnx under onnxruntime)")
     p.add_argument("--top", type=int, default=5, metavar="K", help="classes printed per image (default 5)")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (anything Pillow reads)")
     p.set_defaults(func=run)
@@ -54,11 +56,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from natv2.errors import Natv2Error
-    from natv2.export import load_network
+    from natv2.export import load_network, load_onnx
 
     if args.top < 1:
         raise Natv2Error(f"--top {args.top}: expected >= 1")
-    net = load_network(args.net)
+    net = load_onnx(args.net) if args.runtime == "onnx" else load_network(args.net)
     lines, errors = predict(net, net.natv2_config, args.images, args.top)
     for line in lines:
         print(line)

@@ -38,13 +38,25 @@ def supernet_costs(settings, supernet_path):
     net, _ = load_supernet(supernet_path)
     net.eval()
     space = net.space
-    names = [o for o in settings.search.objectives if o != "top1_err"]
+    cfg = settings.search
+    names = [o for o in cfg.objectives if o != "top1_err"]
+    names += [c for c in cfg.constraints if c != "top1_err" and c not in names]  # constrained costs too
     device = settings.torch_device()
+    table = None
+    if "latency_lut" in names:  # predicted from the target device's table: no net built
+        from natv2.latency_table import load_table
+
+        table = load_table(cfg.latency_table)
+        table.check_space(space)
 
     def cost_fn(genomes):
         import numpy as np
 
         out = {name: np.empty(len(genomes)) for name in names}
+        if table is not None:
+            out["latency_lut"] = table.predict(space, genomes)
+        if not set(names) - {"latency_lut"}:
+            return out
         for i, g in enumerate(genomes):
             static = net.extract(g)
             resolution = space.decode(g).resolution
@@ -64,11 +76,11 @@ def supernet_costs(settings, supernet_path):
 
 def run_search(archive, space, cost_fn, cfg, rng, iteration: int):
     """Library form of the step: (candidates DataFrame, surrogate summary dict)."""
-    from natv2.archive import check_table, genomes_of
+    from natv2.archive import check_table, checked_columns, genomes_of
     from natv2.search import search_candidates
     from natv2.surrogate import fit_surrogate
 
-    check_table(archive, cfg.objectives, "archive")
+    check_table(archive, checked_columns(cfg), "archive")
     surrogate = fit_surrogate(genomes_of(archive, space), archive["top1_err"].to_numpy(float),
                               cfg.surrogate_kind, rng, folds=cfg.surrogate_folds,
                               pool=tuple(cfg.surrogate_pool), lgbm_params=cfg.lgbm_params)

@@ -11,6 +11,7 @@ rule finetune:
         weights=f"{NET}/weights.pt",
         config=f"{NET}/config.json",
         torchscript=f"{NET}/model.ts",
+        onnx=f"{NET}/model.onnx",
     params:
         config=CONFIG,
         fingerprint=fingerprint(*POST_KEYS),
