@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from natv2.errors import Natv2Error
-from natv2.io import load_torch, read_json, save_torch, write_bytes, write_json
+from natv2.io import atomic_path, load_torch, read_json, save_torch, write_bytes, write_json
 
 FORMAT = "natv2-network"
 VERSION = 1

@@ -7,7 +7,7 @@ search space (OFA-style, as ``ofa/nas/efficiency_predictor/latency_lookup_table.
 repository does per (input size, block) key):
 
 - ``stem``: the stem, at the resolution's input;
-- ``block``: every kernel x expand (x level for parallel-block variants) of every stage, both
+- ``block``: every kernel x expand (x branch set for parallel-block variants) of every stage, both
   as the stage's first block (stride, channel change) and as a later block, at the input
   shape it gets in a subnet of that resolution;
 - ``head`` (single-exit variants) or ``exit`` after every stage (early-exit variants);
@@ -59,10 +59,11 @@ def stem_key(width: float, resolution: int) -> str:
 
 
 def block_key(width: float, resolution: int, stage: int, first: bool, kernel: int, expand: int,
-              level: int | None = None) -> str:
-    """Key of one block: stage (0-based), first block of its stage or a later one, its genes."""
+              branches: int | None = None) -> str:
+    """Key of one block: stage (0-based), first block of its stage or a later one, its genes
+    (and, for parallel blocks, its branch-set key, natv2.variants.BRANCH_KEYS)."""
     key = f"block/{_w(width)}/r{resolution}/s{stage}/{'first' if first else 'later'}/k{kernel}/e{expand}"
-    return key if level is None else f"{key}/l{level}"
+    return key if branches is None else f"{key}/b{branches}"
 
 
 def head_key(width: float, resolution: int, exit: int | None = None) -> str:
@@ -80,8 +81,8 @@ def arch_keys(arch) -> list[str]:
     keys = [stem_key(w, r)]
     n_run = arch.exit if arch.exit is not None else len(arch.stages)  # an early exit skips later stages
     for s, blocks in enumerate(arch.stages[:n_run]):
-        level = arch.levels[s] if arch.levels is not None else None
-        keys += [block_key(w, r, s, b == 0, k, e, level) for b, (k, e) in enumerate(blocks)]
+        sets = arch.branches[s] if arch.branches is not None else (None,) * len(blocks)
+        keys += [block_key(w, r, s, b == 0, k, e, sets[b]) for b, (k, e) in enumerate(blocks)]
     keys.append(head_key(w, r, arch.exit))
     keys.append(overhead_key(w, r))
     return keys
@@ -304,25 +305,26 @@ def measure_table(supernet, *, batch_size: int = 1, repeats: int = 10, warmup: i
     device = torch.device(device)
     space = supernet.space
     supernet = supernet.eval()
-    levels = list(space.levels) or [None]
+    sets = list(space.branch_keys) or [None]  # parallel blocks: every branch set is its own entry
     timing = dict(repeats=repeats, warmup=warmup, device=device, clock=clock)
     entries: dict[str, float] = {}
     t0 = time.perf_counter()
     for width, res in itertools.product(space.widths, space.resolutions):
         overheads = []
         last_exit = space.n_exits if space.n_exits else None
-        for kernel, expand, level in itertools.product(space.kernels, space.expands, levels):
+        for kernel, expand, branch_set in itertools.product(space.kernels, space.expands, sets):
             arch = Arch(resolution=res, width=width, exit=last_exit,
                         stages=tuple(((kernel, expand),) * space.max_blocks for _ in range(space.n_stages)),
-                        levels=None if level is None else (level,) * space.n_stages)
+                        branches=None if branch_set is None else
+                        tuple((branch_set,) * space.max_blocks for _ in range(space.n_stages)))
             net, fmt = _prepare(supernet.extract(space.encode(arch)), device, channels_last, fold)
             parts = _parts(net)
             x = torch.randn(batch_size, 3, res, res, device=device).contiguous(memory_format=fmt)
             measured = _time_parts(net, parts, x, **timing)
             for s in range(space.n_stages):
-                entries[block_key(width, res, s, True, kernel, expand, level)] = measured[f"{s}/0"]
+                entries[block_key(width, res, s, True, kernel, expand, branch_set)] = measured[f"{s}/0"]
                 later = [measured[f"{s}/{b}"] for b in range(1, space.max_blocks)]
-                entries[block_key(width, res, s, False, kernel, expand, level)] = float(np.mean(later))
+                entries[block_key(width, res, s, False, kernel, expand, branch_set)] = float(np.mean(later))
             entries.setdefault(stem_key(width, res), measured["stem"])
             if "head" in measured:
                 entries.setdefault(head_key(width, res), measured["head"])
@@ -332,7 +334,8 @@ def measure_table(supernet, *, batch_size: int = 1, repeats: int = 10, warmup: i
             parts_sum = sum(entries[k] for k in arch_keys(arch) if not k.startswith("overhead/"))
             overheads.append(whole - parts_sum)
         for ex in range(1, space.n_exits):  # the other exits: the subnet that stops after stage ex
-            arch = Arch(resolution=res, width=width, exit=ex, levels=None if levels == [None] else (levels[-1],) * space.n_stages,
+            arch = Arch(resolution=res, width=width, exit=ex,
+                        branches=None if sets == [None] else tuple((sets[-1],) * space.max_blocks for _ in range(space.n_stages)),
                         stages=tuple(((space.kernels[0], space.expands[0]),) * space.max_blocks for _ in range(space.n_stages)))
             net, fmt = _prepare(supernet.extract(space.encode(arch)), device, channels_last, fold)
             x = torch.randn(batch_size, 3, res, res, device=device).contiguous(memory_format=fmt)

@@ -83,7 +83,7 @@ def test_measured_table_covers_every_genome(variant):
     supernet = build_supernet({"variant": variant, "resolutions": [16], "widths": [1.0], "stem_stride": 2}, 5)
     table = measure_table(supernet, repeats=1, warmup=0)
     space = supernet.space
-    n_combos = len(space.kernels) * len(space.expands) * max(len(space.levels), 1)
+    n_combos = len(space.kernels) * len(space.expands) * max(len(space.branch_keys), 1)
     assert sum(k.startswith("block/") for k in table.entries) == 2 * space.n_stages * n_combos
     assert sum(k.startswith(("head/", "exit/")) for k in table.entries) == max(space.n_exits, 1)
     genomes = space.sample(20, np.random.default_rng(1), policy="nat")
