@@ -47,6 +47,7 @@ class DatasetConfig:
     pad: int = 4
     flip: bool = True
     resolutions: tuple[int, ...] | list[int] | None = None
+    stem_stride: int | None = None  # override of supernet.stem_stride for supernets made on this dataset
 
 
 @dataclass(frozen=True)
@@ -343,9 +344,14 @@ class Settings:
         return _build(DatasetConfig, {"key": key, **merged}, f"datasets.{key}")
 
     def supernet_for(self, key: str) -> SupernetConfig:
-        """The ``supernet:`` section with the dataset's own ``resolutions`` when it sets them."""
-        own = self.dataset(key).resolutions
-        return dataclasses.replace(self.supernet, resolutions=tuple(own)) if own else self.supernet
+        """The ``supernet:`` section with the dataset's own ``resolutions`` and ``stem_stride`` when it sets them."""
+        ds = self.dataset(key)
+        changes: dict[str, Any] = {}
+        if ds.resolutions:
+            changes["resolutions"] = tuple(ds.resolutions)
+        if ds.stem_stride is not None:
+            changes["stem_stride"] = int(ds.stem_stride)
+        return dataclasses.replace(self.supernet, **changes) if changes else self.supernet
 
     def dataset_dir(self, key: str) -> Path:
         return Path(self.results_dir) / key
