@@ -226,7 +226,7 @@ def test_onnx_export_matches_torch_logits(tmp_path, variant):
     """model.onnx under onnxruntime gives torch's logits within 1e-4 (plain, early-exit, parallel-block)."""
     from natv2.nets import build_supernet
 
-    from tests.net_helpers import randomize
+    from net_helpers import randomize
 
     torch.manual_seed(3)
     supernet = build_supernet({"variant": variant, "resolutions": [24], "widths": [1.0]}, len(CLASSES))
