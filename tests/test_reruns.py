@@ -91,7 +91,11 @@ def test_concurrent_runs_each_read_the_config_they_were_started_with(tmp_path: P
     }
     for name, proc in procs.items():
         out, _ = proc.communicate(timeout=600)
-        assert proc.returncode == 0, f"run {name}:\n{out[-4000:]}"
+        # Snakemake 9 races itself at exit: each run removes the shared .snakemake/locks folder,
+        # and the second rmtree can find it gone (persistence/file.py _delete_locks) after every
+        # job finished; that exit code says nothing about the outputs, which are checked below
+        unlock_race = "_delete_locks" in out and "FileNotFoundError" in out and "steps (100%) done" in out
+        assert proc.returncode == 0 or unlock_race, f"run {name}:\n{out[-4000:]}"
     split_a = json.loads((work / target["a"]).read_text())
     split_b = json.loads((work / target["b"]).read_text())
     assert (split_a["val_size"], split_b["val_size"]) == (0.1, 0.3)
