@@ -29,6 +29,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from supernet import probe_subnets  # noqa: E402  (bench/supernet.py)
+
 REPO = Path(__file__).resolve().parents[1]
 
 VARIANTS = ("EE_D", "ofa_mbv3")
@@ -125,13 +130,7 @@ def run_variant(variant: str, data, args) -> tuple:
 
     space = net.space
     rng = np.random.default_rng(args.seed)
-    genomes = [space.largest(), space.smallest()] + list(space.sample(args.random, rng, policy="natv2"))
-    names = ["largest", "smallest"] + [f"random{i + 1}" for i in range(args.random)]
-    for e in range(space.n_exits - 1, 0, -1):
-        g = space.largest().copy()
-        g[space.exit_position] = e
-        genomes.append(g)
-        names.append(f"largest-exit{e}")
+    names, genomes = probe_subnets(space, args.random, rng)  # bench/supernet.py's probe set
     table = evaluate_genomes(net, genomes, data, settings.evaluation, split="test", device="cpu", progress=False,
                              seed=args.seed)
     table.insert(0, "subnet", names)

@@ -54,6 +54,19 @@ def pick_variant(requested: str) -> str:
     return "ofa_mbv3"
 
 
+def probe_subnets(space, n_random: int, rng: np.random.Generator) -> tuple[list[str], list[np.ndarray]]:
+    """Largest, smallest, ``n_random`` NATv2 samples and, for early-exit spaces, the largest
+    subnet stopped at each earlier exit: (names, genomes)."""
+    genomes = [space.largest(), space.smallest()] + list(space.sample(n_random, rng, policy="natv2"))
+    names = ["largest", "smallest"] + [f"random{i + 1}" for i in range(n_random)]
+    for e in range(space.n_exits - 1, 0, -1):
+        g = space.largest().copy()
+        g[space.exit_position] = e
+        genomes.append(g)
+        names.append(f"largest-exit{e}")
+    return names, genomes
+
+
 def channels_last_speed(net, data, settings, *, images: int, seed: int) -> dict[str, float]:
     """Training images/s of the largest subnet at its top resolution, NHWC vs NCHW."""
     from natv2.train import TrainConfig, train
@@ -147,15 +160,7 @@ def main() -> None:
 
     space = net.space
     rng = np.random.default_rng(args.seed)
-    genomes = [space.largest(), space.smallest()] + list(space.sample(args.random, rng, policy="natv2"))
-    names = ["largest", "smallest"] + [f"random{i + 1}" for i in range(args.random)]
-    if space.n_exits:
-        # early-exit variants: the largest subnet stopped at each earlier exit too
-        for e in range(space.n_exits - 1, 0, -1):
-            g = space.largest().copy()
-            g[space.exit_position] = e
-            genomes.append(g)
-            names.append(f"largest-exit{e}")
+    names, genomes = probe_subnets(space, args.random, rng)
     table = evaluate_genomes(net, genomes, data, settings.evaluation, split="test", device="cpu", progress=False,
                              seed=args.seed)
     table.insert(0, "subnet", names)

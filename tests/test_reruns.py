@@ -20,7 +20,7 @@ from natv2.cli import main
 from natv2.config import DEFAULT_CONFIG, load_settings, read_yaml, settings_from_args
 from natv2.errors import Natv2Error
 from natv2.manifest import manifest_hash
-from test_workflow import BIN, ENV, make_workdir, smk
+from test_workflow import BIN, ENV, job_counts, make_workdir, smk
 
 # ---------------------------------------------------------------------------------------------
 # helpers
@@ -44,16 +44,6 @@ def fake_imagefolder(root: Path, classes: int = 3, per_class: int = 10) -> Path:
         for i in range(per_class):
             write_png(root / "train" / f"class{c}" / f"{i}.png", 40 * c + i)
     return root
-
-
-def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
-    """Rule name -> job count from a dry run's `--quiet rules` table."""
-    counts: dict[str, int] = {}
-    for line in (proc.stdout + proc.stderr).splitlines():
-        parts = line.split()
-        if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
-            counts[parts[0]] = int(parts[1])
-    return counts
 
 
 def config_path_of(proc: subprocess.CompletedProcess) -> str:

@@ -57,15 +57,19 @@ def natv2_jobs_ran(workdir: Path, since: float) -> list[str]:
     return sorted(str(p.relative_to(workdir)) for p in (workdir / "benchmarks").rglob("*.tsv") if p.stat().st_mtime > since)
 
 
-def rule_counts(workdir: Path, *args: str, configfiles=("tiny.yaml",)) -> dict[str, int]:
-    """Rule name -> job count of a forced dry run."""
-    proc = smk(workdir, "-n", "--forceall", "--quiet", "rules", *args, configfiles=configfiles)
+def job_counts(proc: subprocess.CompletedProcess) -> dict[str, int]:
+    """Rule name -> job count from a dry run's `--quiet rules` table."""
     counts: dict[str, int] = {}
     for line in (proc.stdout + proc.stderr).splitlines():
         parts = line.split()
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def rule_counts(workdir: Path, *args: str, configfiles=("tiny.yaml",)) -> dict[str, int]:
+    """Rule name -> job count of a forced dry run."""
+    return job_counts(smk(workdir, "-n", "--forceall", "--quiet", "rules", *args, configfiles=configfiles))
 
 
 def comparable(pareto: pd.DataFrame) -> pd.DataFrame:
