@@ -2,7 +2,7 @@
 (``ofa_mbv3``) trained by progressive shrinking with the same CPU budget on a CIFAR-10 subset;
 both fronts (test top-1 vs params) side by side.
 
-    python bench/claim_c.py [--budget-min 30] [--train-images 2500] [--test-images 2000] [--threads 1]
+    python bench/claim_c.py [--out DIR] [--budget-min 30] [--train-images 2500] [--test-images 2000] [--threads 1]
 
 Same CPU budget: each variant's throughput is calibrated first (CPU seconds per image of one
 epoch of its largest subnet, ``time.process_time``, so other processes on a busy machine do not
@@ -152,6 +152,8 @@ def main() -> None:
     parser.add_argument("--random", type=int, default=10)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", type=Path, default=None,
+                        help="folder for subnets.csv and fronts.png (both variants' subnets and fronts)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -168,10 +170,11 @@ def main() -> None:
     print(f"CIFAR-10 subset: {len(data.train)} training, {len(data.test)} test images; "
           f"budget {args.budget_min:g} CPU min per variant, {args.threads} thread(s)", flush=True)
 
-    fronts, used = {}, {}
+    fronts, used, tables = {}, {}, {}
     for variant in VARIANTS:
         table, cpu_s = run_variant(variant, data, args)
         used[variant] = cpu_s
+        tables[variant] = table
         print(f"\n{variant}: every evaluated subnet ({cpu_s / 60:.1f} CPU min of training)")
         print(table.sort_values("params").to_string(index=False, float_format=lambda v: f"{v:.2f}"), flush=True)
         fronts[variant] = front_of(table)
@@ -186,6 +189,36 @@ def main() -> None:
     for v, f in fronts.items():
         print(f"{v}: best top-1 {f['top1'].max():.2f} % at {int(f.loc[f['top1'].idxmax(), 'params'])} params; "
               f"training {used[v] / 60:.1f} CPU min")
+    if args.out is not None:
+        write_outputs(args.out, tables, fronts, used)
+
+
+def write_outputs(out: Path, tables: dict, fronts: dict, used: dict) -> None:
+    """``subnets.csv`` (every evaluated subnet of both variants) and ``fronts.png`` (the fronts, step lines)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    out.mkdir(parents=True, exist_ok=True)
+    pd.concat({v: t for v, t in tables.items()}, names=["variant", "row"]).reset_index(level=0).to_csv(
+        out / "subnets.csv", index=False, float_format="%.4f")
+    fig, ax = plt.subplots(figsize=(6.4, 4.4), dpi=110)
+    for (variant, table), colour in zip(tables.items(), ("tab:blue", "tab:orange")):
+        ax.plot(table["params"] / 1e6, table["top1"], "o", color=colour, alpha=0.35, markersize=4)
+        front = fronts[variant]
+        ax.plot(front["params"] / 1e6, front["top1"], "o-", drawstyle="steps-post", color=colour,
+                label=f"{variant} front ({used[variant] / 60:.1f} CPU min of training)")
+    ax.set_xlabel("parameters (M)")
+    ax.set_ylabel("CIFAR-10 test top-1 (%)")
+    ax.set_title("Paper claim (c): EE_D vs ofa_mbv3, same CPU budget")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out / "fronts.png")
+    plt.close(fig)
+    print(f"wrote {out / 'subnets.csv'} and {out / 'fronts.png'}")
 
 
 if __name__ == "__main__":
