@@ -133,7 +133,7 @@ def test_missing_or_corrupt_exports_are_one_line_errors(tmp_path, exported):
     other = tmp_path / "other"
     export_network(small_net(n_classes=3), other, classes=CLASSES[:3], resolution=32, mean=MEAN, std=STD)
     (broken / "weights.pt").write_bytes((other / "weights.pt").read_bytes())  # weights of another net
-    with pytest.raises(Natv2Error, match="does not match config.json's network .*classifier.*shape"):
+    with pytest.raises(Natv2Error, match="does not match config.json's network: .*classifier.*shape"):
         load_network(broken)
     rc = main(["predict", "--net", str(tmp_path / "nowhere"), "x.png"])
     assert rc == 2
