@@ -40,6 +40,7 @@ import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
 
 from natv2.errors import Natv2Error
+from natv2.rng import draw_seed
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +51,6 @@ NAT_KINDS = ("rbf", "gp", "carts", "mlp")
 # NATv2's LGBMRegressor(objective='huber') keeps LightGBM's defaults; only what does not change
 # the model is set here: one thread (a shared machine; results do not depend on it), no logging.
 _LGBM_PARAMS = dict(objective="huber", n_jobs=1, verbose=-1)
-
-
-def _seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(0, 2**31 - 1))
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -198,7 +195,7 @@ class Surrogate:
 def _folds(n: int, k: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import KFold
 
-    return list(KFold(n_splits=k, shuffle=True, random_state=_seed(rng)).split(np.arange(n)))
+    return list(KFold(n_splits=k, shuffle=True, random_state=draw_seed(rng)).split(np.arange(n)))
 
 
 def _cross_validate(make: Callable[[int], Any], X, y, splits) -> tuple[np.ndarray, list, list[float]]:
@@ -252,7 +249,7 @@ def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, fold
     splits = _folds(len(X), k, rng)
 
     if kind == "lgbm":
-        seeds = [_seed(rng) for _ in splits]
+        seeds = [draw_seed(rng) for _ in splits]
         oof, models, taus = _cross_validate(lambda fold: _make("lgbm", seeds[fold], lgbm_params), X, y, splits)
         scores = {"lgbm": _score(oof, y, taus)}
         result = Surrogate("lgbm", models, kendall_tau(oof, y), rmse(oof, y), len(X), scores)
@@ -260,12 +257,12 @@ def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, fold
         candidates = pool if kind == "adaptive" else (kind,)
         scores, oofs = {}, {}
         for name in candidates:
-            seed = _seed(rng)
+            seed = draw_seed(rng)
             oof, _, taus = _cross_validate(lambda fold, name=name, seed=seed: _Standardised(_make(name, seed)), X, y, splits)
             scores[name], oofs[name] = _score(oof, y, taus), oof
         # NAT: the best mean-minus-std Kendall tau over the folds wins (ties: first in the pool)
         best = max(candidates, key=lambda name: np.nan_to_num(scores[name]["tau_mean_minus_std"], nan=-np.inf))
-        final = _Standardised(_make(best, _seed(rng))).fit(X, y)
+        final = _Standardised(_make(best, draw_seed(rng))).fit(X, y)
         result = Surrogate(best, [final], kendall_tau(oofs[best], y), rmse(oofs[best], y), len(X), scores)
     result.seconds = time.perf_counter() - start
     if not np.isfinite(result.cv_tau):
