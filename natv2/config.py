@@ -27,6 +27,13 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 
 
+def setting(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg[key]`` of a config section given as a mapping or as its dataclass (``default`` when absent)."""
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
 # --------------------------------------------------------------------------------------------
 # sections
 

@@ -34,11 +34,13 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from functools import partial
 from functools import cached_property
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.variants import BRANCH_KEYS, PARALLEL_LEVELS, branch_keys
 
@@ -146,7 +148,7 @@ class SearchSpace:
         """Build from a ``supernet:`` config section (dataclass or mapping)."""
         from natv2.variants import space_fields
 
-        get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+        get = partial(setting, cfg)
         kwargs = {}
         for name in ("resolutions", "widths", "kernels", "expands", "depths", "n_stages", "max_blocks"):
             value = get(name)

@@ -13,6 +13,7 @@ Layout (state_dict keys; the official OFA layout is mapped onto this by natv2.ne
 """
 from __future__ import annotations
 
+from functools import partial
 import copy
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.nets.elastic import ElasticMBConv
 from natv2.nets.layers import ConvBNAct, MBConv, fold_bn, make_divisible
@@ -311,12 +313,10 @@ class OFAMobileNetV3(nn.Module):
 def build_ofa_mbv3(cfg: Any, n_classes: int) -> OFAMobileNetV3:
     """Registry builder: the OFA MobileNetV3 supernet from a ``supernet:`` config section."""
     space = SearchSpace.from_config(cfg)
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    get = partial(setting, cfg)
     if space.n_exits:
         raise Natv2Error("supernet.n_exits: the ofa_mbv3 variant has no early exits; set 0")
-    spec = MBv3Spec(
-        width_mult=space.widths[0],
-        stem_stride=int(get("stem_stride", 2)),
-        dropout=float(get("dropout", 0.1)),
-    )
+    # stem_stride and dropout: MBv3Spec's defaults (OFA's, as the schema's) unless the config sets them
+    given = {k: cast(get(k)) for k, cast in (("stem_stride", int), ("dropout", float)) if get(k) is not None}
+    spec = MBv3Spec(width_mult=space.widths[0], **given)
     return OFAMobileNetV3(spec, space, n_classes)

@@ -29,6 +29,7 @@ recalibrated on a static net write back by name (``load_bn_stats_from``).
 """
 from __future__ import annotations
 
+from functools import partial
 import copy
 from typing import Any, Mapping, Sequence
 
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.nets.elastic import ElasticMBConv
 from natv2.nets.layers import ConvBNAct, MBConv, fold_bn, make_divisible
@@ -482,14 +484,12 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
 
 def build_ofav2(cfg: Any, n_classes: int) -> OFAv2MobileNetV3:
     """Registry builder: the OFAv2 supernet named by ``cfg.variant``."""
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    get = partial(setting, cfg)
     feats = features(get("variant"))
     space = SearchSpace.from_config(cfg)  # derives the exit gene and the branch sets from the variant
-    spec = MBv3Spec(
-        width_mult=space.widths[0],
-        stem_stride=int(get("stem_stride", 2)),
-        dropout=float(get("dropout", 0.1)),
-    )
+    # stem_stride and dropout: MBv3Spec's defaults (OFA's, as the schema's) unless the config sets them
+    given = {k: cast(get(k)) for k, cast in (("stem_stride", int), ("dropout", float)) if get(k) is not None}
+    spec = MBv3Spec(width_mult=space.widths[0], **given)
     return OFAv2MobileNetV3(spec, space, n_classes, feats)
 
 

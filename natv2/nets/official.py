@@ -16,6 +16,7 @@ OFFICIAL, once filled in, takes precedence). Nothing downloads in tests (they us
 """
 from __future__ import annotations
 
+from functools import partial
 import re
 import shutil
 import urllib.parse
@@ -25,6 +26,7 @@ from typing import Any, Mapping, Sequence
 
 import torch
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.io import atomic_path, load_torch, read_json, sha256_file, write_json
 from natv2.nets.checkpoint import MAX_LISTED, state_dict_mismatches
@@ -248,7 +250,7 @@ def official_supernet(
     ``mirrors`` (default ``cfg.mirrors``), then the built-in :data:`MIRRORS`; ``download``
     (default ``cfg.download``) false = never download.
     """
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    get = partial(setting, cfg)
     widths = [float(w) for w in get("widths", [1.0])]
     if len(widths) > 1:  # one official supernet per width, behind the width gene (NAT)
         from natv2.nets.multiwidth import build_multiwidth
