@@ -181,19 +181,24 @@ class OFAMobileNetV3(nn.Module):
         for out_chs, stride, act, se in zip(spec.stage_chs, spec.strides, spec.acts, spec.se):
             blocks = []
             for b in range(space.max_blocks):
-                blocks.append(
-                    ElasticMBConv(
-                        in_chs, out_chs, kernels=space.kernels, expands=space.expands,
-                        stride=stride if b == 0 else 1, act=act, se=se,
-                    )
-                )
+                blocks.append(self._block(in_chs, out_chs, kernels=space.kernels, expands=space.expands,
+                                          stride=stride if b == 0 else 1, act=act, se=se))
                 in_chs = out_chs
             stages.append(nn.ModuleList(blocks))
         self.stages = nn.ModuleList(stages)
-        self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
+        self._add_heads(in_chs, n_classes)
         self.active_depths = [space.max_blocks] * space.n_stages
         self.active_genome = space.largest()
         self.set_active(self.active_genome)
+
+    # construction hooks of the variants (natv2.nets.ofav2): one elastic block, the head(s)
+
+    def _block(self, in_chs: int, out_chs: int, **kw: Any) -> nn.Module:
+        return ElasticMBConv(in_chs, out_chs, **kw)
+
+    def _add_heads(self, in_chs: int, n_classes: int) -> None:
+        spec = self.spec
+        self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
 
     @property
     def config(self) -> dict[str, Any]:

@@ -309,43 +309,27 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
     static_class = OFAv2StaticNet
 
     def __init__(self, spec: MBv3Spec, space: SearchSpace, n_classes: int, feats: VariantFeatures) -> None:
-        nn.Module.__init__(self)
-        if space.n_stages != len(spec.strides):
-            raise Natv2Error(f"supernet: the space has {space.n_stages} stages, the network {len(spec.strides)}")
-        if len(space.widths) != 1 or abs(space.widths[0] - spec.width_mult) > 1e-9:
-            raise Natv2Error(
-                f"supernet.widths: one supernet holds one width; got {list(space.widths)} for width {spec.width_mult}"
-            )
+        # plain attributes, read by the construction hooks the base constructor calls
         self.variant = feats.name
         self.feats = feats
-        self.spec, self.space, self.n_classes = spec, space, n_classes
         self.dense, self.parallel, self.early_exits = feats.dense, feats.parallel, feats.early_exits
-        self.stem = Stem(3, spec.stem_chs, spec.stem_block_chs, spec.stem_stride)
-        stages = []
-        in_chs = spec.stem_block_chs
-        for out_chs, stride, act, se in zip(spec.stage_chs, spec.strides, spec.acts, spec.se):
-            blocks = []
-            for b in range(space.max_blocks):
-                kw = dict(kernels=space.kernels, expands=space.expands, stride=stride if b == 0 else 1, act=act, se=se)
-                if self.parallel:
-                    blocks.append(ElasticParallelBlock(in_chs, out_chs, branch_keys=space.branch_keys, **kw))
-                else:
-                    blocks.append(ElasticMBConv(in_chs, out_chs, **kw))
-                in_chs = out_chs
-            stages.append(nn.ModuleList(blocks))
-        self.stages = nn.ModuleList(stages)
+        super().__init__(spec, space, n_classes)
+        # joint training of the exits (OFAv2 full phase, warm-up): forward returns exits 1..active
+        self.joint_exits = False
+
+    def _block(self, in_chs: int, out_chs: int, **kw: Any) -> nn.Module:
+        if self.parallel:
+            return ElasticParallelBlock(in_chs, out_chs, branch_keys=self.space.branch_keys, **kw)
+        return ElasticMBConv(in_chs, out_chs, **kw)
+
+    def _add_heads(self, in_chs: int, n_classes: int) -> None:
         if self.early_exits:
+            spec = self.spec
             self.exits = nn.ModuleList(
                 Head(c, *exit_widths(spec, c), n_classes, spec.dropout) for c in spec.stage_chs
             )
         else:
-            self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
-        self.active_depths = [space.max_blocks] * space.n_stages
-        self.active_exit: int | None = space.n_stages if self.early_exits else None
-        # joint training of the exits (OFAv2 full phase, warm-up): forward returns exits 1..active
-        self.joint_exits = False
-        self.active_genome = space.largest()
-        self.set_active(self.active_genome)
+            super()._add_heads(in_chs, n_classes)
 
     @property
     def config(self) -> dict[str, Any]:
