@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from supernet import probe_subnets  # noqa: E402  (bench/supernet.py)

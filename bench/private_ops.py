@@ -53,8 +53,8 @@ def run(net, genomes, bn_b, val_b, x, repeats: int, private: bool) -> dict:
     out = {"recalibrate": np.zeros(2), "top1": np.zeros(2), "logits": []}
     for g in genomes:
         static = net.extract(g)
-        out["recalibrate"] += timed(lambda: recalibrate_on(static, bn_b), repeats)
-        out["top1"] += timed(lambda: top1_on(static, val_b), repeats)
+        out["recalibrate"] += timed(lambda static=static: recalibrate_on(static, bn_b), repeats)
+        out["top1"] += timed(lambda static=static: top1_on(static, val_b), repeats)
         fused = fuse_conv_act(fold_bn(static).to(memory_format=torch.channels_last))
         with torch.inference_mode():
             out["logits"].append(fused(x))

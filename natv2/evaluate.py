@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 
 from natv2.errors import Natv2Error
-from natv2.rng import torch_stream
 from natv2.nets.layers import ConvBNAct, fold_bn, fuse_conv_act, private_ops_enabled
+from natv2.rng import torch_stream
 
 log = logging.getLogger(__name__)
 

@@ -41,8 +41,7 @@ from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
-from natv2.archive import (ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique,
-                           survive, violation)
+from natv2.archive import ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique, survive, violation
 from natv2.errors import Natv2Error
 from natv2.rng import draw_seed as _seed
 

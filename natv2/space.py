@@ -33,16 +33,15 @@ Example::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from functools import partial
-from functools import cached_property
+from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
 from natv2.config import setting
 from natv2.errors import Natv2Error
-from natv2.variants import BRANCH_KEYS, PARALLEL_LEVELS, branch_keys
+from natv2.variants import PARALLEL_LEVELS, branch_keys
 
 POLICIES = ("nat", "natv2", "balanced")
 #: NATv2's initial sampling: probability that an optional block slot (after the first

@@ -478,7 +478,7 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
         targets: dict[int, torch.Tensor] = {}  # teacher soft targets per resolution, once per step
         step_loss = 0.0
         step_res = int(resolution_sampler(rng)) if resolution_per_step and resolution_sampler is not None else None
-        for sub in range(subnets_per_step):
+        for _ in range(subnets_per_step):
             genome = None
             if subnet_sampler is not None:
                 genome = subnet_sampler(rng)

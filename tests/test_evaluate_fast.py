@@ -71,7 +71,7 @@ def test_stem_cache_gives_the_whole_subnets_statistics_and_top1(variant, channel
         recalibrate_on(plain, bn_b, channels_last)
         fast = net.extract(g)
         calls = []
-        hook = fast.stem.register_forward_hook(lambda *a: calls.append(1))
+        hook = fast.stem.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         recalibrate_on(fast, bn_c, channels_last)
         acc_fast = top1_on(fast, val_c, channels_last=channels_last)
         assert calls == []  # the stem never ran: the cache was used
@@ -108,7 +108,7 @@ def test_unfolded_stem_cache():
         recalibrate_on(plain, bn_b)
         recalibrate_on(fast, bn_c)
         calls = []
-        hook = fast.stem.register_forward_hook(lambda *a: calls.append(1))
+        hook = fast.stem.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         acc = top1_on(fast, val_c, fold=False)
         hook.remove()
         assert calls == [] and acc == top1_on(plain, val_b, fold=False)

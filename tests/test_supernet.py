@@ -9,8 +9,7 @@ import torch
 from net_helpers import randomize
 
 from natv2.errors import Natv2Error
-from natv2.nets import SUPERNETS, build_supernet, static_from_config
-from natv2.nets import official
+from natv2.nets import SUPERNETS, build_supernet, official, static_from_config
 from natv2.nets.checkpoint import load_static, load_supernet, save_static, save_supernet
 from natv2.nets.elastic import ElasticMBConv
 

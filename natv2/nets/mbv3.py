@@ -13,9 +13,9 @@ Layout (state_dict keys; the official OFA layout is mapped onto this by natv2.ne
 """
 from __future__ import annotations
 
-from functools import partial
 import copy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Mapping
 
 import numpy as np

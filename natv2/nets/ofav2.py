@@ -29,11 +29,10 @@ recalibrated on a static net write back by name (``load_bn_stats_from``).
 """
 from __future__ import annotations
 
-from functools import partial
 import copy
+from functools import partial
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 

@@ -17,9 +17,9 @@ and a local http.server).
 """
 from __future__ import annotations
 
-from functools import partial
 import re
 import urllib.parse
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 

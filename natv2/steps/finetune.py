@@ -48,6 +48,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import os
     import shutil
+    import sys
     import time
     from pathlib import Path
 
@@ -55,15 +56,13 @@ def run(args: argparse.Namespace) -> int:
     from natv2.costs import count_macs, count_params, measure_latency
     from natv2.data import load_data
     from natv2.evaluate import recalibrate_bn, top1
-    from natv2.export import export_network
     from natv2.exits import exit_weights
+    from natv2.export import export_network
     from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
     from natv2.io import check_writable, read_csv, write_json
     from natv2.nets.checkpoint import check_classes, load_supernet
     from natv2.resume import fingerprint, split_files
     from natv2.rng import torch_stream
-
-    import sys
 
     log = logging.getLogger("natv2.finetune")
     progress = sys.stderr.isatty()  # bars on a terminal, log lines with rates in a job's log file
