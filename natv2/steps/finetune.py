@@ -7,8 +7,9 @@ Writes the member's directory whole or not at all: weights.pt, config.json, mode
 natv2.export) and metrics.json (test top-1 before and after fine-tuning, val top-1, params,
 MACs, latency, the best epoch and the val curve). Every column but the ``search_*`` ones
 describes the exported net (for early-exit members the AEP net, its genome's exit gene its
-deepest kept exit); ``search_*`` are those of the single-exit net the search chose. A killed job resumes from the hidden
-folder ``.{id}.state`` beside the output (removed once the member is written). One job per
+deepest kept exit); ``search_*`` are those of the single-exit net the search chose. A killed job resumes from the
+folder ``../.resume/finetune/{id}`` (outside ``nets/``, which DVC's fine-tune stage owns; removed
+once the member is written). One job per
 member: a failing member leaves the others' directories untouched.
 """
 from __future__ import annotations
@@ -100,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # part of val stays out of step 2: the ensembles are chosen, and compared with this net, on it
     val_fit, val_select = data.holdout(cfg.selection_holdout, settings.seed)
     out = Path(args.out)
-    state = FinetuneState(out.parent / f".{out.name}.state", fingerprint(
+    state = FinetuneState(out.parent.parent / ".resume" / "finetune" / out.name, fingerprint(
         {"supernet": args.supernet, **split_files(args.data)},
         {"genome": str(member["genome"]), "seed": settings.seed, "finetune": cfg, "data": settings.data},
     ))
