@@ -109,7 +109,33 @@ class Head(nn.Module):
 # ------------------------------------------------------------------------------------------ static
 
 
-class StaticNet(nn.Module):
+class ConfigNet(nn.Module):
+    """What every static net shares: a JSON-able ``config`` it is rebuilt from, the input
+    ``resolution`` it records, ``from_config`` (a bad config raises one Natv2Error) and ``fused``."""
+
+    _config: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self._config)
+
+    @property
+    def resolution(self) -> int | None:
+        return self._config.get("resolution")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ConfigNet":
+        try:
+            return cls(config)
+        except (KeyError, TypeError, ValueError, Natv2Error) as e:
+            raise Natv2Error(f"static net config: missing or bad field ({type(e).__name__}: {e})") from None
+
+    def fused(self) -> nn.Module:
+        """An eval-mode copy with BN folded into the convolutions (for fast inference)."""
+        return fold_bn(self)
+
+
+class StaticNet(ConfigNet):
     """A plain network (no elastic code): stem, stages of MBConv blocks, head.
 
     ``config`` is JSON-able; ``StaticNet.from_config(config)`` rebuilds the same modules, so
@@ -128,21 +154,6 @@ class StaticNet(nn.Module):
         hd = cfg["head"]
         self.head = Head(hd["in_chs"], hd["mid_chs"], hd["out_chs"], cfg["n_classes"], hd["dropout"])
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return copy.deepcopy(self._config)
-
-    @property
-    def resolution(self) -> int | None:
-        return self._config.get("resolution")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "StaticNet":
-        try:
-            return cls(config)
-        except (KeyError, TypeError, ValueError) as e:
-            raise Natv2Error(f"static net config: missing or bad field ({type(e).__name__}: {e})") from None
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
@@ -151,10 +162,6 @@ class StaticNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
-
-    def fused(self) -> nn.Module:
-        """An eval-mode copy with BN folded into the convolutions (for fast inference)."""
-        return fold_bn(self)
 
 
 # ------------------------------------------------------------------------------------------ supernet

@@ -39,8 +39,8 @@ import torch.nn as nn
 from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.nets.elastic import ElasticMBConv
-from natv2.nets.layers import ConvBNAct, MBConv, fold_bn, make_divisible
-from natv2.nets.mbv3 import Head, MBv3Spec, OFAMobileNetV3, Stem
+from natv2.nets.layers import ConvBNAct, MBConv, make_divisible
+from natv2.nets.mbv3 import ConfigNet, Head, MBv3Spec, OFAMobileNetV3, Stem
 from natv2.space import SearchSpace
 from natv2.variants import BRANCH_KEYS, OFAV2_VARIANTS, VariantFeatures, features
 
@@ -195,7 +195,7 @@ def _weights(stages: Sequence[int], weights: Sequence[float] | None) -> list[flo
 # ------------------------------------------------------------------------------------- static
 
 
-class OFAv2StaticNet(nn.Module):
+class OFAv2StaticNet(ConfigNet):
     """A static OFAv2 subnet: stem, stages (dense / parallel as configured), head or exits.
 
     ``config["exits"]`` (early-exit nets) lists the attached exit heads, each with its ``stage``
@@ -237,24 +237,9 @@ class OFAv2StaticNet(nn.Module):
             self.head = Head(hd["in_chs"], hd["mid_chs"], hd["out_chs"], cfg["n_classes"], hd["dropout"])
 
     @property
-    def config(self) -> dict[str, Any]:
-        return copy.deepcopy(self._config)
-
-    @property
-    def resolution(self) -> int | None:
-        return self._config.get("resolution")
-
-    @property
     def n_outputs(self) -> int:
         """Number of logits tensors the forward returns (1 unless a multi-exit ``list`` net)."""
         return len(self.exit_stages) if self.head is None and self.output == "list" else 1
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "OFAv2StaticNet":
-        try:
-            return cls(config)
-        except (KeyError, TypeError, ValueError, Natv2Error) as e:
-            raise Natv2Error(f"static net config: missing or bad field ({type(e).__name__}: {e})") from None
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every attached exit (or of the head), shallowest first."""
@@ -293,10 +278,6 @@ class OFAv2StaticNet(nn.Module):
         net.load_state_dict({k: own[k] for k in net.state_dict()})
         p = next(self.parameters())
         return net.to(p.device).train(self.training)
-
-    def fused(self) -> nn.Module:
-        """An eval-mode copy with BN folded into the convolutions (for fast inference)."""
-        return fold_bn(self)
 
 
 # ------------------------------------------------------------------------------------- supernet
