@@ -15,6 +15,12 @@ min_version("9.0")
 
 configfile: "config/config.yaml"
 
+# `snakemake --lint` (run by .ci/run) is clean but for one warning on every rule, "Specify a
+# conda environment or container for each rule": every rule runs the `natv2` CLI of the one
+# environment the workflow runs in (requirements.txt pins it; the README installs it), so a
+# per-rule env would repeat that pin, and `software-env` being a rerun trigger
+# (profiles/default), adding one would rerun every finished result.
+
 
 include: "workflow/rules/common.smk"
 

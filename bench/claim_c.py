@@ -23,13 +23,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
-
-import sys
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from supernet import probe_subnets  # noqa: E402  (bench/supernet.py)
@@ -100,10 +99,10 @@ def phase_epochs(net, settings, budget_s: float, per_image_s: float, n_images: i
 
 def front_of(table):
     """Rows of ``table`` that no other row dominates on (top1 up, params down), by params."""
-    from natv2.ensemble import non_dominated_mask
+    from natv2.archive import non_dominated
 
     F = np.column_stack([-table["top1"].to_numpy(float), table["params"].to_numpy(float)])
-    return table[non_dominated_mask(F)].sort_values("params")
+    return table[non_dominated(F)].sort_values("params")
 
 
 def run_variant(variant: str, data, args) -> tuple:

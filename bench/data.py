@@ -48,7 +48,7 @@ def time_pipeline(images, *, resolution: int, batch_size: int, n_batches: int, r
     for repeat in range(repeats + 1):
         gen = torch.Generator().manual_seed(repeat)
         t0, seen = time.perf_counter(), 0
-        for i, (x, y) in enumerate(batches(images, batch_size, resolution=resolution, mean=mean, std=std, train=True, generator=gen, device=device)):
+        for i, (_x, y) in enumerate(batches(images, batch_size, resolution=resolution, mean=mean, std=std, train=True, generator=gen, device=device)):
             seen += len(y)
             if i + 1 == n_batches:
                 break

@@ -27,25 +27,35 @@ SCHEMA_PATH = REPO_ROOT / "workflow" / "schemas" / "config.schema.yaml"
 DEFAULT_CONFIG = REPO_ROOT / "config" / "config.yaml"
 
 
+def setting(cfg: Any, key: str, default: Any = None) -> Any:
+    """``cfg[key]`` of a config section given as a mapping or as its dataclass (``default`` when absent)."""
+    if isinstance(cfg, Mapping):
+        return cfg.get(key, default)
+    return getattr(cfg, key, default)
+
+
 # --------------------------------------------------------------------------------------------
 # sections
 
 
 @dataclass(frozen=True)
 class DatasetConfig:
-    """One entry of ``datasets:``, with the ``data:`` defaults filled in."""
+    """One entry of ``datasets:``, with the ``data:`` defaults filled in (``Settings.dataset``).
+
+    Defaults live in the schema only: the required fields are always there once validated.
+    """
 
     key: str
     kind: str
+    download: bool
+    image_size: int
+    val_size: float
+    test_size: float
+    pad: int
+    flip: bool
     name: str | None = None
     root: str | None = None
-    download: bool = True
-    image_size: int = 32
-    val_size: float = 0.1
-    test_size: float = 0.2
     max_train: int | None = None
-    pad: int = 4
-    flip: bool = True
     resolutions: tuple[int, ...] | list[int] | None = None
     stem_stride: int | None = None  # override of supernet.stem_stride for supernets made on this dataset
 

@@ -368,13 +368,15 @@ def _crop_flip(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator
     return torch.gather(x.reshape(b, c, width * width), 2, flat).view(b, c, s, s)
 
 
-def _resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Bilinear resize to ``resolution`` (antialiased when shrinking); uint8 in, float32 out.
+def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
+    """Bilinear resize of a batch to ``resolution`` square (antialiased when shrinking); float32 out.
 
-    On the CPU the resize runs on uint8 (torch's vectorised uint8 path, several times faster
-    than float; rounding to uint8 loses nothing the cached images had); elsewhere on float.
+    The one resize of training and evaluation batches (uint8 cached images or normalised float).
+    No-op (but for the cast) when the batch already has that size. On the CPU a uint8 batch is
+    resized as uint8 (torch's vectorised uint8 path, several times faster than float; rounding to
+    uint8 loses nothing the cached images had); elsewhere on float.
     """
-    if x.shape[-1] == resolution:
+    if x.shape[-1] == resolution and x.shape[-2] == resolution:
         return x.float()
     size, antialias = (resolution, resolution), resolution < x.shape[-1]
     if x.device.type == "cpu":
@@ -423,4 +425,4 @@ def batches(
         y = images.labels.index_select(0, index).to(device, non_blocking=True)
         if train and (pad > 0 or flip):
             x = _crop_flip(x, pad, flip, generator)
-        yield _resize(x, resolution).mul_(scale).add_(shift), y
+        yield resize(x, resolution).mul_(scale).add_(shift), y

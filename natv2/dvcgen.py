@@ -1,17 +1,23 @@
 """Generate dvc.yaml from the Snakemake DAG: one DVC stage per phase (and per iteration).
 
-The Snakefile is the one source of truth. This module builds the workflow's job DAG with
-Snakemake's API (every job forced, so the whole DAG is listed), groups the jobs into phases by
-their output paths (the layout of design.md §2), and writes one stage per phase that runs
-``snakemake`` for exactly that phase's outputs:
+The Snakefile is the one source of truth. This module lists the workflow's jobs through public
+interfaces only, so a Snakemake upgrade cannot change them silently: a forced dry run through
+Snakemake's API, whose per-job log records (LogEvent.JOB_INFO, the logger-plugin interface)
+give each job's rule, wildcards, inputs, outputs and shell command; natv2's own CLI parser reads
+the step from the command; natv2.fingerprints gives each rule's config keys. It groups the jobs
+into phases by their output paths (the layout of design.md §2) and writes one stage per phase
+that runs ``snakemake`` for exactly that phase's outputs:
 
 - ``outs``: the phase's own files only (DVC deletes a stage's outs before re-running it, so no
   stage may own another phase's file); checkpoints included, so every phase is cached.
-- ``deps``: the other phases' files its jobs read, the natv2 modules its steps import, its rule file.
+- ``deps``: the other phases' files its jobs read, the natv2 modules its steps import, and the
+  workflow's definition (Snakefile, ``workflow/rules/*.smk``, the schema, natv2/fingerprints.py).
 - ``params``: the config keys its rules fingerprint (read from params.yaml).
 
 Phases behind the ``front`` checkpoint (one fine-tune job per front member) are not known before
-the search ran; their stage owns the ``nets/`` folder as a whole.
+the search ran; their stage owns the ``nets/`` folder as a whole, and the fine-tune keeps its
+resume state outside it (``.resume/finetune/<id>``): DVC deletes a stage's outs before it runs,
+which would throw away a killed fine-tune's progress.
 
 Files DVC restores get new modification times; the workflow's profile leaves ``mtime`` out of
 Snakemake's rerun triggers, so a restored phase is not recomputed.
@@ -68,7 +74,7 @@ def phase_of(path: str, results_dir: str) -> str | None:
 def step_modules(step: str) -> tuple[str, ...]:
     """natv2 modules (as repo paths) imported, transitively, by ``natv2/steps/<step>.py``."""
     seen: set[str] = set()
-    todo = [f"natv2.steps.{step.replace('-', '_')}"]
+    todo = [f"natv2.steps.{step}"]
     while todo:
         mod = todo.pop()
         if mod in seen:
@@ -97,37 +103,80 @@ def _module_path(mod: str) -> Path | None:
     return None
 
 
-_STEP_RE = re.compile(r"\bnatv2 (?:--threads \S+ )?([a-z][a-z0-9-]*)")
+# What every stage depends on besides its steps' modules: the workflow's definition. A changed
+# rule, schema default or fingerprint table reruns the stages (Snakemake itself decides, per job,
+# whether anything is out of date).
+WORKFLOW_FILES = ("Snakefile", "workflow/schemas/config.schema.yaml", "natv2/fingerprints.py")
 
 
-def _params_keys(rule, wildcards: dict) -> list[str]:
-    """Config keys of the rule's ``fingerprint`` param (see workflow/rules/common.smk)."""
-    keys: list[str] = []
-    for value in rule.params:
-        for key in getattr(value, "config_keys", ()):
-            keys.append(key.format(**wildcards))
-    return keys
+def workflow_files(root: Path | None = None) -> list[str]:
+    """The Snakefile, every ``workflow/rules/*.smk``, the config schema and the fingerprint table."""
+    root = root or Path.cwd()
+    rules = sorted(str(p.relative_to(root)) for p in (root / "workflow" / "rules").glob("*.smk"))
+    return sorted([*WORKFLOW_FILES, *rules])
 
 
-def _job_record(rule, wildcards: dict, inputs, outputs) -> dict:
-    step = _STEP_RE.search(rule.shellcmd or "")
+@functools.lru_cache(maxsize=1)
+def _cli_parser():
+    from natv2.cli import build_parser
+
+    return build_parser()
+
+
+def step_of(shellcmd: str | None) -> str | None:
+    """The ``natv2.steps`` module a job's shell command runs, as natv2's own CLI parser reads it
+    (``natv2 [options] <step> ...``); None for a command that does not run natv2."""
+    import shlex
+
+    words = shlex.split(shellcmd or "", comments=False)
+    start = next((i for i, w in enumerate(words) if Path(w).name == "natv2"), None)
+    if start is None:
+        return None
+    argv = []
+    for w in words[start + 1 :]:
+        if w in (">", ">>", "2>&1", "|", "&&", ";") or w.startswith(("2>", ">")):
+            break
+        argv.append(w)
+    try:
+        args, _ = _cli_parser().parse_known_args(argv)
+    except SystemExit:
+        raise ValueError(f"not a natv2 command line: {shellcmd}") from None
+    return args.func.__module__.rsplit(".", 1)[-1]
+
+
+def _job_record(job: dict) -> dict:
+    """A job of Snakemake's dry run (its JOB_INFO log record) as dvcgen needs it."""
+    from natv2.fingerprints import RULE_KEYS
+
+    wildcards = dict(job.get("wildcards") or {})
+
+    def files(values) -> list[str]:  # "<TBD>": an input behind a checkpoint, not known yet
+        return [str(f) for f in values or () if not str(f).startswith("<")]
+
     return dict(
-        rule=rule.name,
-        step=step.group(1) if step else None,
-        rulefile=str(Path(rule.snakefile).resolve().relative_to(Path.cwd().resolve())),
-        inputs=[str(f) for f in inputs],
-        outputs=[str(f) for f in outputs],
-        params=_params_keys(rule, wildcards),
+        rule=job["rule_name"],
+        step=step_of(job.get("shellcmd")),
+        inputs=files(job.get("input")),
+        outputs=files(job.get("output")),
+        params=[key.format(**wildcards) for key in RULE_KEYS.get(job["rule_name"], ())],
     )
 
 
-# Rules whose jobs exist only once the `front` checkpoint has run: one placeholder job each
-# (wildcard id "0") stands for all of them, so their stage, deps and params are known.
-_AFTER_CHECKPOINT = {"finetune": {"id": "0"}}
+# Jobs that exist only once a checkpoint has run: checkpoint rule -> (rule, file beside the
+# checkpoint's output). One job each (wildcard id "0") stands for all of them, so their stage,
+# deps and params are known: the fine-tune of front member 0 stands for every member.
+_AFTER_CHECKPOINT = {"front": ("finetune", "nets/0/metrics.json")}
 
 
-def workflow_jobs(configfiles: list[str], targets: list[str], snakefile: Path | None = None) -> list[dict]:
-    """(rule, shell step, rule file, inputs, outputs, fingerprint keys) of every job of the DAG."""
+def _dry_run_jobs(configfiles: list[str], targets: Iterable[str], snakefile: Path) -> list[dict]:
+    """Every job of a forced dry run of ``targets``, as Snakemake logs it (LogEvent.JOB_INFO).
+
+    Public interfaces only: the API's dry run and the structured records Snakemake logs for
+    logger plugins (snakemake-interface-logger-plugins), read by a handler on the ``snakemake``
+    logger. Nothing runs and nothing is locked.
+    """
+    import logging
+
     from snakemake.api import (
         ConfigSettings,
         DAGSettings,
@@ -137,38 +186,66 @@ def workflow_jobs(configfiles: list[str], targets: list[str], snakefile: Path | 
         StorageSettings,
     )
     from snakemake.settings.types import Quietness
+    from snakemake_interface_logger_plugins.common import LogEvent
 
+    fields = ("rule_name", "input", "output", "wildcards", "shellcmd")
+
+    class _Jobs(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__(logging.INFO)
+            self.jobs: list[dict] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            if getattr(record, "event", None) == LogEvent.JOB_INFO:
+                self.jobs.append({f: getattr(record, f, None) for f in fields})
+
+    handler = _Jobs()
+    logger = logging.getLogger("snakemake")
+    logger.addHandler(handler)
+    propagate, logger.propagate = logger.propagate, False  # the records stop here (quiet run)
+    try:
+        with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+            wf_api = api.workflow(
+                resource_settings=ResourceSettings(cores=1),
+                config_settings=ConfigSettings(configfiles=[Path(c).absolute() for c in configfiles]),
+                storage_settings=StorageSettings(),
+                snakefile=snakefile,
+                workdir=snakefile.parent,
+            )
+            dag_api = wf_api.dag(dag_settings=DAGSettings(targets=set(targets), forceall=True))
+            dag_api.execute_workflow(executor="dryrun")
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+    if not handler.jobs:
+        raise RuntimeError("snakemake's dry run logged no jobs (its JOB_INFO log records changed?)")
+    return handler.jobs
+
+
+def workflow_jobs(configfiles: list[str], targets: list[str], snakefile: Path | None = None) -> list[dict]:
+    """(rule, natv2 step, inputs, outputs, fingerprint keys) of every job of the DAG of ``targets``."""
     snakefile = (snakefile or Path.cwd() / "Snakefile").absolute()
-    jobs = []
-    with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
-        wf_api = api.workflow(
-            resource_settings=ResourceSettings(cores=1),
-            config_settings=ConfigSettings(configfiles=[Path(c).absolute() for c in configfiles]),
-            storage_settings=StorageSettings(),
-            snakefile=snakefile,
-            workdir=snakefile.parent,
-        )
-        dag_api = wf_api.dag(dag_settings=DAGSettings(targets=set(targets), forceall=True))
-        # The public API prints DAGs but does not return them; build it the way printdag does.
-        workflow = dag_api.workflow_api._workflow
-        workflow._prepare_dag(forceall=True, ignore_incomplete=True, lock_warn_only=True)
-        workflow._build_dag()
-        datasets = set()
-        for job in workflow.dag.jobs:
-            wildcards = dict(job.wildcards.items())
-            datasets.update([wildcards["ds"]] if "ds" in wildcards else [])
-            jobs.append(_job_record(job.rule, wildcards, job.input, job.output))
-        for name, extra in _AFTER_CHECKPOINT.items():
-            rule = workflow.get_rule(name)
-            for ds in sorted(datasets):
-                wildcards = {"ds": ds, **extra}
-                inputs = rule.expand_input(wildcards)[0]
-                outputs = rule.expand_output(wildcards)[0]
-                jobs.append({**_job_record(rule, wildcards, inputs, outputs), "placeholder": True})
-        config = dict(workflow.config)
+    jobs = [_job_record(j) for j in _dry_run_jobs(configfiles, targets, snakefile)]
+    later = {}
+    for job in jobs:
+        if job["rule"] in _AFTER_CHECKPOINT and job["outputs"]:
+            rule, beside = _AFTER_CHECKPOINT[job["rule"]]
+            later[str(Path(job["outputs"][0]).parent / beside)] = rule
+    if later:
+        for job in map(_job_record, _dry_run_jobs(configfiles, later, snakefile)):
+            if job["rule"] in later.values() and set(job["outputs"]) & set(later):
+                jobs.append({**job, "placeholder": True})
+    config = _merged_config([snakefile.parent / "config" / "config.yaml", *configfiles])
     for job in jobs:
         job["params"] = _expand_search(job["params"], config)
     return jobs
+
+
+def _merged_config(configfiles: list) -> dict:
+    """The config the workflow sees: its ``configfile:`` with ``configfiles`` merged over it."""
+    from natv2.config import load_settings
+
+    return dict(load_settings(configfiles).raw)
 
 
 def _expand_search(keys: list[str], config: dict) -> list[str]:
@@ -196,14 +273,15 @@ def build_stages(jobs: Iterable[dict], results_dir: str, configfile: str) -> dic
         stage.params.update(job["params"])
         for out in job["outputs"]:
             if job.get("placeholder"):
-                # one job stands for all front members: the stage owns their parent folder
-                out = str(Path(out).parent)
+                # one job (nets/0/<file>) stands for all front members: the stage owns the folder
+                # of their folders (their resume state lives elsewhere: DVC deletes outs)
+                out = str(Path(out).parents[1])
             elif out not in stage.targets:
                 stage.targets.append(out)
             if out not in stage.outs:
                 stage.outs.append(out)
             owner[out] = name
-        stage.deps.add(job["rulefile"])
+        stage.deps.update(workflow_files())
         if job["step"]:
             stage.deps.update(step_modules(job["step"]))
         stage.deps.update(job["inputs"])

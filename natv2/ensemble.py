@@ -375,16 +375,6 @@ def score_members(members_column: Sequence[str], tables: Mapping[str, TopKProbs]
     return EnsembleScorer([tables[i] for i in ids], labels).top1(X)
 
 
-def non_dominated_mask(F: np.ndarray) -> np.ndarray:
-    """True for rows of the minimisation matrix ``F`` that no other row dominates."""
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
-
-    mask = np.zeros(len(F), dtype=bool)
-    if len(F):
-        mask[NonDominatedSorting().do(np.asarray(F, dtype=float), only_non_dominated_front=True)] = True
-    return mask
-
-
 # --------------------------------------------------------------------------------------------
 # from the fine-tuned front to ensembles.csv
 

@@ -38,8 +38,8 @@ import torch
 import torch.nn as nn
 
 from natv2.errors import Natv2Error
+from natv2.nets.layers import ConvBNAct, fold_bn, fuse_conv_act, private_ops_enabled
 from natv2.rng import torch_stream
-from natv2.nets.layers import ConvBNAct, fold_bn, fuse_conv_act
 
 log = logging.getLogger(__name__)
 
@@ -111,7 +111,10 @@ def _in_place_bns(model: nn.Module) -> list[tuple[nn.Module, nn.Module]]:
     """(ConvBNAct, its BN) pairs whose BN may run in place: a plain BatchNorm2d fed only by the conv.
 
     CPU only: what it saves is the OS's fresh pages (a GPU's caching allocator has none to save).
+    None with ``NATV2_PRIVATE_OPS=0`` (natv2.nets.layers.private_ops_enabled).
     """
+    if not private_ops_enabled():
+        return []
     return [
         (m, m.bn) for m in model.modules()
         if type(m).forward is ConvBNAct.forward and type(m.bn) is nn.BatchNorm2d and m.bn.track_running_stats

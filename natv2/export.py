@@ -312,20 +312,9 @@ def _load_dir(path: Path, config: dict):
         raise Natv2Error(f"{path / CONFIG}: {e}") from None
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise Natv2Error(f"{path / CONFIG}: 'net' does not describe a network ({type(e).__name__}: {e})") from None
-    state = load_torch(path / WEIGHTS)
-    if not isinstance(state, Mapping):
-        raise Natv2Error(f"{path / WEIGHTS}: expected a state_dict (a mapping of tensors)")
-    own = net.state_dict()
-    problems = [f"missing {k}" for k in own if k not in state]
-    problems += [f"unexpected {k}" for k in state if k not in own]
-    problems += [
-        f"{k} has shape {tuple(v.shape)}, expected {tuple(own[k].shape)}"
-        for k, v in state.items()
-        if k in own and tuple(own[k].shape) != tuple(getattr(v, "shape", ()))
-    ]
-    if problems:
-        raise Natv2Error(f"{path / WEIGHTS}: does not match config.json's network ({'; '.join(problems[:3])})")
-    net.load_state_dict(state)
+    from natv2.nets.checkpoint import load_state_strict
+
+    load_state_strict(net, load_torch(path / WEIGHTS), path / WEIGHTS, "does not match config.json's network")
     net.eval()
     _check_head(net, config, path / CONFIG)
     return net

@@ -78,7 +78,7 @@ class FinetuneResult:
             "best_epoch_rule": "highest val top-1 (finetune_natnet.py:153-155)",
             "step1_epochs": self.step1_epochs,
             "step2_epochs": self.step2_epochs,
-            "val_loss": [{"epoch": e, "loss": l, "top1": self.val_top1s.get(e)} for e, l in self.val_losses],
+            "val_loss": [{"epoch": e, "loss": loss, "top1": self.val_top1s.get(e)} for e, loss in self.val_losses],
         }
 
 

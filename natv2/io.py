@@ -190,7 +190,7 @@ def load_torch(path: str | os.PathLike, map_location: str = "cpu") -> Any:
         what = f" ({found.group(1)})" if found else ""
         raise Natv2Error(f"{path}: holds Python objects{what}, not data only (tensors, numbers, strings, lists, "
                          "dicts); natv2 does not load it: re-create it with natv2") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, pickle.UnpicklingError, ValueError, OSError) as e:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as e:  # UnpicklingError: above
         raise Natv2Error(f"{path}: not a readable checkpoint (truncated or corrupt?): {_first_line(e)}") from None
 
 

@@ -61,6 +61,11 @@ def stream_seed(seed: int, name: str, *keys: int) -> int:
     return int(seed_sequence(seed, name, *keys).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def draw_seed(rng: np.random.Generator) -> int:
+    """An int seed in [0, 2**31 - 1) drawn from ``rng``, for APIs that take one (pymoo, LightGBM, scikit-learn)."""
+    return int(rng.integers(0, 2**31 - 1))
+
+
 def torch_stream(seed: int, name: str, *keys: int):
     """A CPU ``torch.Generator`` of stream ``name``."""
     import torch

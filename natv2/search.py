@@ -41,18 +41,14 @@ from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
-from natv2.archive import (ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique,
-                           survive, violation)
+from natv2.archive import ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique, survive, violation
 from natv2.errors import Natv2Error
+from natv2.rng import draw_seed as _seed
 
 log = logging.getLogger(__name__)
 
 CostFn = Callable[[np.ndarray], Mapping[str, np.ndarray]]
 PredictFn = Callable[[np.ndarray], np.ndarray]
-
-
-def _seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(0, 2**31 - 1))
 
 
 # --------------------------------------------------------------------------------------------

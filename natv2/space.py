@@ -33,14 +33,15 @@ Example::
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
-from functools import cached_property
+from dataclasses import dataclass
+from functools import cached_property, partial
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
-from natv2.variants import BRANCH_KEYS, PARALLEL_LEVELS, branch_keys
+from natv2.variants import PARALLEL_LEVELS, branch_keys
 
 POLICIES = ("nat", "natv2", "balanced")
 #: NATv2's initial sampling: probability that an optional block slot (after the first
@@ -146,7 +147,7 @@ class SearchSpace:
         """Build from a ``supernet:`` config section (dataclass or mapping)."""
         from natv2.variants import space_fields
 
-        get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+        get = partial(setting, cfg)
         kwargs = {}
         for name in ("resolutions", "widths", "kernels", "expands", "depths", "n_stages", "max_blocks"):
             value = get(name)

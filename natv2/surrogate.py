@@ -38,8 +38,11 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 from sklearn.base import BaseEstimator, RegressorMixin
+from sklearn.compose import TransformedTargetRegressor
+from sklearn.preprocessing import StandardScaler
 
 from natv2.errors import Natv2Error
+from natv2.rng import draw_seed
 
 log = logging.getLogger(__name__)
 
@@ -50,10 +53,6 @@ NAT_KINDS = ("rbf", "gp", "carts", "mlp")
 # NATv2's LGBMRegressor(objective='huber') keeps LightGBM's defaults; only what does not change
 # the model is set here: one thread (a shared machine; results do not depend on it), no logging.
 _LGBM_PARAMS = dict(objective="huber", n_jobs=1, verbose=-1)
-
-
-def _seed(rng: np.random.Generator) -> int:
-    return int(rng.integers(0, 2**31 - 1))
 
 
 def kendall_tau(a: np.ndarray, b: np.ndarray) -> float:
@@ -143,22 +142,18 @@ def _make(kind: str, seed: int, lgbm_params: Mapping[str, Any] | None = None) ->
     raise Natv2Error(f"surrogate kind {kind!r}: expected one of {list(KINDS)}")
 
 
-class _Standardised:
-    """Fit a model on standardised targets (GP/MLP/RBF behave better on unit-scale errors)."""
+def _standardised(model) -> TransformedTargetRegressor:
+    """``model`` fit on standardised targets (GP/MLP/RBF behave better on unit-scale errors):
+    mean and population std of the targets (a constant target keeps scale 1); the fitted
+    clone of ``model`` is ``regressor_``."""
+    return TransformedTargetRegressor(regressor=model, transformer=StandardScaler(), check_inverse=False)
 
-    def __init__(self, model) -> None:
-        self.model = model
 
-    def fit(self, X: np.ndarray, y: np.ndarray) -> "_Standardised":
-        self.mu, self.sd = float(np.mean(y)), float(np.std(y)) or 1.0
-        with warnings.catch_warnings():
-            # MLP convergence and GP length-scale bound warnings are expected on small archives
+def _fit_quietly(model, X: np.ndarray, y: np.ndarray, quiet: bool = True):
+    with warnings.catch_warnings():
+        if quiet:  # MLP convergence and GP length-scale bound warnings are expected on small archives
             warnings.simplefilter("ignore")
-            self.model.fit(X, (y - self.mu) / self.sd)
-        return self
-
-    def predict(self, X: np.ndarray) -> np.ndarray:
-        return np.asarray(self.model.predict(X), dtype=float) * self.sd + self.mu
+        return model.fit(X, y)
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,15 +193,16 @@ class Surrogate:
 def _folds(n: int, k: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
     from sklearn.model_selection import KFold
 
-    return list(KFold(n_splits=k, shuffle=True, random_state=_seed(rng)).split(np.arange(n)))
+    return list(KFold(n_splits=k, shuffle=True, random_state=draw_seed(rng)).split(np.arange(n)))
 
 
-def _cross_validate(make: Callable[[int], Any], X, y, splits) -> tuple[np.ndarray, list, list[float]]:
-    """Out-of-fold predictions, the fold models and the per-fold Kendall tau (``make(fold)`` -> model)."""
+def _cross_validate(make: Callable[[int], Any], X, y, splits, quiet: bool = False) -> tuple[np.ndarray, list, list[float]]:
+    """Out-of-fold predictions, the fold models and the per-fold Kendall tau (``make(fold)`` -> model;
+    ``quiet``: without the models' warnings)."""
     oof = np.empty(len(y))
     models, taus = [], []
     for fold, (train, test) in enumerate(splits):
-        model = make(fold).fit(X[train], y[train])
+        model = _fit_quietly(make(fold), X[train], y[train], quiet)
         oof[test] = model.predict(X[test])
         models.append(model)
         taus.append(kendall_tau(oof[test], y[test]))
@@ -252,7 +248,7 @@ def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, fold
     splits = _folds(len(X), k, rng)
 
     if kind == "lgbm":
-        seeds = [_seed(rng) for _ in splits]
+        seeds = [draw_seed(rng) for _ in splits]
         oof, models, taus = _cross_validate(lambda fold: _make("lgbm", seeds[fold], lgbm_params), X, y, splits)
         scores = {"lgbm": _score(oof, y, taus)}
         result = Surrogate("lgbm", models, kendall_tau(oof, y), rmse(oof, y), len(X), scores)
@@ -260,12 +256,13 @@ def _fit(X: np.ndarray, y: np.ndarray, kind: str, rng: np.random.Generator, fold
         candidates = pool if kind == "adaptive" else (kind,)
         scores, oofs = {}, {}
         for name in candidates:
-            seed = _seed(rng)
-            oof, _, taus = _cross_validate(lambda fold, name=name, seed=seed: _Standardised(_make(name, seed)), X, y, splits)
+            seed = draw_seed(rng)
+            oof, _, taus = _cross_validate(lambda fold, name=name, seed=seed: _standardised(_make(name, seed)), X, y, splits,
+                                           quiet=True)
             scores[name], oofs[name] = _score(oof, y, taus), oof
         # NAT: the best mean-minus-std Kendall tau over the folds wins (ties: first in the pool)
         best = max(candidates, key=lambda name: np.nan_to_num(scores[name]["tau_mean_minus_std"], nan=-np.inf))
-        final = _Standardised(_make(best, _seed(rng))).fit(X, y)
+        final = _fit_quietly(_standardised(_make(best, draw_seed(rng))), X, y)
         result = Surrogate(best, [final], kendall_tau(oofs[best], y), rmse(oofs[best], y), len(X), scores)
     result.seconds = time.perf_counter() - start
     if not np.isfinite(result.cv_tau):

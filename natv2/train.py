@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from natv2.data import resize
 from natv2.distill import kd_loss, soft_targets
 from natv2.errors import Natv2Error
 from natv2.io import load_torch, save_torch
@@ -185,15 +186,6 @@ def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0)
     return torch.optim.AdamW(groups, lr=cfg.lr)
-
-
-def resize(x: torch.Tensor, resolution: int) -> torch.Tensor:
-    """Bilinear resize of a normalised batch to ``resolution`` (no-op when it already is)."""
-    if x.shape[-1] == resolution and x.shape[-2] == resolution:
-        return x
-    # as natv2.data.batches resizes: bilinear, antialiased when shrinking
-    return F.interpolate(x, size=(resolution, resolution), mode="bilinear", align_corners=False,
-                         antialias=resolution < x.shape[-1])
 
 
 @dataclass(frozen=True)
@@ -486,7 +478,7 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
         targets: dict[int, torch.Tensor] = {}  # teacher soft targets per resolution, once per step
         step_loss = 0.0
         step_res = int(resolution_sampler(rng)) if resolution_per_step and resolution_sampler is not None else None
-        for sub in range(subnets_per_step):
+        for _ in range(subnets_per_step):
             genome = None
             if subnet_sampler is not None:
                 genome = subnet_sampler(rng)

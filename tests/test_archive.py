@@ -116,7 +116,9 @@ def test_init_genomes_nat_and_natv2(base_cfg):
                         np.random.default_rng(0))
     assert v2.shape == (80, SPACE.n_var) and len(np.unique(v2, axis=0)) == 80
     # NATv2's balanced sampling: stage depth 2 is common, NAT's uniform genes make it rare
-    depth = lambda X: (X[:, SPACE.block_offset:SPACE.block_offset + SPACE.n_blocks] > 0).reshape(len(X), SPACE.n_stages, -1).sum(-1)
+    def depth(X):
+        return (X[:, SPACE.block_offset:SPACE.block_offset + SPACE.n_blocks] > 0).reshape(len(X), SPACE.n_stages, -1).sum(-1)
+
     big_nat = A.init_genomes(SPACE, cfg_for(base_cfg, algorithm="nat", archive_size=400), np.random.default_rng(1))
     assert (depth(v2[2:]) == 2).mean() > 0.2 > (depth(big_nat[2:]) == 2).mean()
 

@@ -1,6 +1,7 @@
 """natv2.data / natv2.datasets: sources, the split, the cache, batches, and every bad input."""
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pickle
@@ -103,7 +104,7 @@ def test_stratified_take_keeps_one_of_each_class():
 
 
 def _cfg(**kw) -> DatasetConfig:
-    return DatasetConfig(key="t", kind="digits", **kw)
+    return settings_with({"t": {"kind": "digits", **kw}}).dataset("t")
 
 
 def test_make_split_deterministic_disjoint_stratified():
@@ -349,7 +350,7 @@ def test_bad_entries_of_a_dataset(tmp_path):
         prepare_split(settings_with(), "nope", out)
     # an unknown kind never passes the schema; the registry says the same for a hand-made entry
     with pytest.raises(Natv2Error, match=r"datasets\.x\.kind: 'lmdb' is not one of digits, torchvision, imagefolder, tinyimagenet"):
-        load_source(DatasetConfig(key="x", kind="lmdb"))
+        load_source(dataclasses.replace(settings_with({"x": {"kind": "digits"}}).dataset("x"), kind="lmdb"))
     with pytest.raises(Natv2Error, match=r"datasets\.x\.kind"):
         settings_with({"x": {"kind": "lmdb"}})
     assert set(SOURCES) == {"digits", "torchvision", "imagefolder", "tinyimagenet"}

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 import torch
 
+from natv2.archive import non_dominated
 from natv2.config import load_settings
 from natv2.ensemble import (
     CSV_COLUMNS,
     EnsembleScorer,
     ensemble_costs,
     ensembles_table,
-    non_dominated_mask,
     select_ensembles,
     topk_from_probs,
 )
@@ -132,7 +132,7 @@ def test_ensembles_csv_rows_are_mutually_non_dominated(tmp_path):
     assert back["id"].is_unique
     for mode, group in back.groupby("mode"):
         F = np.column_stack([100 - group["val_top1"], group["latency_ms"]])
-        assert non_dominated_mask(F).all(), mode
+        assert non_dominated(F).all(), mode
         assert len(np.unique(F, axis=0)) == len(F)
         sizes = group["members"].str.split(";").map(len)
         assert sizes.between(cfg.min_members, cfg.max_members).all()

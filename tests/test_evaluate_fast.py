@@ -71,7 +71,7 @@ def test_stem_cache_gives_the_whole_subnets_statistics_and_top1(variant, channel
         recalibrate_on(plain, bn_b, channels_last)
         fast = net.extract(g)
         calls = []
-        hook = fast.stem.register_forward_hook(lambda *a: calls.append(1))
+        hook = fast.stem.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         recalibrate_on(fast, bn_c, channels_last)
         acc_fast = top1_on(fast, val_c, channels_last=channels_last)
         assert calls == []  # the stem never ran: the cache was used
@@ -108,7 +108,7 @@ def test_unfolded_stem_cache():
         recalibrate_on(plain, bn_b)
         recalibrate_on(fast, bn_c)
         calls = []
-        hook = fast.stem.register_forward_hook(lambda *a: calls.append(1))
+        hook = fast.stem.register_forward_hook(lambda *a, calls=calls: calls.append(1))
         acc = top1_on(fast, val_c, fold=False)
         hook.remove()
         assert calls == [] and acc == top1_on(plain, val_b, fold=False)
@@ -286,3 +286,31 @@ def test_the_fusion_check_leaves_the_global_rng_alone():
     before = torch.get_rng_state()
     pointwise_fusion_available()
     assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_public_ops_path_is_the_reference_of_the_private_ops(monkeypatch):
+    """NATV2_PRIVATE_OPS=0: no oneDNN fused conv, no aten.native_batch_norm.out; same statistics and outputs."""
+    net = supernet("EE_DP")
+    g = net.space.sample(1, np.random.default_rng(4), "natv2")[0]
+    bn_b, x = batches(20, 1, 10), batches(6, 2, 6)[0][0]
+
+    def run():
+        static = net.extract(g)
+        recalibrate_on(static, bn_b)
+        stats = {k: v.clone() for k, v in static.state_dict().items() if "running" in k}
+        fused = fuse_conv_act(fold_bn(static).to(memory_format=torch.channels_last))
+        with torch.inference_mode():
+            return stats, fused(x), fused
+
+    monkeypatch.setenv("NATV2_PRIVATE_OPS", "1")
+    private_stats, private_out, private_net = run()
+    assert ev._in_place_bns(net.extract(g)) or not any(p.device.type == "cpu" for p in net.parameters())
+    monkeypatch.setenv("NATV2_PRIVATE_OPS", "0")
+    public_stats, public_out, public_net = run()
+    assert not ev._in_place_bns(net.extract(g))
+    assert not any(isinstance(m, FusedConvAct) for m in public_net.modules())
+    if pointwise_fusion_available():
+        assert any(isinstance(m, FusedConvAct) for m in private_net.modules())
+    for key, value in public_stats.items():
+        assert torch.equal(value, private_stats[key]), key  # in-place BN: bit-identical statistics
+    assert torch.allclose(private_out, public_out, rtol=1e-4, atol=1e-4)

@@ -14,6 +14,7 @@ from natv2.export import export_ensemble, export_network, load_config, load_netw
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = [f"class{i}" for i in range(10)]
+N_CLASSES = len(CLASSES)
 MEAN, STD = (0.5, 0.4, 0.3), (0.2, 0.25, 0.3)
 
 
@@ -26,7 +27,7 @@ def _one_thread():
     torch.set_num_threads(previous)
 
 
-def small_net(resolution=32, largest=False, seed=0, n_classes=len(CLASSES)):
+def small_net(resolution=32, largest=False, seed=0, n_classes=N_CLASSES):
     from natv2.nets import build_supernet
 
     torch.manual_seed(seed)  # module init draws from the global generator
@@ -133,7 +134,7 @@ def test_missing_or_corrupt_exports_are_one_line_errors(tmp_path, exported):
     other = tmp_path / "other"
     export_network(small_net(n_classes=3), other, classes=CLASSES[:3], resolution=32, mean=MEAN, std=STD)
     (broken / "weights.pt").write_bytes((other / "weights.pt").read_bytes())  # weights of another net
-    with pytest.raises(Natv2Error, match="does not match config.json's network .*classifier.*shape"):
+    with pytest.raises(Natv2Error, match="does not match config.json's network: .*classifier.*shape"):
         load_network(broken)
     rc = main(["predict", "--net", str(tmp_path / "nowhere"), "x.png"])
     assert rc == 2
@@ -224,9 +225,9 @@ def test_exported_ofav2_nets_keep_the_original_wiring(tmp_path, variant):
 @pytest.mark.parametrize("variant", ["ofa_mbv3", "EE_B", "SE_P"])
 def test_onnx_export_matches_torch_logits(tmp_path, variant):
     """model.onnx under onnxruntime gives torch's logits within 1e-4 (plain, early-exit, parallel-block)."""
-    from natv2.nets import build_supernet
-
     from net_helpers import randomize
+
+    from natv2.nets import build_supernet
 
     torch.manual_seed(3)
     supernet = build_supernet({"variant": variant, "resolutions": [24], "widths": [1.0]}, len(CLASSES))

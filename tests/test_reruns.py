@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
+from test_workflow import BIN, ENV, job_counts, make_workdir, smk
 
 from natv2.cli import main
 from natv2.config import DEFAULT_CONFIG, load_settings, read_yaml, settings_from_args
 from natv2.errors import Natv2Error
 from natv2.manifest import manifest_hash
-from test_workflow import BIN, ENV, job_counts, make_workdir, smk
 
 # ---------------------------------------------------------------------------------------------
 # helpers

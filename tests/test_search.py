@@ -13,8 +13,7 @@ from natv2 import archive as A
 from natv2.cli import main
 from natv2.config import load_settings
 from natv2.errors import Natv2Error
-from natv2.search import (CostCache, SurrogateProblem, choose_candidates, initial_population, search_candidates,
-                          spread_score, subset_selection)
+from natv2.search import CostCache, SurrogateProblem, choose_candidates, initial_population, search_candidates, spread_score, subset_selection
 from natv2.surrogate import fit_surrogate
 
 

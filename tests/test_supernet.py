@@ -9,8 +9,7 @@ import torch
 from net_helpers import randomize
 
 from natv2.errors import Natv2Error
-from natv2.nets import SUPERNETS, build_supernet, static_from_config
-from natv2.nets import official
+from natv2.nets import SUPERNETS, build_supernet, official, static_from_config
 from natv2.nets.checkpoint import load_static, load_supernet, save_static, save_supernet
 from natv2.nets.elastic import ElasticMBConv
 
@@ -297,3 +296,31 @@ def test_a_bad_config_stored_in_a_checkpoint_names_the_file(supernet, tmp_path, 
     torch.save(obj, tmp_path / "bad_static.pt")
     with pytest.raises(Natv2Error, match=r"bad_static.pt: the network config stored in this checkpoint"):
         load_static(tmp_path / "bad_static.pt")
+
+
+def test_fetch_official_over_http_checks_the_recorded_hash(tmp_path):
+    """A local http.server mirror (torch.hub's download path); a re-download must match the recorded hash."""
+    import functools
+    import http.server
+    import threading
+
+    src, _ = _ofa_layout_file(tmp_path)
+    name = src.name
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(src.parent))
+    handler.log_message = lambda *a, **k: None
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        mirror = f"http://127.0.0.1:{server.server_address[1]}/{{name}}"
+        cache = tmp_path / "cache"
+        path = official.fetch_official(name, cache, [mirror])
+        assert path.read_bytes() == src.read_bytes()
+        # the hosted file changes: the recorded hash refuses the new download, in one line
+        path.unlink()
+        torch.save({"state_dict": {}}, src)
+        with pytest.raises(Natv2Error, match="could not download .*invalid hash value") as err:
+            official.fetch_official(name, cache, [mirror])
+        assert "\n" not in str(err.value) and not path.exists()
+    finally:
+        server.shutdown()
+        server.server_close()

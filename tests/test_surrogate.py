@@ -67,13 +67,13 @@ def test_models_are_the_originals():
             assert params[key] == defaults[key], key
     assert np.allclose(s.predict(X[:7]), np.mean([m.predict(X[:7].astype(float)) for m in s.models], axis=0))
     assert NAT_KINDS == ("rbf", "gp", "carts", "mlp")
-    gp = fit_surrogate(X, y, "gp", np.random.default_rng(1), folds=3).models[0].model
+    gp = fit_surrogate(X, y, "gp", np.random.default_rng(1), folds=3).models[0].regressor_
     kernel = gp.steps[-1][1].kernel
     assert gp.steps[0][0] == "onehotencoder"
     assert isinstance(kernel.k1, DotProduct) and isinstance(kernel.k2, WhiteKernel)
-    cart = fit_surrogate(X, y, "carts", np.random.default_rng(1), folds=3).models[0].model.steps[-1][1]
+    cart = fit_surrogate(X, y, "carts", np.random.default_rng(1), folds=3).models[0].regressor_.steps[-1][1]
     assert isinstance(cart, DecisionTreeRegressor) and cart.get_params()["max_depth"] is None
-    mlp = fit_surrogate(X, y, "mlp", np.random.default_rng(1), folds=3).models[0].model.steps[-1][1]
+    mlp = fit_surrogate(X, y, "mlp", np.random.default_rng(1), folds=3).models[0].regressor_.steps[-1][1]
     assert isinstance(mlp, MLPRegressor) and mlp.hidden_layer_sizes == (100,)
 
 
@@ -151,3 +151,32 @@ def test_undefined_kendall_tau_is_nan_with_a_warning(caplog):
     table = add_tau_columns(pd.DataFrame({"iteration": [0, 1]}), [{"iteration": 1, "surrogate": {"cv_tau": s.cv_tau},
                                                                    "candidates": report}])
     assert table["cv_tau"].isna().all() and table["tau_candidates"].isna().all()
+
+
+class _StandardisedBefore:
+    """The hand-written standardisation natv2 used before TransformedTargetRegressor (the reference)."""
+
+    def __init__(self, model) -> None:
+        self.model = model
+
+    def fit(self, X, y):
+        self.mu, self.sd = float(np.mean(y)), float(np.std(y)) or 1.0
+        self.model.fit(X, (y - self.mu) / self.sd)
+        return self
+
+    def predict(self, X):
+        return np.asarray(self.model.predict(X), dtype=float) * self.sd + self.mu
+
+
+@pytest.mark.filterwarnings("ignore")
+@pytest.mark.parametrize("kind", ["rbf", "gp", "carts"])
+def test_transformed_target_standardises_as_before(data, kind):
+    """sklearn's TransformedTargetRegressor + StandardScaler fits and predicts as the old wrapper did."""
+    from natv2.surrogate import _make, _standardised
+
+    X, y, X_test, _ = data
+    X, X_test = X.astype(float), X_test.astype(float)
+    for target in (y, np.full(len(y), 3.25)):  # a constant target keeps scale 1 in both
+        new = _standardised(_make(kind, 7)).fit(X, target).predict(X_test)
+        old = _StandardisedBefore(_make(kind, 7)).fit(X, target).predict(X_test)
+        np.testing.assert_array_equal(new, old)  # bit for bit: the same archives from the same seed

@@ -317,9 +317,9 @@ def test_adaptation_follows_nats_schedule_teacher_and_resolution(monkeypatch):
     from types import SimpleNamespace
 
     import numpy as np
-    import natv2.shrinking
     from synthetic_nas import evaluate
 
+    import natv2.shrinking
     from natv2.adapt import STATE_KEY, adapt, schedule, train_config
     from natv2.config import load_settings
     from natv2.space import SearchSpace

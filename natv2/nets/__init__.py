@@ -15,6 +15,7 @@ from typing import Any, Callable, Mapping
 
 import torch.nn as nn
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.nets.mbv3 import MBv3Spec, OFAMobileNetV3, StaticNet, build_ofa_mbv3
 
@@ -51,12 +52,12 @@ Supernet = OFAMobileNetV3  # the base class other variants extend
 
 def build_supernet(cfg: Any, n_classes: int) -> nn.Module:
     """The supernet named by ``cfg.variant`` (a ``supernet:`` config section or mapping)."""
-    variant = cfg.get("variant", "ofa_mbv3") if isinstance(cfg, Mapping) else getattr(cfg, "variant", "ofa_mbv3")
+    variant = setting(cfg, "variant", "ofa_mbv3")
     if variant not in SUPERNETS:
         raise Natv2Error(f"supernet.variant {variant!r}: expected one of {sorted(SUPERNETS)}")
     if not isinstance(n_classes, int) or n_classes < 1:
         raise Natv2Error(f"n_classes {n_classes!r}: expected a positive integer")
-    widths = cfg.get("widths") if isinstance(cfg, Mapping) else getattr(cfg, "widths", None)
+    widths = setting(cfg, "widths")
     if widths is not None and len(list(widths)) > 1:
         # NAT / NATv2: one supernet per width, the width gene picks one (natv2.nets.multiwidth)
         from natv2.nets.multiwidth import build_multiwidth

@@ -44,14 +44,15 @@ def state_dict_mismatches(model: nn.Module, state: Mapping[str, torch.Tensor], *
     return problems
 
 
-def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path) -> None:
-    """``model.load_state_dict(state)`` or a Natv2Error listing the first mismatches."""
+def load_state_strict(model: nn.Module, state: Mapping[str, torch.Tensor], source: str | Path,
+                      what: str = "keys/shapes do not fit the network") -> None:
+    """``model.load_state_dict(state)`` or a Natv2Error ``{source}: {what}: <first mismatches>``."""
     if not isinstance(state, Mapping):
         raise Natv2Error(f"{source}: expected a state_dict (mapping of tensors), got {type(state).__name__}")
     problems = state_dict_mismatches(model, state)
     if problems:
         more = f" (and {len(problems) - MAX_LISTED} more)" if len(problems) > MAX_LISTED else ""
-        raise Natv2Error(f"{source}: keys/shapes do not fit the network: " + "; ".join(problems[:MAX_LISTED]) + more)
+        raise Natv2Error(f"{source}: {what}: " + "; ".join(problems[:MAX_LISTED]) + more)
     model.load_state_dict(state, strict=False)  # strictness checked above; optional counters may be absent
 
 

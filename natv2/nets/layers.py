@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import functools
+import os
 
 import torch
 import torch.nn as nn
@@ -154,6 +155,18 @@ def fold_bn(model: nn.Module) -> nn.Module:
 
 
 # ------------------------------------------------------------------------------ fused inference
+# Two private torch ops speed up CPU evaluation: oneDNN's fused conv + activation here and
+# aten.native_batch_norm.out (in-place recalibration BN, natv2.evaluate). Each has a public
+# reference path it is tested against (tests/test_evaluate_fast.py) and bench/private_ops.py
+# measures what it saves; NATV2_PRIVATE_OPS=0 in the environment switches both off.
+
+PRIVATE_OPS_ENV = "NATV2_PRIVATE_OPS"
+
+
+def private_ops_enabled() -> bool:
+    """False when the environment sets ``NATV2_PRIVATE_OPS=0``: only public torch ops then."""
+    return os.environ.get(PRIVATE_OPS_ENV, "1").strip() != "0"
+
 
 _POINTWISE = {nn.ReLU: "relu", nn.Hardswish: "hardswish"}
 
@@ -193,10 +206,12 @@ class FusedConvAct(nn.Module):
 def fuse_conv_act(model: nn.Module) -> nn.Module:
     """In place, for CPU inference: every folded ConvBNAct (BN folded into a conv with bias, then
     ReLU or h-swish) becomes one fused oneDNN conv + activation. Not for export or training:
-    the op is CPU-only (the model is returned unchanged where it is not available).
+    the op is CPU-only (the model is returned unchanged where it is not available, or with
+    ``NATV2_PRIVATE_OPS=0``).
     """
     p = next(model.parameters(), None)
-    if p is None or p.device.type != "cpu" or p.dtype != torch.float32 or not pointwise_fusion_available():
+    if (p is None or p.device.type != "cpu" or p.dtype != torch.float32 or not private_ops_enabled()
+            or not pointwise_fusion_available()):
         return model
     for m in model.modules():
         if (isinstance(m, ConvBNAct) and getattr(m, "fusable", True) and isinstance(m.conv, nn.Conv2d)

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Mapping
 
 import numpy as np
@@ -22,6 +23,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.nets.elastic import ElasticMBConv
 from natv2.nets.layers import ConvBNAct, MBConv, fold_bn, make_divisible
@@ -107,7 +109,33 @@ class Head(nn.Module):
 # ------------------------------------------------------------------------------------------ static
 
 
-class StaticNet(nn.Module):
+class ConfigNet(nn.Module):
+    """What every static net shares: a JSON-able ``config`` it is rebuilt from, the input
+    ``resolution`` it records, ``from_config`` (a bad config raises one Natv2Error) and ``fused``."""
+
+    _config: dict[str, Any]
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return copy.deepcopy(self._config)
+
+    @property
+    def resolution(self) -> int | None:
+        return self._config.get("resolution")
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> "ConfigNet":
+        try:
+            return cls(config)
+        except (KeyError, TypeError, ValueError, Natv2Error) as e:
+            raise Natv2Error(f"static net config: missing or bad field ({type(e).__name__}: {e})") from None
+
+    def fused(self) -> nn.Module:
+        """An eval-mode copy with BN folded into the convolutions (for fast inference)."""
+        return fold_bn(self)
+
+
+class StaticNet(ConfigNet):
     """A plain network (no elastic code): stem, stages of MBConv blocks, head.
 
     ``config`` is JSON-able; ``StaticNet.from_config(config)`` rebuilds the same modules, so
@@ -126,21 +154,6 @@ class StaticNet(nn.Module):
         hd = cfg["head"]
         self.head = Head(hd["in_chs"], hd["mid_chs"], hd["out_chs"], cfg["n_classes"], hd["dropout"])
 
-    @property
-    def config(self) -> dict[str, Any]:
-        return copy.deepcopy(self._config)
-
-    @property
-    def resolution(self) -> int | None:
-        return self._config.get("resolution")
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "StaticNet":
-        try:
-            return cls(config)
-        except (KeyError, TypeError, ValueError) as e:
-            raise Natv2Error(f"static net config: missing or bad field ({type(e).__name__}: {e})") from None
-
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
         for stage in self.stages:
@@ -149,10 +162,6 @@ class StaticNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
-
-    def fused(self) -> nn.Module:
-        """An eval-mode copy with BN folded into the convolutions (for fast inference)."""
-        return fold_bn(self)
 
 
 # ------------------------------------------------------------------------------------------ supernet
@@ -179,19 +188,24 @@ class OFAMobileNetV3(nn.Module):
         for out_chs, stride, act, se in zip(spec.stage_chs, spec.strides, spec.acts, spec.se):
             blocks = []
             for b in range(space.max_blocks):
-                blocks.append(
-                    ElasticMBConv(
-                        in_chs, out_chs, kernels=space.kernels, expands=space.expands,
-                        stride=stride if b == 0 else 1, act=act, se=se,
-                    )
-                )
+                blocks.append(self._block(in_chs, out_chs, kernels=space.kernels, expands=space.expands,
+                                          stride=stride if b == 0 else 1, act=act, se=se))
                 in_chs = out_chs
             stages.append(nn.ModuleList(blocks))
         self.stages = nn.ModuleList(stages)
-        self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
+        self._add_heads(in_chs, n_classes)
         self.active_depths = [space.max_blocks] * space.n_stages
         self.active_genome = space.largest()
         self.set_active(self.active_genome)
+
+    # construction hooks of the variants (natv2.nets.ofav2): one elastic block, the head(s)
+
+    def _block(self, in_chs: int, out_chs: int, **kw: Any) -> nn.Module:
+        return ElasticMBConv(in_chs, out_chs, **kw)
+
+    def _add_heads(self, in_chs: int, n_classes: int) -> None:
+        spec = self.spec
+        self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -311,12 +325,10 @@ class OFAMobileNetV3(nn.Module):
 def build_ofa_mbv3(cfg: Any, n_classes: int) -> OFAMobileNetV3:
     """Registry builder: the OFA MobileNetV3 supernet from a ``supernet:`` config section."""
     space = SearchSpace.from_config(cfg)
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    get = partial(setting, cfg)
     if space.n_exits:
         raise Natv2Error("supernet.n_exits: the ofa_mbv3 variant has no early exits; set 0")
-    spec = MBv3Spec(
-        width_mult=space.widths[0],
-        stem_stride=int(get("stem_stride", 2)),
-        dropout=float(get("dropout", 0.1)),
-    )
+    # stem_stride and dropout: MBv3Spec's defaults (OFA's, as the schema's) unless the config sets them
+    given = {k: cast(get(k)) for k, cast in (("stem_stride", int), ("dropout", float)) if get(k) is not None}
+    spec = MBv3Spec(width_mult=space.widths[0], **given)
     return OFAMobileNetV3(spec, space, n_classes)

@@ -30,16 +30,17 @@ recalibrated on a static net write back by name (``load_bn_stats_from``).
 from __future__ import annotations
 
 import copy
+from functools import partial
 from typing import Any, Mapping, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
 from natv2.nets.elastic import ElasticMBConv
-from natv2.nets.layers import ConvBNAct, MBConv, fold_bn, make_divisible
-from natv2.nets.mbv3 import Head, MBv3Spec, OFAMobileNetV3, Stem
+from natv2.nets.layers import ConvBNAct, MBConv, make_divisible
+from natv2.nets.mbv3 import ConfigNet, Head, MBv3Spec, OFAMobileNetV3, Stem
 from natv2.space import SearchSpace
 from natv2.variants import BRANCH_KEYS, OFAV2_VARIANTS, VariantFeatures, features
 
@@ -194,7 +195,7 @@ def _weights(stages: Sequence[int], weights: Sequence[float] | None) -> list[flo
 # ------------------------------------------------------------------------------------- static
 
 
-class OFAv2StaticNet(nn.Module):
+class OFAv2StaticNet(ConfigNet):
     """A static OFAv2 subnet: stem, stages (dense / parallel as configured), head or exits.
 
     ``config["exits"]`` (early-exit nets) lists the attached exit heads, each with its ``stage``
@@ -236,24 +237,9 @@ class OFAv2StaticNet(nn.Module):
             self.head = Head(hd["in_chs"], hd["mid_chs"], hd["out_chs"], cfg["n_classes"], hd["dropout"])
 
     @property
-    def config(self) -> dict[str, Any]:
-        return copy.deepcopy(self._config)
-
-    @property
-    def resolution(self) -> int | None:
-        return self._config.get("resolution")
-
-    @property
     def n_outputs(self) -> int:
         """Number of logits tensors the forward returns (1 unless a multi-exit ``list`` net)."""
         return len(self.exit_stages) if self.head is None and self.output == "list" else 1
-
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> "OFAv2StaticNet":
-        try:
-            return cls(config)
-        except (KeyError, TypeError, ValueError, Natv2Error) as e:
-            raise Natv2Error(f"static net config: missing or bad field ({type(e).__name__}: {e})") from None
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every attached exit (or of the head), shallowest first."""
@@ -293,10 +279,6 @@ class OFAv2StaticNet(nn.Module):
         p = next(self.parameters())
         return net.to(p.device).train(self.training)
 
-    def fused(self) -> nn.Module:
-        """An eval-mode copy with BN folded into the convolutions (for fast inference)."""
-        return fold_bn(self)
-
 
 # ------------------------------------------------------------------------------------- supernet
 
@@ -307,43 +289,27 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
     static_class = OFAv2StaticNet
 
     def __init__(self, spec: MBv3Spec, space: SearchSpace, n_classes: int, feats: VariantFeatures) -> None:
-        nn.Module.__init__(self)
-        if space.n_stages != len(spec.strides):
-            raise Natv2Error(f"supernet: the space has {space.n_stages} stages, the network {len(spec.strides)}")
-        if len(space.widths) != 1 or abs(space.widths[0] - spec.width_mult) > 1e-9:
-            raise Natv2Error(
-                f"supernet.widths: one supernet holds one width; got {list(space.widths)} for width {spec.width_mult}"
-            )
+        # plain attributes, read by the construction hooks the base constructor calls
         self.variant = feats.name
         self.feats = feats
-        self.spec, self.space, self.n_classes = spec, space, n_classes
         self.dense, self.parallel, self.early_exits = feats.dense, feats.parallel, feats.early_exits
-        self.stem = Stem(3, spec.stem_chs, spec.stem_block_chs, spec.stem_stride)
-        stages = []
-        in_chs = spec.stem_block_chs
-        for out_chs, stride, act, se in zip(spec.stage_chs, spec.strides, spec.acts, spec.se):
-            blocks = []
-            for b in range(space.max_blocks):
-                kw = dict(kernels=space.kernels, expands=space.expands, stride=stride if b == 0 else 1, act=act, se=se)
-                if self.parallel:
-                    blocks.append(ElasticParallelBlock(in_chs, out_chs, branch_keys=space.branch_keys, **kw))
-                else:
-                    blocks.append(ElasticMBConv(in_chs, out_chs, **kw))
-                in_chs = out_chs
-            stages.append(nn.ModuleList(blocks))
-        self.stages = nn.ModuleList(stages)
+        super().__init__(spec, space, n_classes)
+        # joint training of the exits (OFAv2 full phase, warm-up): forward returns exits 1..active
+        self.joint_exits = False
+
+    def _block(self, in_chs: int, out_chs: int, **kw: Any) -> nn.Module:
+        if self.parallel:
+            return ElasticParallelBlock(in_chs, out_chs, branch_keys=self.space.branch_keys, **kw)
+        return ElasticMBConv(in_chs, out_chs, **kw)
+
+    def _add_heads(self, in_chs: int, n_classes: int) -> None:
         if self.early_exits:
+            spec = self.spec
             self.exits = nn.ModuleList(
                 Head(c, *exit_widths(spec, c), n_classes, spec.dropout) for c in spec.stage_chs
             )
         else:
-            self.head = Head(in_chs, spec.head_mid, spec.head_out, n_classes, spec.dropout)
-        self.active_depths = [space.max_blocks] * space.n_stages
-        self.active_exit: int | None = space.n_stages if self.early_exits else None
-        # joint training of the exits (OFAv2 full phase, warm-up): forward returns exits 1..active
-        self.joint_exits = False
-        self.active_genome = space.largest()
-        self.set_active(self.active_genome)
+            super()._add_heads(in_chs, n_classes)
 
     @property
     def config(self) -> dict[str, Any]:
@@ -482,14 +448,12 @@ class OFAv2MobileNetV3(OFAMobileNetV3):
 
 def build_ofav2(cfg: Any, n_classes: int) -> OFAv2MobileNetV3:
     """Registry builder: the OFAv2 supernet named by ``cfg.variant``."""
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    get = partial(setting, cfg)
     feats = features(get("variant"))
     space = SearchSpace.from_config(cfg)  # derives the exit gene and the branch sets from the variant
-    spec = MBv3Spec(
-        width_mult=space.widths[0],
-        stem_stride=int(get("stem_stride", 2)),
-        dropout=float(get("dropout", 0.1)),
-    )
+    # stem_stride and dropout: MBv3Spec's defaults (OFA's, as the schema's) unless the config sets them
+    given = {k: cast(get(k)) for k, cast in (("stem_stride", int), ("dropout", float)) if get(k) is not None}
+    spec = MBv3Spec(width_mult=space.widths[0], **given)
     return OFAv2MobileNetV3(spec, space, n_classes, feats)
 
 

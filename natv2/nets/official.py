@@ -12,21 +12,23 @@ onto our layout (natv2.nets.mbv3). Older files use ``mobile_inverted_conv`` and 
 SHA-256: the real hashes of the hosted files cannot be known offline when this was written, so
 :data:`OFFICIAL` holds ``None`` and the hash of the first successful download is recorded in the
 cache's ``manifest.json``; every later load checks the file against it (a known hash in
-OFFICIAL, once filled in, takes precedence). Nothing downloads in tests (they use file:// URLs).
+OFFICIAL, once filled in, takes precedence). Nothing downloads in tests (they use file:// URLs
+and a local http.server).
 """
 from __future__ import annotations
 
 import re
-import shutil
 import urllib.parse
-import urllib.request
+from functools import partial
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import torch
+from torch.hub import download_url_to_file
 
+from natv2.config import setting
 from natv2.errors import Natv2Error
-from natv2.io import atomic_path, load_torch, read_json, sha256_file, write_json
+from natv2.io import load_torch, read_json, sha256_file, write_json
 from natv2.nets.checkpoint import MAX_LISTED, state_dict_mismatches
 
 # The hosts used by the ofa package (ofa/model_zoo.py: ofa_net) and the MIT HAN lab site.
@@ -63,30 +65,19 @@ def _expected_sha(name: str, cache_dir: Path) -> str | None:
     return OFFICIAL.get(name, {}).get("sha256") or _manifest(cache_dir).get(name, {}).get("sha256")
 
 
-def _fetch_one(url: str, dest: Path, timeout: float) -> None:
-    """Copy ``url`` (http(s)://, file://, or a local path) to ``dest`` atomically."""
-    parsed = urllib.parse.urlparse(url)
-    with atomic_path(dest) as tmp:
-        if parsed.scheme in ("", "file"):
-            src = Path(urllib.parse.unquote(parsed.path) if parsed.scheme == "file" else url)
-            shutil.copyfile(src, tmp)
-        else:
-            with urllib.request.urlopen(url, timeout=timeout) as r, open(tmp, "wb") as f:
-                shutil.copyfileobj(r, f, length=1 << 20)
-
-
 def fetch_official(
     name: str,
     cache_dir: str | Path,
     mirrors: Sequence[str] | None = None,
     *,
     download: bool = True,
-    timeout: float = 60.0,
 ) -> Path:
     """The path of the cached official checkpoint ``name``, downloading it on first use.
 
-    ``mirrors`` are URL templates with ``{name}`` (default :data:`MIRRORS`), tried in order.
-    The file's SHA-256 is checked against the known or recorded hash; a mismatch is an error.
+    ``mirrors`` are URL templates with ``{name}`` (default :data:`MIRRORS`), tried in order: URLs
+    (http(s)://, file://) or local paths. Downloads go through ``torch.hub.download_url_to_file``
+    (a temporary file renamed when complete; checked against the known or recorded hash when
+    there is one). The cached file's SHA-256 is checked too; a mismatch is an error.
     """
     if name not in OFFICIAL:
         raise Natv2Error(f"official weights {name!r}: expected one of {sorted(OFFICIAL)}")
@@ -98,8 +89,11 @@ def fetch_official(
         errors = []
         for template in mirrors if mirrors is not None else MIRRORS:
             url = template.format(name=name)
+            if not urllib.parse.urlparse(url).scheme:  # a local path
+                url = Path(url).resolve().as_uri()
             try:
-                _fetch_one(url, dest, timeout)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                download_url_to_file(url, str(dest), hash_prefix=_expected_sha(name, cache_dir), progress=False)
                 load_torch(dest)  # an error page or a cut-off transfer is not a checkpoint
                 break
             except Exception as e:  # noqa: BLE001 - any failure: try the next mirror
@@ -248,7 +242,7 @@ def official_supernet(
     ``mirrors`` (default ``cfg.mirrors``), then the built-in :data:`MIRRORS`; ``download``
     (default ``cfg.download``) false = never download.
     """
-    get = cfg.get if isinstance(cfg, Mapping) else (lambda k, d=None: getattr(cfg, k, d))
+    get = partial(setting, cfg)
     widths = [float(w) for w in get("widths", [1.0])]
     if len(widths) > 1:  # one official supernet per width, behind the width gene (NAT)
         from natv2.nets.multiwidth import build_multiwidth

@@ -7,8 +7,9 @@ Writes the member's directory whole or not at all: weights.pt, config.json, mode
 natv2.export) and metrics.json (test top-1 before and after fine-tuning, val top-1, params,
 MACs, latency, the best epoch and the val curve). Every column but the ``search_*`` ones
 describes the exported net (for early-exit members the AEP net, its genome's exit gene its
-deepest kept exit); ``search_*`` are those of the single-exit net the search chose. A killed job resumes from the hidden
-folder ``.{id}.state`` beside the output (removed once the member is written). One job per
+deepest kept exit); ``search_*`` are those of the single-exit net the search chose. A killed job resumes from the
+folder ``../.resume/finetune/{id}`` (outside ``nets/``, which DVC's fine-tune stage owns; removed
+once the member is written). One job per
 member: a failing member leaves the others' directories untouched.
 """
 from __future__ import annotations
@@ -48,6 +49,7 @@ def run(args: argparse.Namespace) -> int:
     import logging
     import os
     import shutil
+    import sys
     import time
     from pathlib import Path
 
@@ -55,15 +57,13 @@ def run(args: argparse.Namespace) -> int:
     from natv2.costs import count_macs, count_params, measure_latency
     from natv2.data import load_data
     from natv2.evaluate import recalibrate_bn, top1
-    from natv2.export import export_network
     from natv2.exits import exit_weights
+    from natv2.export import export_network
     from natv2.finetune import FinetuneState, aep_exits, aep_finetune, two_step_finetune
     from natv2.io import check_writable, read_csv, write_json
     from natv2.nets.checkpoint import check_classes, load_supernet
     from natv2.resume import fingerprint, split_files
     from natv2.rng import torch_stream
-
-    import sys
 
     log = logging.getLogger("natv2.finetune")
     progress = sys.stderr.isatty()  # bars on a terminal, log lines with rates in a job's log file
@@ -101,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
     # part of val stays out of step 2: the ensembles are chosen, and compared with this net, on it
     val_fit, val_select = data.holdout(cfg.selection_holdout, settings.seed)
     out = Path(args.out)
-    state = FinetuneState(out.parent / f".{out.name}.state", fingerprint(
+    state = FinetuneState(out.parent.parent / ".resume" / "finetune" / out.name, fingerprint(
         {"supernet": args.supernet, **split_files(args.data)},
         {"genome": str(member["genome"]), "seed": settings.seed, "finetune": cfg, "data": settings.data},
     ))

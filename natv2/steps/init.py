@@ -10,6 +10,7 @@ import argparse
 
 from natv2.config import add_config_argument
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="draw the genomes of the initial archive (to be evaluated)")
     add_config_argument(p)

@@ -23,10 +23,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     import json
+    from pathlib import Path
 
     from natv2.report import benchmark_seconds, make_report
-
-    from pathlib import Path
 
     seconds, total = args.search_seconds, None
     if args.benchmarks:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 
+
 def register(sub: argparse._SubParsersAction) -> None:
     from natv2.config import add_config_argument
 
@@ -95,7 +96,6 @@ def run(args: argparse.Namespace) -> int:
     from natv2.archive import read_archive, write_archive
     from natv2.config import settings_from_args
     from natv2.io import write_json
-
     from natv2.rng import stream
 
     settings = settings_from_args(args)

@@ -91,8 +91,8 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
 
     from natv2.data import load_data
     from natv2.errors import Natv2Error
-    from natv2.nets import build_supernet
     from natv2.io import check_writable
+    from natv2.nets import build_supernet
     from natv2.nets.checkpoint import load_supernet, save_supernet
     from natv2.resume import ResumeFolder, fingerprint, split_files
     from natv2.shrinking import run_phase

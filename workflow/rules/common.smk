@@ -13,6 +13,7 @@ from snakemake.exceptions import WorkflowError
 
 from natv2.config import read_yaml, settings_from_dict
 from natv2.errors import Natv2Error
+from natv2.fingerprints import RULE_KEYS
 
 
 # Validation before any job runs: Snakemake's validate (through natv2.config, which also
@@ -76,14 +77,17 @@ CONFIG = _write_merged_config(dict(config))
 
 
 
-def fingerprint(*keys: str, content=None):
-    """Hash of the config entries a step reads (dotted keys), as a `params:` rerun trigger.
+def fingerprint(rule: str, content=None):
+    """Hash of the config entries rule `rule` reads (natv2.fingerprints.RULE_KEYS, dotted keys),
+    as a `params:` rerun trigger; `natv2 dvc` makes the same keys the DVC stage's params.
 
     A `{ds}`-dependent key is written `datasets.{ds}`. Changing any other key does not rerun
     the step; `search.iterations` is never part of a fingerprint, so adding iterations reruns
     only the new ones and what follows them. `content(wildcards)`, when given and not None,
     is hashed in too (the split: the manifest of an image folder, see `data_content`).
     """
+
+    keys = RULE_KEYS[rule]
 
     def _fp(wildcards):
         picked = {}
@@ -101,7 +105,6 @@ def fingerprint(*keys: str, content=None):
         blob = json.dumps(picked, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
-    _fp.config_keys = keys  # read by natv2.dvcgen: a DVC stage's params are these keys
     return _fp
 
 
@@ -233,7 +236,6 @@ def phases_dir_option(wildcards) -> str:
     return f"--work-dir {RESULTS}/{source_dataset(wildcards.ds)}/supernet/phases"
 
 
-SUPERNET_KEYS = ("seed", "supernet", "supernet_train", "evaluation", "data", "datasets.{ds}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -283,7 +285,6 @@ SPLIT = f"{RESULTS}/{{ds}}/data/split.json"
 ITER = f"{RESULTS}/{{ds}}/search/iter{{i}}"
 # outputs of iterations 1..N (iteration 0 is the initial archive, made by its own rules)
 ITER_OUT = f"{RESULTS}/{{ds}}/search/iter{{i,[1-9][0-9]*}}"
-SEARCH_KEYS = ("seed", "supernet", "evaluation", "search")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -309,4 +310,3 @@ def member_metrics(wildcards) -> list[str]:
 NET = f"{RESULTS}/{{ds}}/nets/{{id}}"
 
 
-POST_KEYS = ("seed", "supernet", "evaluation", "finetune", "data", "datasets.{ds}")

@@ -7,7 +7,7 @@ rule split:
         cache=f"{RESULTS}/{{ds}}/data/images.pt",
     params:
         config=CONFIG,
-        fingerprint=fingerprint("seed", "data", "datasets.{ds}", content=data_content),
+        fingerprint=fingerprint("split", content=data_content),
     log:
         "logs/{ds}/split.log",
     benchmark:

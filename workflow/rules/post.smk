@@ -14,7 +14,7 @@ rule finetune:
         onnx=f"{NET}/model.onnx",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*POST_KEYS),
+        fingerprint=fingerprint("finetune"),
     log:
         "logs/{ds}/nets/{id}/finetune.log",
     benchmark:
@@ -57,7 +57,7 @@ rule ensembles:
         nets=directory(f"{RESULTS}/{{ds}}/ensembles"),
     params:
         config=CONFIG,
-        fingerprint=fingerprint("seed", "ensemble", "evaluation", "finetune.selection_holdout"),
+        fingerprint=fingerprint("ensembles"),
     log:
         "logs/{ds}/ensembles.log",
     benchmark:

@@ -13,7 +13,7 @@ rule init_sample:
         f"{RESULTS}/{{ds}}/search/iter0/pool.csv",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("init_sample"),
     log:
         "logs/{ds}/search/iter0/init_sample.log",
     benchmark:
@@ -34,7 +34,7 @@ rule evaluate_pool:
         f"{RESULTS}/{{ds}}/search/iter0/eval/pool.{{k}}.csv",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("evaluate_pool"),
         shards=eval_shards(),
     log:
         "logs/{ds}/search/iter0/evaluate_pool.{k}.log",
@@ -57,7 +57,7 @@ rule init_select:
         f"{RESULTS}/{{ds}}/search/iter0/archive.csv",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("init_select"),
     log:
         "logs/{ds}/search/iter0/init_select.log",
     benchmark:
@@ -82,7 +82,7 @@ rule surrogate_search:
         surrogate=f"{ITER_OUT}/surrogate.json",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("surrogate_search"),
     log:
         "logs/{ds}/search/iter{i}/surrogate_search.log",
     benchmark:
@@ -105,7 +105,7 @@ rule evaluate_candidates:
         f"{ITER_OUT}/eval/candidates.{{k}}.csv",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("evaluate_candidates"),
         shards=eval_shards(),
     log:
         "logs/{ds}/search/iter{i}/evaluate_candidates.{k}.log",
@@ -130,7 +130,7 @@ rule update:
         report=f"{ITER_OUT}/update.json",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("update"),
     log:
         "logs/{ds}/search/iter{i}/update.log",
     benchmark:
@@ -155,7 +155,7 @@ rule adapt:
         maybe_temp(f"{ITER_OUT}/supernet.pt"),
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS, "adapt", "data", "datasets.{ds}"),
+        fingerprint=fingerprint("adapt"),
     log:
         "logs/{ds}/search/iter{i}/adapt.log",
     benchmark:
@@ -177,7 +177,7 @@ rule reevaluate:
         f"{ITER_OUT}/eval/archive.{{k}}.csv",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("reevaluate"),
         shards=eval_shards(),
     log:
         "logs/{ds}/search/iter{i}/reevaluate.{k}.log",
@@ -220,7 +220,7 @@ rule hypervolume:
         f"{RESULTS}/{{ds}}/search/hv.csv",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("hypervolume"),
     log:
         "logs/{ds}/search/hypervolume.log",
     benchmark:
@@ -240,7 +240,7 @@ checkpoint front:
         f"{RESULTS}/{{ds}}/front.csv",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SEARCH_KEYS),
+        fingerprint=fingerprint("front"),
     log:
         "logs/{ds}/front.log",
     benchmark:

@@ -10,7 +10,7 @@ rule supernet_phase:
         maybe_temp(f"{RESULTS}/{{ds}}/supernet/phases/{{phase}}.pt"),
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SUPERNET_KEYS),
+        fingerprint=fingerprint("supernet_phase"),
         init=init_option,
     log:
         "logs/{ds}/supernet/{phase}.log",
@@ -31,7 +31,7 @@ rule supernet_source:
         f"{RESULTS}/{{ds}}/supernet/source.pt",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SUPERNET_KEYS),
+        fingerprint=fingerprint("supernet_source"),
         phases=phases_dir_option,
     log:
         "logs/{ds}/supernet/source.log",
@@ -53,7 +53,7 @@ rule warmup:
         f"{RESULTS}/{{ds}}/supernet/warmup.pt",
     params:
         config=CONFIG,
-        fingerprint=fingerprint(*SUPERNET_KEYS, "warmup"),
+        fingerprint=fingerprint("warmup"),
     log:
         "logs/{ds}/supernet/warmup.log",
     benchmark:
