@@ -57,7 +57,7 @@ def supernet_problem(supernet_path: str, split_json: str, settings):
     from natv2.data import load_data
     from natv2.evaluate import evaluate_genomes
     from natv2.nets.checkpoint import load_supernet
-    from natv2.steps.search import supernet_costs
+    from natv2.search import supernet_costs
 
     device = settings.torch_device()
     net, _ = load_supernet(supernet_path, map_location=str(device))

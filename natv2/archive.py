@@ -140,6 +140,14 @@ def read_archive(path: str | Path, objectives: Sequence[str] = (ERROR,)) -> pd.D
     return check_table(frame, objectives, str(path))
 
 
+def read_evaluated(paths):
+    """Concatenate evaluation shards, in original row order when they carry ``row``."""
+    table = pd.concat([read_csv(p) for p in paths], ignore_index=True)
+    if "row" in table.columns:
+        table = table.sort_values("row", kind="stable").drop(columns="row").reset_index(drop=True)
+    return table
+
+
 def write_archive(path: str | Path, frame: pd.DataFrame) -> None:
     """Write atomically, the :data:`COLUMNS` first (those present), then the rest in their order."""
     first = [c for c in COLUMNS if c in frame.columns]

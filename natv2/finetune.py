@@ -425,3 +425,187 @@ def aep_finetune(
     return AEPResult(model, result.best_epoch, result.step1_epochs, result.step2_epochs, result.val_losses,
                      result.val_extras, result.val_top1s, exits=list(chosen), attached=list(attached),
                      prefix_top1=scores, pruned=prune)
+
+
+# --------------------------------------------------------------------------------------------
+# one front member: the library side of ``natv2 finetune``
+
+
+def front_member(front, member_id: str, source: str) -> dict:
+    """The row of ``front`` whose ``id`` is ``member_id``, as a dict."""
+    if len(front) == 0:
+        raise Natv2Error(f"{source}: the front is empty")
+    for column in ("id", "genome"):
+        if column not in front.columns:
+            raise Natv2Error(f"{source}: column {column!r} missing")
+    rows = front[front["id"].astype(str) == str(member_id)]
+    if len(rows) != 1:
+        raise Natv2Error(f"{source}: {len(rows)} rows with id {member_id!r}, expected exactly 1")
+    return rows.iloc[0].to_dict()
+
+
+def member_state(out, *, supernet_path, data_path, genome: str, settings) -> FinetuneState:
+    """The resume folder ``.{id}.state`` beside the member's output ``out``, fingerprinted by its inputs."""
+    from pathlib import Path
+
+    from natv2.resume import fingerprint, split_files
+
+    out = Path(out)
+    return FinetuneState(out.parent / f".{out.name}.state", fingerprint(
+        {"supernet": supernet_path, **split_files(data_path)},
+        {"genome": genome, "seed": settings.seed, "finetune": settings.finetune, "data": settings.data},
+    ))
+
+
+class MemberNets:
+    """Fresh copies of one front member taken from the supernet, BN recalibrated on the same images.
+
+    ``single()``: the net the search chose; ``with_exits(exits)``: for AEP, the member's body with
+    exits 1..nd (or ``exits``) attached, forward = their logits. ``common``: the keyword
+    arguments of natv2.evaluate's ``top1`` / ``recalibrate_bn`` for this member.
+    """
+
+    def __init__(self, supernet, genome, data, settings, device) -> None:
+        from natv2.rng import torch_stream
+
+        cfg = settings.finetune
+        self.supernet, self.genome, self.device = supernet, genome, device
+        self.space = supernet.space
+        self.resolution = int(self.space.decode(genome).resolution)
+        self.early_exit = bool(getattr(self.space, "n_exits", 0))
+        self.common = dict(resolution=self.resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size,
+                           device=device)
+        self.bn_images = (data.train.subset(cfg.bn_images, torch_stream(settings.seed, "bn-images"))
+                          if cfg.bn_images else None)
+
+    def _ready(self, net):
+        from natv2.evaluate import recalibrate_bn
+
+        net = net.to(self.device)
+        if self.bn_images is not None:
+            recalibrate_bn(net, self.bn_images, **self.common)
+        return net.eval()
+
+    def single(self):
+        return self._ready(self.supernet.extract(self.genome))
+
+    def with_exits(self, exits=None):
+        exits = aep_exits(self.space, self.genome) if exits is None else exits
+        return self._ready(self.supernet.extract(self.genome, exits=exits))
+
+
+def _searched_columns(nets: MemberNets, data, genome: str) -> dict:
+    """The ``search_*`` columns: the single-exit net the search chose, fresh from the supernet."""
+    from natv2.costs import count_macs, count_params
+    from natv2.evaluate import top1
+
+    searched = nets.single()
+    search = {"search_genome": genome, "search_val_top1": float(top1(searched, data.val, **nets.common)),
+              "search_test_top1": float(top1(searched, data.test, **nets.common))}
+    searched = searched.to("cpu")
+    search.update(search_params=int(count_params(searched)), search_macs=int(count_macs(searched, nets.resolution)))
+    return search
+
+
+def finetune_member(supernet, member: dict, data, settings, *, state: FinetuneState | None = None,
+                    progress: bool = True, started: float | None = None):
+    """Fine-tune, test and measure one front member; returns ``(net, metrics)`` (see ``natv2 finetune``).
+
+    ``supernet``: on the device it runs on, in eval mode; ``member``: its front.csv row (``id``,
+    ``genome``); ``data``: the DataBundle. The held-out part of val (``finetune.selection_holdout``)
+    stays out of step 2: the ensembles are chosen, and compared with this net, on it. Early-exit
+    supernets use AEP; every column but the ``search_*`` ones then describes the AEP net.
+    """
+    import time
+
+    from natv2.costs import count_macs, count_params, measure_latency
+    from natv2.evaluate import top1
+
+    started = time.perf_counter() if started is None else started
+    cfg = settings.finetune
+    member_id, genome_string = str(member["id"]), str(member["genome"])
+    device = settings.torch_device()
+    nets = MemberNets(supernet, supernet.space.from_string(genome_string), data, settings, device)
+    common, resolution, space = nets.common, nets.resolution, nets.space
+    val_fit, val_select = data.holdout(cfg.selection_holdout, settings.seed)
+
+    search = _searched_columns(nets, data, genome_string)
+    log.info("member %s: searched net val %.2f %%, test %.2f %%", member_id, search["search_val_top1"],
+             search["search_test_top1"])
+
+    kwargs = dict(resolution=resolution, device=device, seed=settings.seed, step2_images=data.trainval(val_fit),
+                  state=state, progress=progress)
+    exported_genome = genome_string
+    if nets.early_exit:  # NATv2's AEP: exits 1..nd, weighted sum of their logits
+        result = aep_finetune(nets.with_exits, data, cfg, **kwargs)
+        # every column describes the exported net: its genome's exit is its deepest kept exit,
+        # its before-fine-tune accuracies those of the same exits fresh from the supernet
+        g = nets.genome.copy()
+        g[space.exit_position] = result.exits[-1]
+        exported_genome = space.to_string(g)
+        before = nets.with_exits(result.exits).with_exits(result.exits, weights=exit_weights(result.exits),
+                                                          output="weighted").eval()
+        val_before, test_before = top1(before, data.val, **common), top1(before, data.test, **common)
+        del before
+    else:
+        result = two_step_finetune(nets.single, data, cfg, **kwargs)
+        val_before, test_before = search["search_val_top1"], search["search_test_top1"]
+    log.info("member %s: before fine-tune val %.2f %%, test %.2f %%", member_id, val_before, test_before)
+    net = result.model.eval()
+    test_after = top1(net, data.test, **common)
+    select_after = top1(net, val_select, **common)
+    log.info("member %s: after fine-tune test %.2f %%, held-out val %.2f %% (best epoch %d)", member_id, test_after,
+             select_after, result.best_epoch)
+
+    cpu_net = net.to("cpu")
+    metrics = {
+        "id": member_id,
+        "genome": exported_genome,
+        "resolution": resolution,
+        "params": int(count_params(cpu_net)),
+        "macs": int(count_macs(cpu_net, resolution)),
+        "latency_ms": float(measure_latency(net.to(device), resolution, batch_size=cfg.latency_batch_size,
+                                            repeats=cfg.latency_repeats, warmup=3, device=device)),
+        "latency_device": str(device),
+        "val_top1": float(val_before),
+        "test_top1": float(test_before),
+        "test_top1_finetuned": float(test_after),
+        "finetune_gain": float(test_after - test_before),
+        # top-1 on the part of val that step 2 did not train on (where the ensembles are chosen)
+        "select_top1_finetuned": float(select_after),
+        "select_images": len(val_select),
+        **search,
+        **result.summary(),
+        "seconds": time.perf_counter() - started,
+    }
+    return net.to("cpu"), metrics
+
+
+def write_member(out, net, data, metrics: dict) -> None:
+    """Write the member's directory (natv2.export files + metrics.json) whole or not at all.
+
+    Built next to its final name, then renamed into place; an older directory is replaced.
+    """
+    import os
+    import shutil
+    from pathlib import Path
+
+    from natv2.export import export_network
+    from natv2.io import write_json
+
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        export_network(net.to("cpu"), tmp, classes=data.classes, resolution=int(metrics["resolution"]),
+                       mean=data.mean, std=data.std,
+                       extra={"id": str(metrics["id"]), "genome": str(metrics["genome"]),
+                              "image_size": int(data.image_size)})
+        write_json(tmp / "metrics.json", metrics)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

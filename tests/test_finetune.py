@@ -175,7 +175,7 @@ def test_optimizer_follows_the_supernet_kind():
 
 
 def test_front_member_errors():
-    from natv2.steps.finetune import front_member
+    from natv2.finetune import front_member
 
     front = pd.DataFrame({"id": [0, 1], "genome": ["a", "b"]})
     assert front_member(front, "1", "front.csv")["genome"] == "b"

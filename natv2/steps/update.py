@@ -25,18 +25,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_evaluated(paths):
-    """Concatenate evaluation shards, in original row order when they carry ``row``."""
-    import pandas as pd
-
-    from natv2.io import read_csv
-
-    table = pd.concat([read_csv(p) for p in paths], ignore_index=True)
-    if "row" in table.columns:
-        table = table.sort_values("row", kind="stable").drop(columns="row").reset_index(drop=True)
-    return table
-
-
 def candidate_tau(evaluated, predicted: dict) -> dict:
     """Kendall tau and RMSE of predicted vs measured top-1 error on the candidates."""
     import numpy as np
@@ -74,7 +62,7 @@ def run_update(archive, evaluated, cfg, rng, *, iteration: int, seed: int, surro
 
 
 def run(args: argparse.Namespace) -> int:
-    from natv2.archive import check_table, read_archive, write_archive
+    from natv2.archive import check_table, read_archive, read_evaluated, write_archive
     from natv2.config import settings_from_args
     from natv2.io import read_json, write_json
     from natv2.rng import stream
