@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from natv2.errors import Natv2Error
@@ -80,10 +81,6 @@ class FinetuneResult:
             "step2_epochs": self.step2_epochs,
             "val_loss": [{"epoch": e, "loss": l, "top1": self.val_top1s.get(e)} for e, l in self.val_losses],
         }
-
-
-class _Stop(Exception):
-    """Raised from ``on_epoch_end`` to end step 1 early (natv2.train has no stop flag)."""
 
 
 def train_config(cfg, *, epochs: int, early_exit: bool = False):
@@ -196,6 +193,32 @@ class FinetuneState:
         self._state.remove()
 
 
+class _Step1Record:
+    """Step 1's val loss and top-1 per epoch (``records``), saved to ``state`` as they come.
+
+    ``after_epoch`` is natv2.train's ``on_epoch_end`` for step 1: it measures the net and
+    returns whether the early stopping (replayed over every epoch on record, so a resumed run's
+    stopper sees the epochs before it too) ends step 1 after this epoch.
+    """
+
+    def __init__(self, cfg, validate: Callable[[Any], dict], state: FinetuneState | None) -> None:
+        self.cfg, self.validate, self.state = cfg, validate, state
+        self.records: dict[int, dict] = dict(state.records) if state is not None else {}
+
+    def measure(self, epoch: int, model) -> None:
+        rec = _as_record(self.validate(model))
+        self.records[int(epoch)] = rec
+        if self.state is not None:
+            self.state.record(epoch, rec["loss"], rec["extra"], rec["top1"])
+
+    def after_epoch(self, model, epoch: int, row=None, net=None) -> bool:
+        self.measure(epoch, net if net is not None else model)
+        _, stop = _replay(self.cfg, self.records, last=epoch)
+        log.info("fine-tune step 1, epoch %d: val loss %.4f, top-1 %.2f %% (best top-1 at epoch %d)", epoch,
+                 self.records[epoch]["loss"], self.records[epoch]["top1"], best_top1_epoch(self.records, epoch))
+        return stop
+
+
 def two_step_finetune(
     extract: Callable[[], Any],
     data,
@@ -217,7 +240,8 @@ def two_step_finetune(
     ``data`` is a DataBundle (``train``, ``val``, ``trainval()``, ``mean``, ``std``); ``cfg`` the
     ``finetune:`` section. ``validate(model)`` returns ``{"loss", "top1"[, "extra"]}`` (``extra``:
     JSON data kept per epoch in ``result.val_extras``); it and ``train_fn`` default to
-    :func:`val_metrics` on ``data.val`` and :func:`natv2.train.train`. The val loss drives the
+    :func:`val_metrics` on ``data.val`` and :func:`natv2.train.train` (whose ``on_epoch_end``
+    returns True to stop training after that epoch). The val loss drives the
     early stopping, the val top-1 the best epoch. ``step2_images``: what step
     2 trains on (default train + val; the fine-tune step keeps a selection part of val out).
     ``state``: a :class:`FinetuneState` to resume from and save to.
@@ -229,42 +253,23 @@ def two_step_finetune(
             return val_metrics(model, data.val, resolution=resolution, mean=data.mean, std=data.std,
                                batch_size=cfg.batch_size, device=device)
 
-    records: dict[int, dict] = dict(state.records) if state is not None else {}
-
-    def measure(epoch: int, model) -> None:
-        rec = _as_record(validate(model))
-        records[int(epoch)] = rec
-        if state is not None:
-            state.record(epoch, rec["loss"], rec["extra"], rec["top1"])
-
+    val = _Step1Record(cfg, validate, state)
     # the dataset's augmentation (split.json), not train()'s defaults: digits must not be mirrored
     common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, pad=data.pad,
                   flip=data.flip, progress=progress)
 
     # step 1: find the best epoch count on val
-    if _replay(cfg, records)[1]:
-        log.info("fine-tune step 1: already done (val loss of epochs 0..%d on record)", max(records))
+    if _replay(cfg, val.records)[1]:
+        log.info("fine-tune step 1: already done (val loss of epochs 0..%d on record)", max(val.records))
     else:
         model = extract()
-        if 0 not in records:
-            measure(0, model)
-
-        def after_epoch(epoch, row=None, net=None):
-            measure(epoch, net if net is not None else model)
-            # replay the record: a resumed run's stopper sees the epochs before it too
-            stopper, stop = _replay(cfg, records, last=epoch)
-            log.info("fine-tune step 1, epoch %d: val loss %.4f, top-1 %.2f %% (best top-1 at epoch %d)", epoch,
-                     records[epoch]["loss"], records[epoch]["top1"], best_top1_epoch(records, epoch))
-            if stop:
-                raise _Stop
-
+        if 0 not in val.records:
+            val.measure(0, model)
         resume = {"resume": state.path("step1.pt")} if state is not None else {}
-        try:
-            train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
-                     on_epoch_end=after_epoch, **common, **resume)
-        except _Stop:
-            pass
+        train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
+                 on_epoch_end=partial(val.after_epoch, model), **common, **resume)
         del model
+    records = val.records
     stopper, _ = _replay(cfg, records)
     step1_epochs = stopper.losses[-1][0] if stopper.losses else 0
     best = best_top1_epoch(records, step1_epochs)
@@ -274,14 +279,12 @@ def two_step_finetune(
     model = extract()
     step2_epochs = 0
     if best > 0:
-        def count(epoch, row=None, net=None):
-            nonlocal step2_epochs
-            step2_epochs = int(epoch)
-
         images = data.trainval() if step2_images is None else step2_images
         resume = {"resume": state.path("step2.pt")} if state is not None else {}
+        done: list[int] = []  # the epochs this call trained
         history = train_fn(model, images, train_config(cfg, epochs=best, early_exit=early_exit),
-                           on_epoch_end=count, **common, **resume)
+                           on_epoch_end=lambda epoch, row=None, net=None: done.append(int(epoch)), **common, **resume)
+        step2_epochs = done[-1] if done else 0
         if history is not None and getattr(history, "rows", None):
             step2_epochs = len(history.rows)  # a resumed run's history holds the epochs before it too
     model.eval()
