@@ -36,10 +36,14 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Iterable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import Problem
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
 
 from natv2.errors import Natv2Error
 
@@ -221,50 +225,67 @@ def ensemble_costs(member_costs: pd.DataFrame, X: np.ndarray, mode: str) -> pd.D
 INITIAL = ("all", "random")
 
 
-def _pymoo_parts(n_members: int, min_members: int, max_members: int, rng: np.random.Generator):
-    from pymoo.core.repair import Repair
-    from pymoo.core.sampling import Sampling
-
-    lo, hi = min_members, (n_members if max_members == 0 else min(max_members, n_members))
-
-    class SizeRepair(Repair):
-        """Add random members to ensembles below ``lo``, drop random ones above ``hi``."""
-
-        def _do(self, problem, X, **kwargs):
-            X = np.asarray(X).astype(bool).copy()
-            for row in X:
-                size = int(row.sum())
-                if size < lo:
-                    row[rng.choice(np.flatnonzero(~row), lo - size, replace=False)] = True
-                elif size > hi:
-                    row[rng.choice(np.flatnonzero(row), size - hi, replace=False)] = False
-            return X
-
-    class SizeSampling(Sampling):
-        """Ensembles of a uniformly drawn size in [lo, hi] (a 50 % bit sampling would give huge ones)."""
-
-        def _do(self, problem, n_samples, *args, **kwargs):
-            X = np.zeros((n_samples, n_members), dtype=bool)
-            for row in X:
-                row[rng.choice(n_members, int(rng.integers(lo, hi + 1)), replace=False)] = True
-            return X
-
-    return SizeSampling(), SizeRepair()
+def _size_bounds(n_members: int, min_members: int, max_members: int) -> tuple[int, int]:
+    """The smallest and largest ensemble size allowed (``max_members`` 0 = no cap)."""
+    return min_members, (n_members if max_members == 0 else min(max_members, n_members))
 
 
-def _redraw_mutation(prob_var: float):
+class EnsembleProblem(Problem):
+    """Membership bit vectors -> (val error in percent, cost) through ``evaluate`` (vectorised)."""
+
+    def __init__(self, n_members: int, evaluate: Callable[[np.ndarray], np.ndarray]) -> None:
+        super().__init__(n_var=n_members, n_obj=2, xl=0, xu=1, vtype=bool)
+        self.evaluate_bits = evaluate
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        out["F"] = self.evaluate_bits(X)
+
+
+class SizeRepair(Repair):
+    """Add random members to ensembles below ``lo``, drop random ones above ``hi``."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def _do(self, problem, X, random_state=None, **kwargs):
+        X = np.asarray(X).astype(bool).copy()
+        for row in X:
+            size = int(row.sum())
+            if size < self.lo:
+                row[random_state.choice(np.flatnonzero(~row), self.lo - size, replace=False)] = True
+            elif size > self.hi:
+                row[random_state.choice(np.flatnonzero(row), size - self.hi, replace=False)] = False
+        return X
+
+
+class SizeSampling(Sampling):
+    """Ensembles of a uniformly drawn size in [lo, hi] (a 50 % bit sampling would give huge ones)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        X = np.zeros((n_samples, problem.n_var), dtype=bool)
+        for row in X:
+            row[random_state.choice(problem.n_var, int(random_state.integers(self.lo, self.hi + 1)), replace=False)] = True
+        return X
+
+
+class RedrawMutation(Mutation):
     """OFA3's ``ChoiceRandomMutation(prob=1.0, prob_var=p)`` on {0, 1}: every bit of every
     offspring is redrawn uniformly from {0, 1} with probability ``p`` (so it flips with p / 2)."""
-    from pymoo.core.mutation import Mutation
 
-    class RedrawMutation(Mutation):
-        def _do(self, problem, X, random_state=None, **kwargs):
-            X = np.asarray(X).astype(bool).copy()
-            redraw = random_state.random(X.shape) < prob_var
-            X[redraw] = random_state.random(int(redraw.sum())) < 0.5
-            return X
+    def __init__(self, prob_var: float) -> None:
+        super().__init__()
+        self.prob_var = prob_var
 
-    return RedrawMutation()
+    def _do(self, problem, X, random_state=None, **kwargs):
+        X = np.asarray(X).astype(bool).copy()
+        redraw = random_state.random(X.shape) < self.prob_var
+        X[redraw] = random_state.random(int(redraw.sum())) < 0.5
+        return X
 
 
 def select_ensembles(
@@ -293,7 +314,6 @@ def select_ensembles(
     val_top1`` sorted by cost, one row per distinct objective vector, mutually non-dominated.
     """
     from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.core.problem import Problem
     from pymoo.operators.crossover.ux import UniformCrossover
     from pymoo.optimize import minimize
     from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
@@ -325,25 +345,18 @@ def select_ensembles(
                 seen[keys[i]] = (float(e), float(c))
         return np.array([seen[key] for key in keys])
 
-    class EnsembleProblem(Problem):
-        def __init__(self):
-            super().__init__(n_var=len(ids), n_obj=2, xl=0, xu=1, vtype=bool)
-
-        def _evaluate(self, X, out, *args, **kwargs):
-            out["F"] = evaluate(X)
-
-    sampling, repair = _pymoo_parts(len(ids), min_members, max_members, rng)
-    if initial == "all":
-        sampling = np.ones((population, len(ids)), dtype=bool)
+    lo, hi = _size_bounds(len(ids), min_members, max_members)
     algorithm = NSGA2(
         pop_size=population,
-        sampling=sampling,
+        sampling=np.ones((population, len(ids)), dtype=bool) if initial == "all" else SizeSampling(lo, hi),
         crossover=UniformCrossover(prob=1.0),
-        mutation=_redraw_mutation(mutation_prob),
-        repair=repair,
+        mutation=RedrawMutation(mutation_prob),
+        repair=SizeRepair(lo, hi),
         eliminate_duplicates=True,
     )
-    minimize(EnsembleProblem(), algorithm, ("n_gen", generations), seed=int(rng.integers(2**31 - 1)), verbose=False)
+    # every operator draws from the algorithm's random_state, seeded from ``rng``
+    minimize(EnsembleProblem(len(ids), evaluate), algorithm, ("n_gen", generations),
+             seed=int(rng.integers(2**31 - 1)), verbose=False)
 
     bits = np.array([np.unpackbits(np.frombuffer(k, dtype=np.uint8))[: len(ids)] for k in seen], dtype=bool)
     F = np.array(list(seen.values()))

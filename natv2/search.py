@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -158,6 +158,27 @@ class SurrogateProblem(Problem):
             out["G"] = np.column_stack([value[c] - bound for c, bound in self.constraints.items()])
 
 
+class PolicySampling(Sampling):
+    """Distinct valid genomes from the space's sampling ``policy``, none of them in ``exclude``.
+
+    ``natv2``: NATv2's initialisation (each optional block slot skipped with probability 1/3,
+    then "fill"; see ``natv2.space.SearchSpace.sample``); ``nat``: uniform genes, then "push";
+    ``balanced``: uniform depths. Draws from pymoo's ``random_state`` (a numpy Generator).
+    """
+
+    def __init__(self, space, policy: str, exclude: Iterable[np.ndarray] = ()) -> None:
+        super().__init__()
+        self.space, self.policy, self.exclude = space, policy, exclude
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        return sample_unique(self.space, n_samples, random_state, self.policy, exclude=self.exclude)
+
+    def draw(self, n_samples: int, random_state: np.random.Generator) -> np.ndarray:
+        """``n_samples`` genomes (int array) drawn from ``random_state``, outside an algorithm."""
+        return np.asarray(self.do(None, n_samples, random_state=random_state).get("X"), dtype=np.int64).reshape(
+            n_samples, self.space.n_var)
+
+
 def make_algorithm(space, cfg, n_obj: int, initial: np.ndarray):
     """NSGA-II (2 objectives) or NSGA-III with energy reference directions (3+), NAT's operators."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -206,13 +227,12 @@ def initial_population(archive_X: np.ndarray, archive_F: np.ndarray, space, cfg,
         raise Natv2Error(f"search.initial_population: {mode!r} is not one of random, archive")
     if mode == "random":
         X = np.unique(lhs_population(space, cfg.pop_size, cfg.repair_mode, rng), axis=0)
-        extra = sample_unique(space, cfg.pop_size - len(X), rng, cfg.sampling_policy, exclude=X)
-        return np.concatenate([X, extra]).astype(np.int64)
-    front = archive_X[non_dominated(archive_F)] if len(archive_X) else archive_X
-    if len(front) > cfg.pop_size:
-        front = front[survive(archive_F[non_dominated(archive_F)], cfg.pop_size, rng)]
-    extra = sample_unique(space, cfg.pop_size - len(front), rng, cfg.sampling_policy, exclude=front)
-    return np.concatenate([front, extra]).astype(np.int64)
+    else:
+        X = archive_X[non_dominated(archive_F)] if len(archive_X) else archive_X
+        if len(X) > cfg.pop_size:
+            X = X[survive(archive_F[non_dominated(archive_F)], cfg.pop_size, rng)]
+    extra = PolicySampling(space, cfg.sampling_policy, exclude=X).draw(cfg.pop_size - len(X), rng)
+    return np.concatenate([X, extra]).astype(np.int64)
 
 
 def nsga_search(space, cfg, predict_error: PredictFn, costs: CostCache, initial: np.ndarray,
