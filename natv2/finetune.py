@@ -92,7 +92,7 @@ def train_config(cfg, *, epochs: int, early_exit: bool = False):
     from natv2.train import TrainConfig
 
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("adamw" if early_exit else "sgd")
-    return TrainConfig.from_sections(cfg, optimizer=optimizer, epochs=int(epochs), kd_weight=0.0,
+    return TrainConfig.from_sections(cfg, kd=False, optimizer=optimizer, epochs=int(epochs),
                                      schedule_epochs=max(int(cfg.max_epochs), int(epochs)))
 
 

@@ -97,17 +97,22 @@ class TrainConfig:
         return cfg
 
     @classmethod
-    def from_sections(cls, *sections: Any, **overrides: Any) -> "TrainConfig":
+    def from_sections(cls, *sections: Any, kd: bool = True, **overrides: Any) -> "TrainConfig":
         """The training settings found in config sections (dataclasses), later ones and ``overrides`` winning.
 
-        Only fields that TrainConfig has are taken (a section's other keys are its own
-        business); the warm-up is cut to the epoch count so a short run never warms up past its end.
+        The one way every phase builds its TrainConfig (supernet phases, warm-up stages, NAT
+        adaptation, fine-tuning). Only fields that TrainConfig has are taken (a section's other
+        keys are its own business); ``kd=False``: no distillation (``kd_weight`` 0, e.g. when
+        there is no teacher); the warm-up is cut to the epoch count so a short run never warms
+        up past its end.
         """
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for section in sections:
             values.update({k: v for k, v in dataclasses.asdict(section).items() if k in names})
         values.update(overrides)
+        if not kd:
+            values["kd_weight"] = 0.0
         if "epochs" in values and "warmup_epochs" in values:
             values["warmup_epochs"] = min(values["warmup_epochs"], values["epochs"])
         return cls.from_mapping(values)
