@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from typing import Callable, Iterable, Mapping, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -231,14 +231,41 @@ def _size_bounds(n_members: int, min_members: int, max_members: int) -> tuple[in
 
 
 class EnsembleProblem(Problem):
-    """Membership bit vectors -> (val error in percent, cost) through ``evaluate`` (vectorised)."""
+    """Membership bit vectors -> (val error in percent, ``objective`` cost of the ensemble).
 
-    def __init__(self, n_members: int, evaluate: Callable[[np.ndarray], np.ndarray]) -> None:
-        super().__init__(n_var=n_members, n_obj=2, xl=0, xu=1, vtype=bool)
-        self.evaluate_bits = evaluate
+    Remembers every ensemble it evaluated (``seen``: packed membership bits -> (error, cost)),
+    each computed once; :meth:`front` picks the non-dominated ones among all of them.
+    """
+
+    def __init__(self, scorer: "EnsembleScorer", member_costs: pd.DataFrame, mode: str, objective: str) -> None:
+        super().__init__(n_var=len(member_costs), n_obj=2, xl=0, xu=1, vtype=bool)
+        self.scorer, self.member_costs, self.mode, self.objective = scorer, member_costs, mode, objective
+        self.seen: dict[bytes, tuple[float, float]] = {}
 
     def _evaluate(self, X, out, *args, **kwargs):
-        out["F"] = self.evaluate_bits(X)
+        X = np.asarray(X).astype(bool)
+        keys = [np.packbits(row).tobytes() for row in X]
+        todo = [i for i, key in enumerate(keys) if key not in self.seen]
+        if todo:
+            err = 100.0 - self.scorer.top1(X[todo])
+            cost = ensemble_costs(self.member_costs, X[todo], self.mode)[self.objective].to_numpy()
+            for i, e, c in zip(todo, err, cost):
+                self.seen[keys[i]] = (float(e), float(c))
+        out["F"] = np.array([self.seen[key] for key in keys])
+
+    def front(self) -> tuple[np.ndarray, np.ndarray]:
+        """(membership bits, objectives) of the non-dominated ensembles seen, sorted by cost: one
+        per distinct objective vector (equal vectors do not dominate each other), the smallest."""
+        from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
+
+        bits = np.array([np.unpackbits(np.frombuffer(k, dtype=np.uint8))[: self.n_var] for k in self.seen], dtype=bool)
+        F = np.array(list(self.seen.values()))
+        front = NonDominatedSorting().do(F, only_non_dominated_front=True)
+        chosen: dict[tuple[float, float], int] = {}
+        for i in sorted(front, key=lambda i: (bits[i].sum(), tuple(np.flatnonzero(bits[i])))):
+            chosen.setdefault((F[i, 0], F[i, 1]), i)
+        rows = sorted(chosen.values(), key=lambda i: (F[i, 1], F[i, 0]))
+        return bits[rows], F[rows]
 
 
 class SizeRepair(Repair):
@@ -316,7 +343,6 @@ def select_ensembles(
     from pymoo.algorithms.moo.nsga2 import NSGA2
     from pymoo.operators.crossover.ux import UniformCrossover
     from pymoo.optimize import minimize
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
     ids = [str(i) for i in members]
     if len(ids) < max(2, min_members):
@@ -331,20 +357,7 @@ def select_ensembles(
     costs.index = costs.index.map(str)
     check_costs(costs, ids, objective)
     member_costs = costs.loc[ids, [c for c in COST_COLUMNS if c in costs.columns]].apply(pd.to_numeric, errors="coerce")
-    scorer = EnsembleScorer([members[i] for i in ids], labels)
-    seen: dict[bytes, tuple[float, float]] = {}  # every ensemble evaluated: membership bits -> (error, cost)
-
-    def evaluate(X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X).astype(bool)
-        keys = [np.packbits(row).tobytes() for row in X]
-        todo = [i for i, key in enumerate(keys) if key not in seen]
-        if todo:
-            err = 100.0 - scorer.top1(X[todo])
-            cost = ensemble_costs(member_costs, X[todo], mode)[objective].to_numpy()
-            for i, e, c in zip(todo, err, cost):
-                seen[keys[i]] = (float(e), float(c))
-        return np.array([seen[key] for key in keys])
-
+    problem = EnsembleProblem(EnsembleScorer([members[i] for i in ids], labels), member_costs, mode, objective)
     lo, hi = _size_bounds(len(ids), min_members, max_members)
     algorithm = NSGA2(
         pop_size=population,
@@ -355,23 +368,14 @@ def select_ensembles(
         eliminate_duplicates=True,
     )
     # every operator draws from the algorithm's random_state, seeded from ``rng``
-    minimize(EnsembleProblem(len(ids), evaluate), algorithm, ("n_gen", generations),
-             seed=int(rng.integers(2**31 - 1)), verbose=False)
+    minimize(problem, algorithm, ("n_gen", generations), seed=int(rng.integers(2**31 - 1)), verbose=False)
 
-    bits = np.array([np.unpackbits(np.frombuffer(k, dtype=np.uint8))[: len(ids)] for k in seen], dtype=bool)
-    F = np.array(list(seen.values()))
-    front = NonDominatedSorting().do(F, only_non_dominated_front=True)
-    # one row per distinct objective vector (equal vectors do not dominate each other): the smallest ensemble
-    chosen: dict[tuple[float, float], int] = {}
-    for i in sorted(front, key=lambda i: (bits[i].sum(), tuple(np.flatnonzero(bits[i])))):
-        chosen.setdefault((F[i, 0], F[i, 1]), i)
-    rows = sorted(chosen.values(), key=lambda i: (F[i, 1], F[i, 0]))
-    X = bits[rows]
+    X, F = problem.front()
     table = ensemble_costs(member_costs, X, mode)
     table.insert(0, "mode", mode)
     table.insert(0, "members", [";".join(ids[j] for j in np.flatnonzero(x)) for x in X])
-    table["val_top1"] = 100.0 - F[rows, 0]
-    log.info("ensembles (%s): %d evaluated, %d non-dominated", mode, len(seen), len(rows))
+    table["val_top1"] = 100.0 - F[:, 0]
+    log.info("ensembles (%s): %d evaluated, %d non-dominated", mode, len(problem.seen), len(X))
     return table.reset_index(drop=True)
 
 
