@@ -237,7 +237,7 @@ class EnsembleProblem(Problem):
     each computed once; :meth:`front` picks the non-dominated ones among all of them.
     """
 
-    def __init__(self, scorer: "EnsembleScorer", member_costs: pd.DataFrame, mode: str, objective: str) -> None:
+    def __init__(self, scorer: EnsembleScorer, member_costs: pd.DataFrame, mode: str, objective: str) -> None:
         super().__init__(n_var=len(member_costs), n_obj=2, xl=0, xu=1, vtype=bool)
         self.scorer, self.member_costs, self.mode, self.objective = scorer, member_costs, mode, objective
         self.seen: dict[bytes, tuple[float, float]] = {}

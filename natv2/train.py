@@ -337,9 +337,9 @@ def train(
     row, model)`` runs on rank 0 after each epoch, before that epoch's state is saved (so what
     it records is never behind the state; an exception it raises leaves the state one epoch
     back, and a resumed run redoes that epoch bit-exactly); when it returns True, training
-    stops after that epoch (early stopping; the state of that epoch is saved). ``loss_fn(outputs, labels)``
-    replaces the cross-entropy (e.g. the weighted per-exit loss of a multi-exit net); it
-    cannot be combined with a teacher. Raises Natv2Error on a NaN/inf loss.
+    stops after that epoch (early stopping; that epoch's state is saved first).
+    ``loss_fn(outputs, labels)`` replaces the cross-entropy (e.g. the weighted per-exit loss of
+    a multi-exit net); it cannot be combined with a teacher. Raises Natv2Error on a NaN/inf loss.
 
     Carrying a schedule across calls (NAT's adaptation): ``schedule`` places this call's epochs
     in a longer warm-up + cosine curve (:class:`Schedule`; ``cfg.warmup_epochs`` is then unused),
@@ -361,10 +361,10 @@ def train(
         raise Natv2Error("train: loss_fn= and teacher= cannot be combined (distillation needs plain logits)")
 
     run = _Run.setup(model, data, cfg, device=device, seed=seed, schedule=schedule, optimizer_state=optimizer_state,
-                     teacher=teacher, subnet_sampler=subnet_sampler)
-    run.resolution, run.resolution_sampler, run.resolution_per_step = resolution, resolution_sampler, resolution_per_step
-    run.subnets_per_step, run.loss_fn, run.progress = subnets_per_step, loss_fn, progress
-    run.mean, run.std, run.pad, run.flip = mean, std, pad, flip
+                     teacher=teacher, subnet_sampler=subnet_sampler, subnets_per_step=subnets_per_step,
+                     resolution=resolution, resolution_sampler=resolution_sampler,
+                     resolution_per_step=resolution_per_step, loss_fn=loss_fn, mean=mean, std=std, pad=pad,
+                     flip=flip, progress=progress)
     net, dist_info = run.net, run.dist
     resume_path = Path(resume) if resume is not None else None
     history = History()
@@ -447,7 +447,9 @@ class _Run:
 
     @classmethod
     def setup(cls, model, data, cfg: TrainConfig, *, device, seed: int, schedule: Schedule | None,
-              optimizer_state: dict | None, teacher, subnet_sampler) -> "_Run":
+              optimizer_state: dict | None, teacher, **options: Any) -> _Run:
+        """Place the model (and a teacher module) on the device, build the optimizer (restoring
+        ``optimizer_state``), the lr schedule and the scaler; ``options``: the other fields."""
         device, dist_info = _place(device)
         use_amp = cfg.amp and device.type == "cuda"  # autocast + GradScaler on GPU only
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
@@ -467,7 +469,7 @@ class _Run:
         scheduler = _lr_scheduler(optimizer, cfg, schedule, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
         return cls(net, net, data, cfg, seed, device, dist_info, optimizer, scheduler, scaler, use_amp,
-                   memory_format, steps_per_epoch, teacher=teacher, subnet_sampler=subnet_sampler)
+                   memory_format, steps_per_epoch, teacher=teacher, **options)
 
     def wrap_distributed(self) -> None:
         """Under DDP, run the forward through DistributedDataParallel (after any resume state is loaded)."""

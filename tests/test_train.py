@@ -239,7 +239,8 @@ def test_training_settings_come_from_the_config_sections_with_overrides_last():
     phase = TrainConfig.from_sections(s.supernet_train, s.supernet_train.phases.kernel, kd=False)
     assert (phase.epochs, phase.lr, phase.grad_clip, phase.momentum, phase.kd_weight) == (2, 0.05, 2.0, 0.8, 0.0)
     assert phase.warmup_epochs == 2  # cut to the epoch count
-    assert TrainConfig.from_sections(s.supernet_train, s.supernet_train.phases.kernel).kd_weight == s.supernet_train.kd_weight
+    with_kd = TrainConfig.from_sections(s.supernet_train, s.supernet_train.phases.kernel)
+    assert with_kd.kd_weight == s.supernet_train.kd_weight
     stage = TrainConfig.from_sections(s.warmup, epochs=4, lr=0.2, kd=False)
     assert (stage.epochs, stage.lr, stage.weight_decay, stage.kd_weight) == (4, 0.2, 0.001, 0.0)
     adapt = TrainConfig.from_sections(s.adapt, warmup_epochs=0.0)
