@@ -492,3 +492,53 @@ def dominance_lines(singles: pd.DataFrame, ensembles: pd.DataFrame, *, single_to
     return [f"ensemble {p.ensemble} ({p.mode}, members {p.members}) dominates net {p.net} on (held-out val error, "
             f"{cost}): {p.ensemble_top1:.2f} % at {p.ensemble_cost:.4g} vs {p.net_top1:.2f} % at {p.net_cost:.4g}"
             for p in pairs.itertuples()]
+
+
+# --------------------------------------------------------------------------------------------
+# the library side of ``natv2 ensembles``
+
+
+@dataclass
+class FrontEnsembles:
+    """What ``natv2 ensembles`` found: the ensembles.csv table, the usable front members with
+    their top-1 on the selection split (``select_top1``), and the members left out (id -> why)."""
+
+    table: pd.DataFrame
+    singles: pd.DataFrame
+    failed: dict[str, str]
+
+
+def front_ensembles(pareto: pd.DataFrame, data, settings, *, source: str = "pareto.csv") -> FrontEnsembles:
+    """OFA3 ensembles of the exported front members listed in ``pareto`` (columns ``id``, ``path``).
+
+    Chosen on the part of val that no member's fine-tune trained on (``finetune.selection_holdout``)
+    and tested on the test split. A member that cannot be loaded is left out (``failed``); fewer
+    usable members than an ensemble needs give an empty table (a valid result).
+    """
+    from natv2.rng import stream
+
+    cfg = settings.ensemble
+    if len(pareto) == 0:
+        raise Natv2Error(f"{source}: the front is empty; no ensembles to build")
+    for column in ("id", "path"):
+        if column not in pareto.columns:
+            raise Natv2Error(f"{source}: column {column!r} missing")
+    paths = {str(r["id"]): str(r["path"]) for _, r in pareto.iterrows()}
+    # ensembles are chosen on the part of val that no member's fine-tune trained on (its "val_top1")
+    _fit, select = data.holdout(settings.finetune.selection_holdout, settings.seed)
+    tables, labels, failed = member_tables(paths, {"val": select, "test": data.test}, mean=data.mean, std=data.std,
+                                           k=cfg.top_k, batch_size=cfg.batch_size, device=settings.torch_device())
+    usable = pareto[pareto["id"].astype(str).isin(tables["val"].keys())]
+    if len(usable) == 0:
+        raise Natv2Error(f"{source}: no usable front member (every member failed to load)")
+    if len(usable) < max(2, cfg.min_members):
+        # a one-member front is a valid result: there is simply no ensemble of it
+        logging.getLogger("natv2.ensembles").warning(
+            "the front has %d usable member(s); an ensemble needs at least %d: no ensembles", len(usable),
+            max(2, cfg.min_members))
+        table = pd.DataFrame(columns=CSV_COLUMNS)
+    else:
+        table = ensembles_table(usable, tables["val"], labels["val"], tables["test"], labels["test"], cfg,
+                                rng=stream(settings.seed, "ensembles"))
+    singles = usable.assign(select_top1=[tables["val"][str(i)].top1(labels["val"]) for i in usable["id"].astype(str)])
+    return FrontEnsembles(table, singles, failed)
