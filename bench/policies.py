@@ -81,7 +81,7 @@ def run_search(space, evaluate: Evaluate, cost_fn, cfg, budget: int, rng) -> tup
     """The NAT / NATv2 loop in one process (the workflow runs the same functions across files)."""
     from natv2 import archive as A
     from natv2.search import search_candidates
-    from natv2.steps.update import candidate_tau
+    from natv2.surrogate import candidate_tau
     from natv2.surrogate import fit_surrogate
 
     genomes = A.init_genomes(space, cfg, rng)
