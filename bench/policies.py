@@ -57,7 +57,7 @@ def supernet_problem(supernet_path: str, split_json: str, settings):
     from natv2.data import load_data
     from natv2.evaluate import evaluate_genomes
     from natv2.nets.checkpoint import load_supernet
-    from natv2.steps.search import supernet_costs
+    from natv2.search import supernet_costs
 
     device = settings.torch_device()
     net, _ = load_supernet(supernet_path, map_location=str(device))
@@ -81,8 +81,7 @@ def run_search(space, evaluate: Evaluate, cost_fn, cfg, budget: int, rng) -> tup
     """The NAT / NATv2 loop in one process (the workflow runs the same functions across files)."""
     from natv2 import archive as A
     from natv2.search import search_candidates
-    from natv2.steps.update import candidate_tau
-    from natv2.surrogate import fit_surrogate
+    from natv2.surrogate import candidate_tau, fit_surrogate
 
     genomes = A.init_genomes(space, cfg, rng)
     if len(genomes) + cfg.candidates > budget:

@@ -49,16 +49,6 @@ def adaptation_distribution(archive, space, search_cfg, cfg, rng: np.random.Gene
     return gene_distribution(genomes_of(top, space), space, pseudo_count=cfg.pseudo_count)
 
 
-def train_config(cfg):
-    """The engine's TrainConfig from the ``adapt:`` settings.
-
-    The warm-up belongs to the whole-search schedule (:func:`schedule`), not to one iteration.
-    """
-    from natv2.train import TrainConfig
-
-    return TrainConfig.from_sections(cfg, warmup_epochs=0.0)
-
-
 def schedule(cfg, iterations: int, carried: dict | None):
     """This iteration's place in the one warm-up + cosine schedule of the search.
 
@@ -96,7 +86,7 @@ def adapt(
     """
     from natv2.archive import sample_distribution
     from natv2.shrinking import largest_teacher
-    from natv2.train import train
+    from natv2.train import TrainConfig, train
 
     space = supernet.space
     from natv2.rng import stream
@@ -121,7 +111,7 @@ def adapt(
     history = train(
         supernet,
         data.train,
-        train_config(cfg),
+        TrainConfig.from_sections(cfg, warmup_epochs=0.0),  # the warm-up is the search-wide schedule's
         subnet_sampler=sample,
         subnets_per_step=cfg.subnets_per_step,
         resolution_sampler=lambda g: int(g.choice(resolutions)),

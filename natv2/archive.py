@@ -140,6 +140,14 @@ def read_archive(path: str | Path, objectives: Sequence[str] = (ERROR,)) -> pd.D
     return check_table(frame, objectives, str(path))
 
 
+def read_evaluated(paths):
+    """Concatenate evaluation shards, in original row order when they carry ``row``."""
+    table = pd.concat([read_csv(p) for p in paths], ignore_index=True)
+    if "row" in table.columns:
+        table = table.sort_values("row", kind="stable").drop(columns="row").reset_index(drop=True)
+    return table
+
+
 def write_archive(path: str | Path, frame: pd.DataFrame) -> None:
     """Write atomically, the :data:`COLUMNS` first (those present), then the rest in their order."""
     first = [c for c in COLUMNS if c in frame.columns]
@@ -342,3 +350,21 @@ def sample_distribution(probs: Sequence[np.ndarray], space, n: int, rng: np.rand
     """``n`` genomes drawn gene by gene from :func:`gene_distribution`, then repaired."""
     X = np.stack([int(space.xl[pos]) + rng.choice(len(p), size=n, p=p) for pos, p in enumerate(probs)], axis=1)
     return space.repair(X, mode=repair)
+
+
+def run_update(archive, evaluated, cfg, rng, *, iteration: int, seed: int, surrogate: dict | None = None):
+    """The update step of one iteration: (the archive after ``evaluated`` joined it, update.json's report).
+
+    ``surrogate``: the search step's surrogate.json, for the surrogate's tau on the candidates.
+    """
+    from natv2.surrogate import candidate_tau
+
+    evaluated = tag_rows(evaluated, supernet=f"iter{iteration}", seed=seed, iteration=iteration)
+    new_archive = update_archive(archive, evaluated, cfg, rng)
+    report = {"iteration": iteration, "algorithm": cfg.algorithm, "n_before": len(archive),
+              "n_candidates": len(evaluated), "n_after": len(new_archive),
+              "n_candidates_kept": int(new_archive["genome"].isin(set(evaluated["genome"]) - set(archive["genome"])).sum())}
+    if surrogate is not None:
+        report["surrogate"] = {k: surrogate.get(k) for k in ("kind", "cv_tau", "cv_rmse", "n_train")}
+        report["candidates"] = candidate_tau(evaluated, surrogate.get("predicted", {}))
+    return new_archive, report

@@ -40,8 +40,13 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
+from pymoo.core.mutation import Mutation
+from pymoo.core.problem import Problem
+from pymoo.core.repair import Repair
+from pymoo.core.sampling import Sampling
 
 from natv2.errors import Natv2Error
+from natv2.rng import draw_seed
 
 log = logging.getLogger(__name__)
 
@@ -221,50 +226,94 @@ def ensemble_costs(member_costs: pd.DataFrame, X: np.ndarray, mode: str) -> pd.D
 INITIAL = ("all", "random")
 
 
-def _pymoo_parts(n_members: int, min_members: int, max_members: int, rng: np.random.Generator):
-    from pymoo.core.repair import Repair
-    from pymoo.core.sampling import Sampling
-
-    lo, hi = min_members, (n_members if max_members == 0 else min(max_members, n_members))
-
-    class SizeRepair(Repair):
-        """Add random members to ensembles below ``lo``, drop random ones above ``hi``."""
-
-        def _do(self, problem, X, **kwargs):
-            X = np.asarray(X).astype(bool).copy()
-            for row in X:
-                size = int(row.sum())
-                if size < lo:
-                    row[rng.choice(np.flatnonzero(~row), lo - size, replace=False)] = True
-                elif size > hi:
-                    row[rng.choice(np.flatnonzero(row), size - hi, replace=False)] = False
-            return X
-
-    class SizeSampling(Sampling):
-        """Ensembles of a uniformly drawn size in [lo, hi] (a 50 % bit sampling would give huge ones)."""
-
-        def _do(self, problem, n_samples, *args, **kwargs):
-            X = np.zeros((n_samples, n_members), dtype=bool)
-            for row in X:
-                row[rng.choice(n_members, int(rng.integers(lo, hi + 1)), replace=False)] = True
-            return X
-
-    return SizeSampling(), SizeRepair()
+def _size_bounds(n_members: int, min_members: int, max_members: int) -> tuple[int, int]:
+    """The smallest and largest ensemble size allowed (``max_members`` 0 = no cap)."""
+    return min_members, (n_members if max_members == 0 else min(max_members, n_members))
 
 
-def _redraw_mutation(prob_var: float):
+class EnsembleProblem(Problem):
+    """Membership bit vectors -> (val error in percent, ``objective`` cost of the ensemble).
+
+    Remembers every ensemble it evaluated (``seen``: packed membership bits -> (error, cost)),
+    each computed once; :meth:`front` picks the non-dominated ones among all of them.
+    """
+
+    def __init__(self, scorer: EnsembleScorer, member_costs: pd.DataFrame, mode: str, objective: str) -> None:
+        super().__init__(n_var=len(member_costs), n_obj=2, xl=0, xu=1, vtype=bool)
+        self.scorer, self.member_costs, self.mode, self.objective = scorer, member_costs, mode, objective
+        self.seen: dict[bytes, tuple[float, float]] = {}
+
+    def _evaluate(self, X, out, *args, **kwargs):
+        X = np.asarray(X).astype(bool)
+        keys = [np.packbits(row).tobytes() for row in X]
+        todo = [i for i, key in enumerate(keys) if key not in self.seen]
+        if todo:
+            err = 100.0 - self.scorer.top1(X[todo])
+            cost = ensemble_costs(self.member_costs, X[todo], self.mode)[self.objective].to_numpy()
+            for i, e, c in zip(todo, err, cost):
+                self.seen[keys[i]] = (float(e), float(c))
+        out["F"] = np.array([self.seen[key] for key in keys])
+
+    def front(self) -> tuple[np.ndarray, np.ndarray]:
+        """(membership bits, objectives) of the non-dominated ensembles seen, sorted by cost: one
+        per distinct objective vector (equal vectors do not dominate each other), the smallest."""
+        from natv2.archive import non_dominated
+
+        bits = np.array([np.unpackbits(np.frombuffer(k, dtype=np.uint8))[: self.n_var] for k in self.seen], dtype=bool)
+        F = np.array(list(self.seen.values()))
+        front = np.flatnonzero(non_dominated(F))
+        chosen: dict[tuple[float, float], int] = {}
+        for i in sorted(front, key=lambda i: (bits[i].sum(), tuple(np.flatnonzero(bits[i])))):
+            chosen.setdefault((F[i, 0], F[i, 1]), i)
+        rows = sorted(chosen.values(), key=lambda i: (F[i, 1], F[i, 0]))
+        return bits[rows], F[rows]
+
+
+class SizeRepair(Repair):
+    """Add random members to ensembles below ``lo``, drop random ones above ``hi``."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def _do(self, problem, X, random_state=None, **kwargs):
+        X = np.asarray(X).astype(bool).copy()
+        for row in X:
+            size = int(row.sum())
+            if size < self.lo:
+                row[random_state.choice(np.flatnonzero(~row), self.lo - size, replace=False)] = True
+            elif size > self.hi:
+                row[random_state.choice(np.flatnonzero(row), size - self.hi, replace=False)] = False
+        return X
+
+
+class SizeSampling(Sampling):
+    """Ensembles of a uniformly drawn size in [lo, hi] (a 50 % bit sampling would give huge ones)."""
+
+    def __init__(self, lo: int, hi: int) -> None:
+        super().__init__()
+        self.lo, self.hi = lo, hi
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        X = np.zeros((n_samples, problem.n_var), dtype=bool)
+        for row in X:
+            row[random_state.choice(problem.n_var, int(random_state.integers(self.lo, self.hi + 1)), replace=False)] = True
+        return X
+
+
+class RedrawMutation(Mutation):
     """OFA3's ``ChoiceRandomMutation(prob=1.0, prob_var=p)`` on {0, 1}: every bit of every
     offspring is redrawn uniformly from {0, 1} with probability ``p`` (so it flips with p / 2)."""
-    from pymoo.core.mutation import Mutation
 
-    class RedrawMutation(Mutation):
-        def _do(self, problem, X, random_state=None, **kwargs):
-            X = np.asarray(X).astype(bool).copy()
-            redraw = random_state.random(X.shape) < prob_var
-            X[redraw] = random_state.random(int(redraw.sum())) < 0.5
-            return X
+    def __init__(self, prob_var: float) -> None:
+        super().__init__()
+        self.prob_var = prob_var
 
-    return RedrawMutation()
+    def _do(self, problem, X, random_state=None, **kwargs):
+        X = np.asarray(X).astype(bool).copy()
+        redraw = random_state.random(X.shape) < self.prob_var
+        X[redraw] = random_state.random(int(redraw.sum())) < 0.5
+        return X
 
 
 def select_ensembles(
@@ -293,10 +342,8 @@ def select_ensembles(
     val_top1`` sorted by cost, one row per distinct objective vector, mutually non-dominated.
     """
     from pymoo.algorithms.moo.nsga2 import NSGA2
-    from pymoo.core.problem import Problem
     from pymoo.operators.crossover.ux import UniformCrossover
     from pymoo.optimize import minimize
-    from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 
     ids = [str(i) for i in members]
     if len(ids) < max(2, min_members):
@@ -311,54 +358,25 @@ def select_ensembles(
     costs.index = costs.index.map(str)
     check_costs(costs, ids, objective)
     member_costs = costs.loc[ids, [c for c in COST_COLUMNS if c in costs.columns]].apply(pd.to_numeric, errors="coerce")
-    scorer = EnsembleScorer([members[i] for i in ids], labels)
-    seen: dict[bytes, tuple[float, float]] = {}  # every ensemble evaluated: membership bits -> (error, cost)
-
-    def evaluate(X: np.ndarray) -> np.ndarray:
-        X = np.asarray(X).astype(bool)
-        keys = [np.packbits(row).tobytes() for row in X]
-        todo = [i for i, key in enumerate(keys) if key not in seen]
-        if todo:
-            err = 100.0 - scorer.top1(X[todo])
-            cost = ensemble_costs(member_costs, X[todo], mode)[objective].to_numpy()
-            for i, e, c in zip(todo, err, cost):
-                seen[keys[i]] = (float(e), float(c))
-        return np.array([seen[key] for key in keys])
-
-    class EnsembleProblem(Problem):
-        def __init__(self):
-            super().__init__(n_var=len(ids), n_obj=2, xl=0, xu=1, vtype=bool)
-
-        def _evaluate(self, X, out, *args, **kwargs):
-            out["F"] = evaluate(X)
-
-    sampling, repair = _pymoo_parts(len(ids), min_members, max_members, rng)
-    if initial == "all":
-        sampling = np.ones((population, len(ids)), dtype=bool)
+    problem = EnsembleProblem(EnsembleScorer([members[i] for i in ids], labels), member_costs, mode, objective)
+    lo, hi = _size_bounds(len(ids), min_members, max_members)
     algorithm = NSGA2(
         pop_size=population,
-        sampling=sampling,
+        sampling=np.ones((population, len(ids)), dtype=bool) if initial == "all" else SizeSampling(lo, hi),
         crossover=UniformCrossover(prob=1.0),
-        mutation=_redraw_mutation(mutation_prob),
-        repair=repair,
+        mutation=RedrawMutation(mutation_prob),
+        repair=SizeRepair(lo, hi),
         eliminate_duplicates=True,
     )
-    minimize(EnsembleProblem(), algorithm, ("n_gen", generations), seed=int(rng.integers(2**31 - 1)), verbose=False)
+    # every operator draws from the algorithm's random_state, seeded from ``rng``
+    minimize(problem, algorithm, ("n_gen", generations), seed=draw_seed(rng), verbose=False)
 
-    bits = np.array([np.unpackbits(np.frombuffer(k, dtype=np.uint8))[: len(ids)] for k in seen], dtype=bool)
-    F = np.array(list(seen.values()))
-    front = NonDominatedSorting().do(F, only_non_dominated_front=True)
-    # one row per distinct objective vector (equal vectors do not dominate each other): the smallest ensemble
-    chosen: dict[tuple[float, float], int] = {}
-    for i in sorted(front, key=lambda i: (bits[i].sum(), tuple(np.flatnonzero(bits[i])))):
-        chosen.setdefault((F[i, 0], F[i, 1]), i)
-    rows = sorted(chosen.values(), key=lambda i: (F[i, 1], F[i, 0]))
-    X = bits[rows]
+    X, F = problem.front()
     table = ensemble_costs(member_costs, X, mode)
     table.insert(0, "mode", mode)
     table.insert(0, "members", [";".join(ids[j] for j in np.flatnonzero(x)) for x in X])
-    table["val_top1"] = 100.0 - F[rows, 0]
-    log.info("ensembles (%s): %d evaluated, %d non-dominated", mode, len(seen), len(rows))
+    table["val_top1"] = 100.0 - F[:, 0]
+    log.info("ensembles (%s): %d evaluated, %d non-dominated", mode, len(problem.seen), len(X))
     return table.reset_index(drop=True)
 
 
@@ -465,3 +483,53 @@ def dominance_lines(singles: pd.DataFrame, ensembles: pd.DataFrame, *, single_to
     return [f"ensemble {p.ensemble} ({p.mode}, members {p.members}) dominates net {p.net} on (held-out val error, "
             f"{cost}): {p.ensemble_top1:.2f} % at {p.ensemble_cost:.4g} vs {p.net_top1:.2f} % at {p.net_cost:.4g}"
             for p in pairs.itertuples()]
+
+
+# --------------------------------------------------------------------------------------------
+# the library side of ``natv2 ensembles``
+
+
+@dataclass
+class FrontEnsembles:
+    """What ``natv2 ensembles`` found: the ensembles.csv table, the usable front members with
+    their top-1 on the selection split (``select_top1``), and the members left out (id -> why)."""
+
+    table: pd.DataFrame
+    singles: pd.DataFrame
+    failed: dict[str, str]
+
+
+def front_ensembles(pareto: pd.DataFrame, data, settings, *, source: str = "pareto.csv") -> FrontEnsembles:
+    """OFA3 ensembles of the exported front members listed in ``pareto`` (columns ``id``, ``path``).
+
+    Chosen on the part of val that no member's fine-tune trained on (``finetune.selection_holdout``)
+    and tested on the test split. A member that cannot be loaded is left out (``failed``); fewer
+    usable members than an ensemble needs give an empty table (a valid result).
+    """
+    from natv2.rng import stream
+
+    cfg = settings.ensemble
+    if len(pareto) == 0:
+        raise Natv2Error(f"{source}: the front is empty; no ensembles to build")
+    for column in ("id", "path"):
+        if column not in pareto.columns:
+            raise Natv2Error(f"{source}: column {column!r} missing")
+    paths = {str(r["id"]): str(r["path"]) for _, r in pareto.iterrows()}
+    # ensembles are chosen on the part of val that no member's fine-tune trained on (its "val_top1")
+    _fit, select = data.holdout(settings.finetune.selection_holdout, settings.seed)
+    tables, labels, failed = member_tables(paths, {"val": select, "test": data.test}, mean=data.mean, std=data.std,
+                                           k=cfg.top_k, batch_size=cfg.batch_size, device=settings.torch_device())
+    usable = pareto[pareto["id"].astype(str).isin(tables["val"].keys())]
+    if len(usable) == 0:
+        raise Natv2Error(f"{source}: no usable front member (every member failed to load)")
+    if len(usable) < max(2, cfg.min_members):
+        # a one-member front is a valid result: there is simply no ensemble of it
+        logging.getLogger("natv2.ensembles").warning(
+            "the front has %d usable member(s); an ensemble needs at least %d: no ensembles", len(usable),
+            max(2, cfg.min_members))
+        table = pd.DataFrame(columns=CSV_COLUMNS)
+    else:
+        table = ensembles_table(usable, tables["val"], labels["val"], tables["test"], labels["test"], cfg,
+                                rng=stream(settings.seed, "ensembles"))
+    singles = usable.assign(select_top1=[tables["val"][str(i)].top1(labels["val"]) for i in usable["id"].astype(str)])
+    return FrontEnsembles(table, singles, failed)

@@ -32,7 +32,9 @@ import copy
 import logging
 import math
 import time
-from typing import Any, Iterable, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any, Callable, Iterable, Sequence
 
 import torch
 import torch.nn as nn
@@ -70,10 +72,6 @@ def prepare_batches(
     for x, y in batches(images, batch_size, resolution=resolution, mean=mean, std=std, train=False, device=device):
         out.append((x.contiguous(memory_format=_fmt(channels_last)), y))
     return out
-
-
-class _AllBNDone(Exception):
-    """Raised inside a recalibration forward pass once every BN layer has seen the batch."""
 
 
 def _bn_layers(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
@@ -130,45 +128,37 @@ def _reset_for_recalibration(bns) -> list:
     return momenta
 
 
-def _recalibrate(model: nn.Module, inputs: Iterable[torch.Tensor], *, stop_early: bool = True,
-                 keep: list | None = None) -> None:
-    """Train-mode passes of ``model`` over ``inputs`` with every BN reset to a cumulative average.
+def _to_last_bn(model: nn.Module, *, after_stem: bool = False) -> Callable[[torch.Tensor], Any]:
+    """The pass BN recalibration runs: the net's ``forward_to_last_bn`` where it has one (the
+    rest of the forward cannot change the statistics), else its whole forward."""
+    if hasattr(model, "forward_to_last_bn"):
+        return partial(model.forward_to_last_bn, after_stem=after_stem)
+    if after_stem:
+        raise Natv2Error(f"BN recalibration after the stem: {type(model).__name__} has no forward_to_last_bn")
+    return model
 
-    ``stop_early``: end each pass once every BN layer has run (the rest cannot change the
-    statistics). ``keep``: collect the model's outputs (then every pass runs to its end).
-    """
+
+def _recalibrate(model: nn.Module, inputs: Iterable[torch.Tensor], *,
+                 forward: Callable[[torch.Tensor], Any] | None = None, keep: list | None = None) -> None:
+    """Train-mode passes of ``forward`` (default ``model``) over ``inputs``, every BN of ``model``
+    reset to a cumulative average. ``keep``: collect the outputs."""
+    forward = model if forward is None else forward
     bns = _bn_layers(model)
     momenta = _reset_for_recalibration(bns)
     swapped = _in_place_bns(model)
-    wrappers = {id(bn): _InPlaceBN(bn) for _, bn in swapped}
     for owner, bn in swapped:
-        owner.bn = wrappers[id(bn)]
-    ran: set[int] = set()
-
-    def _after_bn(module, args, output):
-        ran.add(id(module))
-        if len(ran) == len(bns):
-            raise _AllBNDone
-
-    runs = [wrappers.get(id(bn), bn) for bn in bns]  # the module that runs each BN
-    hooks = [m.register_forward_hook(_after_bn) for m in runs] if stop_early and keep is None else []
+        owner.bn = _InPlaceBN(bn)
     try:
         seen = 0
         with torch.inference_mode():  # the statistics are buffers updated in place: allowed here
             for x in inputs:
-                ran.clear()
-                try:
-                    out = model(x)
-                    if keep is not None:
-                        keep.append(out)
-                except _AllBNDone:
-                    pass
+                out = forward(x)
+                if keep is not None:
+                    keep.append(out)
                 seen += 1
         if seen == 0:
             raise Natv2Error("BN recalibration: no batches (empty image set)")
     finally:
-        for h in hooks:
-            h.remove()
         for owner, bn in swapped:
             owner.bn = bn
         for bn, m in zip(bns, momenta):
@@ -181,24 +171,29 @@ def _recalibrate(model: nn.Module, inputs: Iterable[torch.Tensor], *, stop_early
 STEM_CACHE_BYTES = 1 << 30
 
 
-class StemCachedBatches(list):
-    """A list of ``(x, y)`` batches that also holds the stem's output on every batch.
+@dataclass
+class StemCache:
+    """``(x, y)`` batches (``batches``) and the stem's output on every one of them (``features``).
 
-    Made by :func:`prepare_stem_cache`. Whatever iterates it sees the plain batches;
-    :func:`recalibrate_on` (``kind="train"``: the stem's train-mode outputs and its recalibrated
-    BN statistics) and :func:`top1_on` (``kind="eval"``: its eval-mode outputs, BN folded if
-    ``fold``) run only the genome-dependent part of a subnet on the cached outputs when the
-    subnet's stem is the cached one (equal weights; for ``eval`` also equal BN statistics), and
-    the whole subnet otherwise.
+    Made by :func:`prepare_stem_cache`. :func:`recalibrate_on` (``kind="train"``: the stem's
+    train-mode outputs and its recalibrated BN statistics ``stem_stats``) and :func:`top1_on`
+    (``kind="eval"``: its eval-mode outputs, BN folded if ``fold``) run only the genome-dependent
+    part of a subnet (``forward_to_last_bn`` / ``forward_after_stem``) on the cached outputs when
+    the subnet's stem is the cached one (equal weights; for ``eval`` also equal BN statistics),
+    and the whole subnet on ``batches`` otherwise.
     """
 
-    def __init__(self, batches, features: list[torch.Tensor], *, kind: str, reference: dict[str, Any],
-                 channels_last: bool, fold: bool = True, stem_stats: dict[str, torch.Tensor] | None = None) -> None:
-        super().__init__(batches)
-        if len(features) != len(self):
-            raise ValueError(f"{len(features)} stem outputs for {len(self)} batches")
-        self.features, self.kind, self.reference = features, kind, reference
-        self.channels_last, self.fold, self.stem_stats = channels_last, fold, stem_stats
+    batches: Batches
+    features: list[torch.Tensor]
+    kind: str
+    reference: dict[str, Any]
+    channels_last: bool
+    fold: bool = True
+    stem_stats: dict[str, torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if len(self.features) != len(self.batches):
+            raise ValueError(f"{len(self.features)} stem outputs for {len(self.batches)} batches")
 
     @property
     def nbytes(self) -> int:
@@ -241,8 +236,13 @@ def _stem_first(model: nn.Module) -> bool:
     return type(model) in (StaticNet, OFAv2StaticNet) and isinstance(getattr(model, "stem", None), Stem)
 
 
+def _plain(batches) -> Batches:
+    """The ``(x, y)`` batches of a :class:`StemCache` or of a plain list."""
+    return batches.batches if isinstance(batches, StemCache) else batches
+
+
 def _cache_fits(model: nn.Module, batches, kind: str, *, channels_last: bool, fold: bool = True) -> bool:
-    if not isinstance(batches, StemCachedBatches) or batches.kind != kind or not _stem_first(model):
+    if not isinstance(batches, StemCache) or batches.kind != kind or not _stem_first(model):
         return False
     if batches.channels_last != channels_last or (kind == "eval" and batches.fold != fold):
         return False
@@ -264,7 +264,7 @@ def prepare_stem_cache(
     The stem (first conv + first MBConv block) is the same in every subnet of a supernet, so its
     train-mode outputs on the BN batches, its recalibrated BN statistics, and its eval-mode
     outputs on the evaluation batches (with those statistics, BN folded if ``fold``) are too.
-    Returns ``(bn, eval)``: :class:`StemCachedBatches` that ``recalibrate_on`` / ``top1_on``
+    Returns ``(bn, eval)``: :class:`StemCache` objects that ``recalibrate_on`` / ``top1_on``
     accept in place of the batches (results equal to the plain path's), or the given batches
     unchanged when the cached outputs would take more than ``max_bytes`` (default
     ``STEM_CACHE_BYTES``; 0 disables the cache). Without BN batches the eval outputs use the
@@ -289,11 +289,11 @@ def prepare_stem_cache(
     if bn_batches:
         feats: list[torch.Tensor] = []
         work.train()
-        _recalibrate(work, (x for x, _ in bn_batches), stop_early=False, keep=feats)
+        _recalibrate(work, (x for x, _ in bn_batches), keep=feats)
         stats = {k: v.clone() for k, v in work.state_dict().items()
                  if k.endswith(("running_mean", "running_var", "num_batches_tracked"))}
-        bn_out = StemCachedBatches(bn_batches, feats, kind="train", reference=reference,
-                                   channels_last=channels_last, stem_stats=stats)
+        bn_out = StemCache(bn_batches, feats, kind="train", reference=reference, channels_last=channels_last,
+                           stem_stats=stats)
         reference = {**reference, **{k: v for k, v in stats.items() if not k.endswith("num_batches_tracked")}}
     else:
         reference = _frozen(_stem_state(stem, stats=True))
@@ -302,8 +302,8 @@ def prepare_stem_cache(
         net = _inference_net(work, fold, channels_last)  # as top1_on's: bit-identical outputs
         with torch.inference_mode():
             feats = [net(x) for x, _ in eval_batches]
-        eval_out = StemCachedBatches(eval_batches, feats, kind="eval", reference=reference,
-                                     channels_last=channels_last, fold=fold)
+        eval_out = StemCache(eval_batches, feats, kind="eval", reference=reference, channels_last=channels_last,
+                             fold=fold)
     return bn_out, eval_out
 
 
@@ -331,17 +331,13 @@ def recalibrate_on(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
         model.to(memory_format=torch.channels_last)
     try:
         if _cache_fits(model, batches, "train", channels_last=channels_last):
-            stem = model.stem
-            model.stem = nn.Identity()
-            try:
-                _recalibrate(model, batches.features)
-            finally:
-                model.stem = stem
-            own = stem.state_dict()
+            # the stem's BN statistics are the cached ones; its own BNs see no batch here
+            _recalibrate(model, batches.features, forward=_to_last_bn(model, after_stem=True))
+            own = model.stem.state_dict()
             for k, v in batches.stem_stats.items():
                 own[k].copy_(v)
         else:
-            _recalibrate(model, (x for x, _ in batches))
+            _recalibrate(model, (x for x, _ in _plain(batches)), forward=_to_last_bn(model))
     finally:
         model.train(was_training)
     return model
@@ -377,22 +373,16 @@ def top1_on(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor
     """
     was_training = model.training
     cached = _cache_fits(model, batches, "eval", channels_last=channels_last, fold=fold)
-    stem = getattr(model, "stem", None)
-    if cached and not fold:
-        model.stem = nn.Identity()  # put back below
     try:
         net = _inference_net(model, fold, channels_last)
-        if cached and fold:
-            net.stem = nn.Identity()
-        pairs = zip(batches.features, (y for _, y in batches)) if cached else batches
+        forward = net.forward_after_stem if cached else net
+        pairs = zip(batches.features, (y for _, y in batches.batches)) if cached else _plain(batches)
         correct = total = 0
         for x, y in pairs:
             for xs, ys in _chunks(x, y):
-                correct += int((net(xs).argmax(1) == ys).sum())
+                correct += int((forward(xs).argmax(1) == ys).sum())
             total += len(y)
     finally:
-        if cached and not fold:
-            model.stem = stem
         model.train(was_training)
     if total == 0:
         raise Natv2Error("top-1: no images to evaluate")

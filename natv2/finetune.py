@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Callable
 
 from natv2.errors import Natv2Error
@@ -82,10 +83,6 @@ class FinetuneResult:
         }
 
 
-class _Stop(Exception):
-    """Raised from ``on_epoch_end`` to end step 1 early (natv2.train has no stop flag)."""
-
-
 def train_config(cfg, *, epochs: int, early_exit: bool = False):
     """The natv2.train.TrainConfig of a fine-tune run from the ``finetune:`` section.
 
@@ -95,7 +92,7 @@ def train_config(cfg, *, epochs: int, early_exit: bool = False):
     from natv2.train import TrainConfig
 
     optimizer = cfg.optimizer if cfg.optimizer != "auto" else ("adamw" if early_exit else "sgd")
-    return TrainConfig.from_sections(cfg, optimizer=optimizer, epochs=int(epochs), kd_weight=0.0,
+    return TrainConfig.from_sections(cfg, kd=False, optimizer=optimizer, epochs=int(epochs),
                                      schedule_epochs=max(int(cfg.max_epochs), int(epochs)))
 
 
@@ -196,6 +193,32 @@ class FinetuneState:
         self._state.remove()
 
 
+class _Step1Record:
+    """Step 1's val loss and top-1 per epoch (``records``), saved to ``state`` as they come.
+
+    ``after_epoch`` is natv2.train's ``on_epoch_end`` for step 1: it measures the net and
+    returns whether the early stopping (replayed over every epoch on record, so a resumed run's
+    stopper sees the epochs before it too) ends step 1 after this epoch.
+    """
+
+    def __init__(self, cfg, validate: Callable[[Any], dict], state: FinetuneState | None) -> None:
+        self.cfg, self.validate, self.state = cfg, validate, state
+        self.records: dict[int, dict] = dict(state.records) if state is not None else {}
+
+    def measure(self, epoch: int, model) -> None:
+        rec = _as_record(self.validate(model))
+        self.records[int(epoch)] = rec
+        if self.state is not None:
+            self.state.record(epoch, rec["loss"], rec["extra"], rec["top1"])
+
+    def after_epoch(self, model, epoch: int, row=None, net=None) -> bool:
+        self.measure(epoch, net if net is not None else model)
+        _, stop = _replay(self.cfg, self.records, last=epoch)
+        log.info("fine-tune step 1, epoch %d: val loss %.4f, top-1 %.2f %% (best top-1 at epoch %d)", epoch,
+                 self.records[epoch]["loss"], self.records[epoch]["top1"], best_top1_epoch(self.records, epoch))
+        return stop
+
+
 def two_step_finetune(
     extract: Callable[[], Any],
     data,
@@ -217,7 +240,8 @@ def two_step_finetune(
     ``data`` is a DataBundle (``train``, ``val``, ``trainval()``, ``mean``, ``std``); ``cfg`` the
     ``finetune:`` section. ``validate(model)`` returns ``{"loss", "top1"[, "extra"]}`` (``extra``:
     JSON data kept per epoch in ``result.val_extras``); it and ``train_fn`` default to
-    :func:`val_metrics` on ``data.val`` and :func:`natv2.train.train`. The val loss drives the
+    :func:`val_metrics` on ``data.val`` and :func:`natv2.train.train` (whose ``on_epoch_end``
+    returns True to stop training after that epoch). The val loss drives the
     early stopping, the val top-1 the best epoch. ``step2_images``: what step
     2 trains on (default train + val; the fine-tune step keeps a selection part of val out).
     ``state``: a :class:`FinetuneState` to resume from and save to.
@@ -229,42 +253,23 @@ def two_step_finetune(
             return val_metrics(model, data.val, resolution=resolution, mean=data.mean, std=data.std,
                                batch_size=cfg.batch_size, device=device)
 
-    records: dict[int, dict] = dict(state.records) if state is not None else {}
-
-    def measure(epoch: int, model) -> None:
-        rec = _as_record(validate(model))
-        records[int(epoch)] = rec
-        if state is not None:
-            state.record(epoch, rec["loss"], rec["extra"], rec["top1"])
-
+    val = _Step1Record(cfg, validate, state)
     # the dataset's augmentation (split.json), not train()'s defaults: digits must not be mirrored
     common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, pad=data.pad,
                   flip=data.flip, progress=progress)
 
     # step 1: find the best epoch count on val
-    if _replay(cfg, records)[1]:
-        log.info("fine-tune step 1: already done (val loss of epochs 0..%d on record)", max(records))
+    if _replay(cfg, val.records)[1]:
+        log.info("fine-tune step 1: already done (val loss of epochs 0..%d on record)", max(val.records))
     else:
         model = extract()
-        if 0 not in records:
-            measure(0, model)
-
-        def after_epoch(epoch, row=None, net=None):
-            measure(epoch, net if net is not None else model)
-            # replay the record: a resumed run's stopper sees the epochs before it too
-            stopper, stop = _replay(cfg, records, last=epoch)
-            log.info("fine-tune step 1, epoch %d: val loss %.4f, top-1 %.2f %% (best top-1 at epoch %d)", epoch,
-                     records[epoch]["loss"], records[epoch]["top1"], best_top1_epoch(records, epoch))
-            if stop:
-                raise _Stop
-
+        if 0 not in val.records:
+            val.measure(0, model)
         resume = {"resume": state.path("step1.pt")} if state is not None else {}
-        try:
-            train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
-                     on_epoch_end=after_epoch, **common, **resume)
-        except _Stop:
-            pass
+        train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
+                 on_epoch_end=partial(val.after_epoch, model), **common, **resume)
         del model
+    records = val.records
     stopper, _ = _replay(cfg, records)
     step1_epochs = stopper.losses[-1][0] if stopper.losses else 0
     best = best_top1_epoch(records, step1_epochs)
@@ -274,14 +279,12 @@ def two_step_finetune(
     model = extract()
     step2_epochs = 0
     if best > 0:
-        def count(epoch, row=None, net=None):
-            nonlocal step2_epochs
-            step2_epochs = int(epoch)
-
         images = data.trainval() if step2_images is None else step2_images
         resume = {"resume": state.path("step2.pt")} if state is not None else {}
+        done: list[int] = []  # the epochs this call trained
         history = train_fn(model, images, train_config(cfg, epochs=best, early_exit=early_exit),
-                           on_epoch_end=count, **common, **resume)
+                           on_epoch_end=lambda epoch, row=None, net=None: done.append(int(epoch)), **common, **resume)
+        step2_epochs = done[-1] if done else 0
         if history is not None and getattr(history, "rows", None):
             step2_epochs = len(history.rows)  # a resumed run's history holds the epochs before it too
     model.eval()
@@ -425,3 +428,188 @@ def aep_finetune(
     return AEPResult(model, result.best_epoch, result.step1_epochs, result.step2_epochs, result.val_losses,
                      result.val_extras, result.val_top1s, exits=list(chosen), attached=list(attached),
                      prefix_top1=scores, pruned=prune)
+
+
+# --------------------------------------------------------------------------------------------
+# one front member: the library side of ``natv2 finetune``
+
+
+def front_member(front, member_id: str, source: str) -> dict:
+    """The row of ``front`` whose ``id`` is ``member_id``, as a dict."""
+    if len(front) == 0:
+        raise Natv2Error(f"{source}: the front is empty")
+    for column in ("id", "genome"):
+        if column not in front.columns:
+            raise Natv2Error(f"{source}: column {column!r} missing")
+    rows = front[front["id"].astype(str) == str(member_id)]
+    if len(rows) != 1:
+        raise Natv2Error(f"{source}: {len(rows)} rows with id {member_id!r}, expected exactly 1")
+    return rows.iloc[0].to_dict()
+
+
+def member_state(out, *, supernet_path, data_path, genome: str, settings) -> FinetuneState:
+    """The resume folder ``../.resume/finetune/{id}`` of the member's output ``out`` (outside ``nets/``,
+    which DVC's fine-tune stage owns and deletes before it runs), fingerprinted by its inputs."""
+    from pathlib import Path
+
+    from natv2.resume import fingerprint, split_files
+
+    out = Path(out)
+    return FinetuneState(out.parent.parent / ".resume" / "finetune" / out.name, fingerprint(
+        {"supernet": supernet_path, **split_files(data_path)},
+        {"genome": genome, "seed": settings.seed, "finetune": settings.finetune, "data": settings.data},
+    ))
+
+
+class MemberNets:
+    """Fresh copies of one front member taken from the supernet, BN recalibrated on the same images.
+
+    ``single()``: the net the search chose; ``with_exits(exits)``: for AEP, the member's body with
+    exits 1..nd (or ``exits``) attached, forward = their logits. ``common``: the keyword
+    arguments of natv2.evaluate's ``top1`` / ``recalibrate_bn`` for this member.
+    """
+
+    def __init__(self, supernet, genome, data, settings, device) -> None:
+        from natv2.rng import torch_stream
+
+        cfg = settings.finetune
+        self.supernet, self.genome, self.device = supernet, genome, device
+        self.space = supernet.space
+        self.resolution = int(self.space.decode(genome).resolution)
+        self.early_exit = bool(getattr(self.space, "n_exits", 0))
+        self.common = dict(resolution=self.resolution, mean=data.mean, std=data.std, batch_size=cfg.batch_size,
+                           device=device)
+        self.bn_images = (data.train.subset(cfg.bn_images, torch_stream(settings.seed, "bn-images"))
+                          if cfg.bn_images else None)
+
+    def _ready(self, net):
+        from natv2.evaluate import recalibrate_bn
+
+        net = net.to(self.device)
+        if self.bn_images is not None:
+            recalibrate_bn(net, self.bn_images, **self.common)
+        return net.eval()
+
+    def single(self):
+        return self._ready(self.supernet.extract(self.genome))
+
+    def with_exits(self, exits=None):
+        exits = aep_exits(self.space, self.genome) if exits is None else exits
+        return self._ready(self.supernet.extract(self.genome, exits=exits))
+
+
+def _searched_columns(nets: MemberNets, data, genome: str) -> dict:
+    """The ``search_*`` columns: the single-exit net the search chose, fresh from the supernet."""
+    from natv2.costs import count_macs, count_params
+    from natv2.evaluate import top1
+
+    searched = nets.single()
+    search = {"search_genome": genome, "search_val_top1": float(top1(searched, data.val, **nets.common)),
+              "search_test_top1": float(top1(searched, data.test, **nets.common))}
+    searched = searched.to("cpu")
+    search.update(search_params=int(count_params(searched)), search_macs=int(count_macs(searched, nets.resolution)))
+    return search
+
+
+def finetune_member(supernet, member: dict, data, settings, *, state: FinetuneState | None = None,
+                    progress: bool = True, started: float | None = None):
+    """Fine-tune, test and measure one front member; returns ``(net, metrics)`` (see ``natv2 finetune``).
+
+    ``supernet``: on the device it runs on, in eval mode; ``member``: its front.csv row (``id``,
+    ``genome``); ``data``: the DataBundle. The held-out part of val (``finetune.selection_holdout``)
+    stays out of step 2: the ensembles are chosen, and compared with this net, on it. Early-exit
+    supernets use AEP; every column but the ``search_*`` ones then describes the AEP net.
+    """
+    import time
+
+    from natv2.costs import count_macs, count_params, measure_latency
+    from natv2.evaluate import top1
+
+    started = time.perf_counter() if started is None else started
+    cfg = settings.finetune
+    member_id, genome_string = str(member["id"]), str(member["genome"])
+    device = settings.torch_device()
+    nets = MemberNets(supernet, supernet.space.from_string(genome_string), data, settings, device)
+    common, resolution, space = nets.common, nets.resolution, nets.space
+    val_fit, val_select = data.holdout(cfg.selection_holdout, settings.seed)
+
+    search = _searched_columns(nets, data, genome_string)
+    log.info("member %s: searched net val %.2f %%, test %.2f %%", member_id, search["search_val_top1"],
+             search["search_test_top1"])
+
+    kwargs = dict(resolution=resolution, device=device, seed=settings.seed, step2_images=data.trainval(val_fit),
+                  state=state, progress=progress)
+    exported_genome = genome_string
+    if nets.early_exit:  # NATv2's AEP: exits 1..nd, weighted sum of their logits
+        result = aep_finetune(nets.with_exits, data, cfg, **kwargs)
+        # every column describes the exported net: its genome's exit is its deepest kept exit,
+        # its before-fine-tune accuracies those of the same exits fresh from the supernet
+        g = nets.genome.copy()
+        g[space.exit_position] = result.exits[-1]
+        exported_genome = space.to_string(g)
+        before = nets.with_exits(result.exits).with_exits(result.exits, weights=exit_weights(result.exits),
+                                                          output="weighted").eval()
+        val_before, test_before = top1(before, data.val, **common), top1(before, data.test, **common)
+        del before
+    else:
+        result = two_step_finetune(nets.single, data, cfg, **kwargs)
+        val_before, test_before = search["search_val_top1"], search["search_test_top1"]
+    log.info("member %s: before fine-tune val %.2f %%, test %.2f %%", member_id, val_before, test_before)
+    net = result.model.eval()
+    test_after = top1(net, data.test, **common)
+    select_after = top1(net, val_select, **common)
+    log.info("member %s: after fine-tune test %.2f %%, held-out val %.2f %% (best epoch %d)", member_id, test_after,
+             select_after, result.best_epoch)
+
+    cpu_net = net.to("cpu")
+    metrics = {
+        "id": member_id,
+        "genome": exported_genome,
+        "resolution": resolution,
+        "params": int(count_params(cpu_net)),
+        "macs": int(count_macs(cpu_net, resolution)),
+        "latency_ms": float(measure_latency(net.to(device), resolution, batch_size=cfg.latency_batch_size,
+                                            repeats=cfg.latency_repeats, warmup=3, device=device)),
+        "latency_device": str(device),
+        "val_top1": float(val_before),
+        "test_top1": float(test_before),
+        "test_top1_finetuned": float(test_after),
+        "finetune_gain": float(test_after - test_before),
+        # top-1 on the part of val that step 2 did not train on (where the ensembles are chosen)
+        "select_top1_finetuned": float(select_after),
+        "select_images": len(val_select),
+        **search,
+        **result.summary(),
+        "seconds": time.perf_counter() - started,
+    }
+    return net.to("cpu"), metrics
+
+
+def write_member(out, net, data, metrics: dict) -> None:
+    """Write the member's directory (natv2.export files + metrics.json) whole or not at all.
+
+    Built next to its final name, then renamed into place; an older directory is replaced.
+    """
+    import os
+    import shutil
+    from pathlib import Path
+
+    from natv2.export import export_network
+    from natv2.io import write_json
+
+    out = Path(out)
+    tmp = out.parent / f".{out.name}.tmp{os.getpid()}"
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        export_network(net.to("cpu"), tmp, classes=data.classes, resolution=int(metrics["resolution"]),
+                       mean=data.mean, std=data.std,
+                       extra={"id": str(metrics["id"]), "genome": str(metrics["genome"]),
+                              "image_size": int(data.image_size)})
+        write_json(tmp / "metrics.json", metrics)
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp)

@@ -156,3 +156,15 @@ def hypervolume_table(archives: Sequence[pd.DataFrame], objectives: Sequence[str
         table[f"ideal_{name}"] = ideal[j]
         table[f"reference_{name}"] = reference_units[j]
     return table
+
+
+def add_tau_columns(table: pd.DataFrame, updates: list[dict]) -> pd.DataFrame:
+    """Surrogate cv tau and tau on the candidates (update.json reports), by the ``iteration`` they name."""
+    by_iteration = {int(u["iteration"]): u for u in updates}
+    for col, path in (("cv_tau", ("surrogate", "cv_tau")), ("tau_candidates", ("candidates", "tau"))):
+        values = []
+        for i in table["iteration"]:
+            value = by_iteration.get(int(i), {}).get(path[0], {}).get(path[1])
+            values.append(np.nan if value is None else float(value))
+        table[col] = values
+    return table

@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Callable, Mapping, Sequence
+from typing import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -154,6 +154,27 @@ class SurrogateProblem(Problem):
             out["G"] = np.column_stack([value[c] - bound for c, bound in self.constraints.items()])
 
 
+class PolicySampling(Sampling):
+    """Distinct valid genomes from the space's sampling ``policy``, none of them in ``exclude``.
+
+    ``natv2``: NATv2's initialisation (each optional block slot skipped with probability 1/3,
+    then "fill"; see ``natv2.space.SearchSpace.sample``); ``nat``: uniform genes, then "push";
+    ``balanced``: uniform depths. Draws from pymoo's ``random_state`` (a numpy Generator).
+    """
+
+    def __init__(self, space, policy: str, exclude: Iterable[np.ndarray] = ()) -> None:
+        super().__init__()
+        self.space, self.policy, self.exclude = space, policy, exclude
+
+    def _do(self, problem, n_samples, *args, random_state=None, **kwargs):
+        return sample_unique(self.space, n_samples, random_state, self.policy, exclude=self.exclude)
+
+    def draw(self, n_samples: int, random_state: np.random.Generator) -> np.ndarray:
+        """``n_samples`` genomes (int array) drawn from ``random_state``, outside an algorithm."""
+        return np.asarray(self.do(None, n_samples, random_state=random_state).get("X"), dtype=np.int64).reshape(
+            n_samples, self.space.n_var)
+
+
 def make_algorithm(space, cfg, n_obj: int, initial: np.ndarray):
     """NSGA-II (2 objectives) or NSGA-III with energy reference directions (3+), NAT's operators."""
     from pymoo.algorithms.moo.nsga2 import NSGA2
@@ -202,13 +223,12 @@ def initial_population(archive_X: np.ndarray, archive_F: np.ndarray, space, cfg,
         raise Natv2Error(f"search.initial_population: {mode!r} is not one of random, archive")
     if mode == "random":
         X = np.unique(lhs_population(space, cfg.pop_size, cfg.repair_mode, rng), axis=0)
-        extra = sample_unique(space, cfg.pop_size - len(X), rng, cfg.sampling_policy, exclude=X)
-        return np.concatenate([X, extra]).astype(np.int64)
-    front = archive_X[non_dominated(archive_F)] if len(archive_X) else archive_X
-    if len(front) > cfg.pop_size:
-        front = front[survive(archive_F[non_dominated(archive_F)], cfg.pop_size, rng)]
-    extra = sample_unique(space, cfg.pop_size - len(front), rng, cfg.sampling_policy, exclude=front)
-    return np.concatenate([front, extra]).astype(np.int64)
+    else:
+        X = archive_X[non_dominated(archive_F)] if len(archive_X) else archive_X
+        if len(X) > cfg.pop_size:
+            X = X[survive(archive_F[non_dominated(archive_F)], cfg.pop_size, rng)]
+    extra = PolicySampling(space, cfg.sampling_policy, exclude=X).draw(cfg.pop_size - len(X), rng)
+    return np.concatenate([X, extra]).astype(np.int64)
 
 
 def nsga_search(space, cfg, predict_error: PredictFn, costs: CostCache, initial: np.ndarray,
@@ -413,3 +433,75 @@ def search_candidates(archive: pd.DataFrame, space, surrogate, cost_fn: CostFn, 
         out[name] = F[idx, objectives.index(name)]
     out["source"] = source
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# the search step's library side
+
+
+def supernet_costs(settings, supernet_path):
+    """(space, cost_fn) for the search: the supernet's space and exact costs of its subnets.
+
+    The same measurements as ``natv2.evaluate.evaluate_genomes`` (natv2.costs on the extracted
+    static subnet, latency with the ``evaluation:`` settings on the configured device), so the
+    costs the search sees match the archive's; only the objectives of the run are computed.
+    """
+    from natv2.costs import count_macs, count_params, measure_latency
+    from natv2.nets.checkpoint import load_supernet
+
+    net, _ = load_supernet(supernet_path)
+    net.eval()
+    space = net.space
+    cfg = settings.search
+    names = [o for o in cfg.objectives if o != "top1_err"]
+    names += [c for c in cfg.constraints if c != "top1_err" and c not in names]  # constrained costs too
+    device = settings.torch_device()
+    table = None
+    if "latency_lut" in names:  # predicted from the target device's table: no net built
+        from natv2.latency_table import load_table
+
+        table = load_table(cfg.latency_table)
+        table.check_space(space)
+
+    def cost_fn(genomes):
+        import numpy as np
+
+        out = {name: np.empty(len(genomes)) for name in names}
+        if table is not None:
+            out["latency_lut"] = table.predict(space, genomes)
+        if not set(names) - {"latency_lut"}:
+            return out
+        for i, g in enumerate(genomes):
+            static = net.extract(g)
+            resolution = space.decode(g).resolution
+            if "params" in out:
+                out["params"][i] = count_params(static)
+            if "macs" in out:
+                out["macs"][i] = count_macs(static, resolution)
+            if "latency_ms" in out:
+                ev = settings.evaluation
+                out["latency_ms"][i] = measure_latency(
+                    static.to(device), resolution, batch_size=ev.latency_batch_size, repeats=ev.latency_repeats,
+                    warmup=ev.latency_warmup, device=device, channels_last=ev.channels_last, fold_bn=ev.fold_bn)
+        return out
+
+    return space, cost_fn
+
+
+def run_search(archive, space, cost_fn, cfg, rng, iteration: int):
+    """One iteration's search step: fit the surrogate on ``archive``, search, choose the candidates.
+
+    Returns (candidates DataFrame with ``iteration``, surrogate summary dict for surrogate.json).
+    """
+    from natv2.archive import check_table, checked_columns
+    from natv2.surrogate import fit_surrogate
+
+    check_table(archive, checked_columns(cfg), "archive")
+    surrogate = fit_surrogate(genomes_of(archive, space), archive["top1_err"].to_numpy(float),
+                              cfg.surrogate_kind, rng, folds=cfg.surrogate_folds,
+                              pool=tuple(cfg.surrogate_pool), lgbm_params=cfg.lgbm_params)
+    candidates = search_candidates(archive, space, surrogate, cost_fn, cfg, rng)
+    candidates["iteration"] = iteration
+    summary = {"iteration": iteration, "asked": cfg.surrogate_kind, **surrogate.summary(),
+               "predicted": dict(zip(candidates["genome"], candidates["predicted_top1_err"].astype(float)))}
+    return candidates, summary

@@ -194,13 +194,6 @@ def phase_sampler(space, phase: Phase) -> Callable[[np.random.Generator], np.nda
 # running a phase
 
 
-def train_config(cfg, phase_cfg, *, kd: bool):
-    """The engine's TrainConfig for one phase from the ``supernet_train`` settings."""
-    from natv2.train import TrainConfig
-
-    return TrainConfig.from_sections(cfg, phase_cfg, kd_weight=cfg.kd_weight if kd else 0.0)
-
-
 def largest_teacher(supernet, data, *, bn_images: int, seed: int, device, exit_weights=None, batch_size: int = 200):
     """The largest subnet, extracted and BN recalibrated on ``bn_images`` training images.
 
@@ -270,7 +263,7 @@ def run_phase(
     augmentation (None: the dataset's, ``data.pad`` / ``data.flip`` from split.json). A phase that does not
     apply to the variant, or has 0 epochs, leaves the weights unchanged (``skipped`` true).
     """
-    from natv2.train import train
+    from natv2.train import TrainConfig, train
 
     phase = get_phase(phase_name)
     phase_cfg = getattr(cfg.phases, phase.name)
@@ -288,7 +281,7 @@ def run_phase(
     if phase.reorder_channels:
         supernet.reorder_channels()
     log.info("phase %s: elastic %s", phase.name, phase_modes(phase, space))
-    tcfg = train_config(cfg, phase_cfg, kd=teacher is not None)
+    tcfg = TrainConfig.from_sections(cfg, phase_cfg, kd=teacher is not None)
     joint = joint_exits(phase, space)
     loss_fn = joint_exit_loss(space, cfg.exit_weights, tcfg.label_smoothing) if joint else None
     supernet.joint_exits = joint

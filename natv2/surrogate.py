@@ -71,6 +71,21 @@ def rmse(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.sqrt(np.mean((np.asarray(a, float) - np.asarray(b, float)) ** 2)))
 
 
+def candidate_tau(evaluated, predicted: dict) -> dict:
+    """Kendall tau and RMSE of predicted vs measured top-1 error on the candidates (``natv2 update``)."""
+    known = evaluated[evaluated["genome"].isin(predicted)]
+    pred = np.array([predicted[g] for g in known["genome"]], dtype=float)
+    meas = known["top1_err"].to_numpy(float)
+    tau = kendall_tau(pred, meas) if len(known) >= 2 else None
+    if tau is not None and not np.isfinite(tau):
+        logging.getLogger("natv2.update").warning(
+            "Kendall tau of the surrogate on the %d candidates is undefined (constant predictions or errors): "
+            "recorded as NaN", len(known))
+    return {"n": len(known),
+            "tau": tau,
+            "rmse": rmse(pred, meas) if len(known) else None}
+
+
 # --------------------------------------------------------------------------------------------
 # the models: factories returning objects with fit(X, y) -> self and predict(X)
 

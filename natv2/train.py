@@ -98,17 +98,22 @@ class TrainConfig:
         return cfg
 
     @classmethod
-    def from_sections(cls, *sections: Any, **overrides: Any) -> "TrainConfig":
+    def from_sections(cls, *sections: Any, kd: bool = True, **overrides: Any) -> "TrainConfig":
         """The training settings found in config sections (dataclasses), later ones and ``overrides`` winning.
 
-        Only fields that TrainConfig has are taken (a section's other keys are its own
-        business); the warm-up is cut to the epoch count so a short run never warms up past its end.
+        The one way every phase builds its TrainConfig (supernet phases, warm-up stages, NAT
+        adaptation, fine-tuning). Only fields that TrainConfig has are taken (a section's other
+        keys are its own business); ``kd=False``: no distillation (``kd_weight`` 0, e.g. when
+        there is no teacher); the warm-up is cut to the epoch count so a short run never warms
+        up past its end.
         """
         names = {f.name for f in dataclasses.fields(cls)}
         values: dict[str, Any] = {}
         for section in sections:
             values.update({k: v for k, v in dataclasses.asdict(section).items() if k in names})
         values.update(overrides)
+        if not kd:
+            values["kd_weight"] = 0.0
         if "epochs" in values and "warmup_epochs" in values:
             values["warmup_epochs"] = min(values["warmup_epochs"], values["epochs"])
         return cls.from_mapping(values)
@@ -212,13 +217,6 @@ def _init_distributed(device: torch.device) -> _Dist:
     return _Dist(dist.get_world_size(), dist.get_rank(), created)
 
 
-def _barrier(d: _Dist) -> None:
-    if d.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -314,7 +312,7 @@ def train(
     std: Sequence[float] = (0.5, 0.5, 0.5),
     pad: int = 4,
     flip: bool = True,
-    on_epoch_end: Callable[[int, dict, nn.Module], None] | None = None,
+    on_epoch_end: Callable[[int, dict, nn.Module], bool | None] | None = None,
     loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
     progress: bool = True,
     schedule: Schedule | None = None,
@@ -330,9 +328,10 @@ def train(
     declared output); when it exists the run continues after its epoch. ``on_epoch_end(epoch,
     row, model)`` runs on rank 0 after each epoch, before that epoch's state is saved (so what
     it records is never behind the state; an exception it raises leaves the state one epoch
-    back, and a resumed run redoes that epoch bit-exactly). ``loss_fn(outputs, labels)``
-    replaces the cross-entropy (e.g. the weighted per-exit loss of a multi-exit net); it
-    cannot be combined with a teacher. Raises Natv2Error on a NaN/inf loss.
+    back, and a resumed run redoes that epoch bit-exactly); when it returns True, training
+    stops after that epoch (early stopping; that epoch's state is saved first).
+    ``loss_fn(outputs, labels)`` replaces the cross-entropy (e.g. the weighted per-exit loss of
+    a multi-exit net); it cannot be combined with a teacher. Raises Natv2Error on a NaN/inf loss.
 
     Carrying a schedule across calls (NAT's adaptation): ``schedule`` places this call's epochs
     in a longer warm-up + cosine curve (:class:`Schedule`; ``cfg.warmup_epochs`` is then unused),
@@ -353,93 +352,38 @@ def train(
     if loss_fn is not None and teacher is not None:
         raise Natv2Error("train: loss_fn= and teacher= cannot be combined (distillation needs plain logits)")
 
-    device = torch.device(device) if device is not None else torch.device("cpu")
-    dist_info = _init_distributed(device)
-    if dist_info.world > 1 and device.type == "cuda" and device.index is None:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist_info.rank)))
-    if dist_info.world > 1 and device.type == "cuda":
-        torch.cuda.set_device(device)  # nccl collectives run on the current device
-    use_amp = cfg.amp and device.type == "cuda"  # autocast + GradScaler on GPU only
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-
-    net = model.to(device=device, memory_format=memory_format)
-    if teacher is not None and isinstance(teacher, nn.Module):
-        teacher = teacher.to(device=device, memory_format=memory_format).eval()
-
-    optimizer = make_optimizer(net, cfg)
-    if optimizer_state is not None:
-        try:
-            optimizer.load_state_dict(optimizer_state)
-        except (ValueError, KeyError, TypeError) as e:
-            raise Natv2Error(f"train: the carried optimizer state does not fit this model/optimizer ({e})") from None
-        for group in optimizer.param_groups:  # the lr comes from this run's config and schedule
-            group["lr"] = group["initial_lr"] = cfg.lr
-    # natv2.data.batches drops the last partial training batch unless it is the only one
-    steps_per_epoch = max(len(data) // cfg.batch_size, 1)
-    if schedule is None:
-        # fine-tune step 2 runs on step 1's schedule length (TrainConfig.schedule_epochs)
-        epochs = cfg.epochs if cfg.schedule_epochs is None else cfg.schedule_epochs
-        total_steps = max(round(epochs * steps_per_epoch), 1)
-        warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
-        offset_steps = 0
-    else:
-        total_steps = max(schedule.total_epochs * steps_per_epoch, 1)
-        warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
-        offset_steps = schedule.offset_epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(offset_steps + s, total_steps, warmup_steps))
-    scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-    history = History()
-    start_epoch = 0
-
+    run = _Run.setup(model, data, cfg, device=device, seed=seed, schedule=schedule, optimizer_state=optimizer_state,
+                     teacher=teacher, subnet_sampler=subnet_sampler, subnets_per_step=subnets_per_step,
+                     resolution=resolution, resolution_sampler=resolution_sampler,
+                     resolution_per_step=resolution_per_step, loss_fn=loss_fn, mean=mean, std=std, pad=pad,
+                     flip=flip, progress=progress)
+    net, dist_info = run.net, run.dist
     resume_path = Path(resume) if resume is not None else None
-    if resume_path is not None:
-        state = _load_state(resume_path, cfg, seed, schedule)
-        if state is not None:
-            net.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            history.rows = list(state["history"])
-            start_epoch = int(state["epoch"])
-            if dist_info.main:
-                log.info("resuming from %s after epoch %d of %d", resume_path, start_epoch, cfg.epochs)
-
-    trained = net
-    if dist_info.world > 1:
-        # a supernet leaves most weights unused by any one subnet
-        trained = nn.parallel.DistributedDataParallel(
-            net,
-            device_ids=[device.index] if device.type == "cuda" else None,
-            find_unused_parameters=subnet_sampler is not None,
-        )
+    history = History()
+    start_epoch = run.resume_from(resume_path, schedule, history)
+    run.wrap_distributed()
 
     was_training = net.training
-    fork_devices = [device] if device.type == "cuda" else []
+    fork_devices = [run.device] if run.device.type == "cuda" else []
     for epoch in range(start_epoch, cfg.epochs):
         with torch.random.fork_rng(devices=fork_devices):
             torch.manual_seed(_seed_for(seed, epoch, "global"))  # dropout and any other global-RNG op
-            row = _train_epoch(
-                trained, net, data, cfg, epoch=epoch, seed=seed, device=device, dist_info=dist_info,
-                resolution=resolution, resolution_sampler=resolution_sampler, subnet_sampler=subnet_sampler,
-                subnets_per_step=subnets_per_step, teacher=teacher, optimizer=optimizer, scheduler=scheduler,
-                scaler=scaler, use_amp=use_amp, memory_format=memory_format, mean=mean, std=std, pad=pad,
-                flip=flip, steps_per_epoch=steps_per_epoch, loss_fn=loss_fn, progress=progress,
-                resolution_per_step=resolution_per_step,
-            )
+            row = _train_epoch(run, epoch)
         history.rows.append(row)
+        stop = False
         if dist_info.main:
             log.info(
                 "epoch %d/%d: loss %.4f, lr %.3g, %.0f images/s",
                 epoch + 1, cfg.epochs, row["loss"], row["lr"], row["images_per_s"],
             )
             if on_epoch_end is not None:
-                on_epoch_end(epoch + 1, row, net)
+                stop = bool(on_epoch_end(epoch + 1, row, net))
             if resume_path is not None:
-                _save_state(resume_path, net=net, optimizer=optimizer, scheduler=scheduler, scaler=scaler,
+                _save_state(resume_path, net=net, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
                             cfg=cfg, seed=seed, epoch=epoch + 1, history=history, schedule=schedule)
-        _barrier(dist_info)
-    history.optimizer_state = optimizer.state_dict()
+        if _agree(dist_info, stop):
+            break
+    history.optimizer_state = run.optimizer.state_dict()
 
     net.train(was_training)
     if cfg.channels_last:
@@ -451,20 +395,149 @@ def train(
     return history
 
 
-def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, dist_info: _Dist, resolution,
-                 resolution_sampler, subnet_sampler, subnets_per_step, teacher, optimizer, scheduler, scaler,
-                 use_amp, memory_format, mean, std, pad, flip, steps_per_epoch, loss_fn, progress,
-                 resolution_per_step=False) -> dict:
+def _agree(d: _Dist, stop: bool) -> bool:
+    """Rank 0's stop decision, on every rank (a barrier between epochs under DDP)."""
+    if d.world <= 1:
+        return stop
+    import torch.distributed as dist
+
+    flag = [stop]
+    dist.broadcast_object_list(flag, src=0)
+    return bool(flag[0])
+
+
+@dataclass
+class _Run:
+    """One ``train`` call, set up: the model on its device, the optimizer, the lr schedule, the
+    scaler and the options of the call; :func:`_train_epoch` reads everything from it."""
+
+    net: nn.Module  # the model being trained
+    trained: nn.Module  # what the forward runs: ``net``, or its DDP wrapper
+    data: Any
+    cfg: TrainConfig
+    seed: int
+    device: torch.device
+    dist: _Dist
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    use_amp: bool
+    memory_format: torch.memory_format
+    steps_per_epoch: int
+    teacher: Any = None
+    subnet_sampler: Callable[[np.random.Generator], Sequence[int]] | None = None
+    subnets_per_step: int = 1
+    resolution: int | None = None
+    resolution_sampler: Callable[[np.random.Generator], int] | None = None
+    resolution_per_step: bool = False
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+    pad: int = 4
+    flip: bool = True
+    progress: bool = True
+
+    @classmethod
+    def setup(cls, model, data, cfg: TrainConfig, *, device, seed: int, schedule: Schedule | None,
+              optimizer_state: dict | None, teacher, **options: Any) -> _Run:
+        """Place the model (and a teacher module) on the device, build the optimizer (restoring
+        ``optimizer_state``), the lr schedule and the scaler; ``options``: the other fields."""
+        device, dist_info = _place(device)
+        use_amp = cfg.amp and device.type == "cuda"  # autocast + GradScaler on GPU only
+        memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+        net = model.to(device=device, memory_format=memory_format)
+        if teacher is not None and isinstance(teacher, nn.Module):
+            teacher = teacher.to(device=device, memory_format=memory_format).eval()
+        optimizer = make_optimizer(net, cfg)
+        if optimizer_state is not None:
+            try:
+                optimizer.load_state_dict(optimizer_state)
+            except (ValueError, KeyError, TypeError) as e:
+                raise Natv2Error(f"train: the carried optimizer state does not fit this model/optimizer ({e})") from None
+            for group in optimizer.param_groups:  # the lr comes from this run's config and schedule
+                group["lr"] = group["initial_lr"] = cfg.lr
+        # natv2.data.batches drops the last partial training batch unless it is the only one
+        steps_per_epoch = max(len(data) // cfg.batch_size, 1)
+        scheduler = _lr_scheduler(optimizer, cfg, schedule, steps_per_epoch)
+        scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
+        return cls(net, net, data, cfg, seed, device, dist_info, optimizer, scheduler, scaler, use_amp,
+                   memory_format, steps_per_epoch, teacher=teacher, **options)
+
+    def wrap_distributed(self) -> None:
+        """Under DDP, run the forward through DistributedDataParallel (after any resume state is loaded)."""
+        if self.dist.world > 1:
+            # a supernet leaves most weights unused by any one subnet
+            self.trained = nn.parallel.DistributedDataParallel(
+                self.net,
+                device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=self.subnet_sampler is not None,
+            )
+
+    def resume_from(self, path: Path | None, schedule: Schedule | None, history: History) -> int:
+        """Load the state file at ``path`` if there is one; the epoch to start from (0 = fresh)."""
+        state = _load_state(path, self.cfg, self.seed, schedule) if path is not None else None
+        if state is None:
+            return 0
+        self.net.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        history.rows = list(state["history"])
+        start_epoch = int(state["epoch"])
+        if self.dist.main:
+            log.info("resuming from %s after epoch %d of %d", path, start_epoch, self.cfg.epochs)
+        return start_epoch
+
+    def sub_resolution(self, rng: np.random.Generator, step_res: int | None, genome) -> int:
+        """The input resolution of one sub-step (see :func:`train`)."""
+        if self.resolution is not None:
+            return int(self.resolution)
+        if step_res is not None:
+            return step_res
+        if self.resolution_sampler is not None:
+            return int(self.resolution_sampler(rng))
+        return _resolution_of(self.net, genome)
+
+
+def _place(device) -> tuple[torch.device, _Dist]:
+    """The device this process trains on, and its place in a distributed run (if any)."""
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    dist_info = _init_distributed(device)
+    if dist_info.world > 1 and device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", dist_info.rank)))
+    if dist_info.world > 1 and device.type == "cuda":
+        torch.cuda.set_device(device)  # nccl collectives run on the current device
+    return device, dist_info
+
+
+def _lr_scheduler(optimizer, cfg: TrainConfig, schedule: Schedule | None, steps_per_epoch: int):
+    """Per-step linear warm-up + cosine (:func:`lr_factor`), placed by ``schedule`` when given."""
+    if schedule is None:
+        # fine-tune step 2 runs on step 1's schedule length (TrainConfig.schedule_epochs)
+        epochs = cfg.epochs if cfg.schedule_epochs is None else cfg.schedule_epochs
+        total_steps = max(round(epochs * steps_per_epoch), 1)
+        warmup_steps = round(cfg.warmup_epochs * steps_per_epoch)
+        offset_steps = 0
+    else:
+        total_steps = max(schedule.total_epochs * steps_per_epoch, 1)
+        warmup_steps = round(schedule.warmup_epochs * steps_per_epoch)
+        offset_steps = schedule.offset_epochs * steps_per_epoch
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(offset_steps + s, total_steps, warmup_steps))
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict:
     from tqdm.auto import tqdm
 
-    rng = np.random.default_rng(_seed_for(seed, epoch, "subnets"))  # subnets and resolutions of this epoch
-    net.train()
+    cfg, dist_info = run.cfg, run.dist
+    rng = np.random.default_rng(_seed_for(run.seed, epoch, "subnets"))  # subnets and resolutions of this epoch
+    run.net.train()
     loss_sum, n_steps, n_images = 0.0, 0, 0
     t0 = time.perf_counter()
-    bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
-               disable=not (progress and dist_info.main), leave=False, dynamic_ncols=True)
-    batch_iter = _epoch_batches(data, cfg, epoch_seed=_seed_for(seed, epoch, "batches"), mean=mean, std=std,
-                                device=device, pad=pad, flip=flip)
+    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+               disable=not (run.progress and dist_info.main), leave=False, dynamic_ncols=True)
+    batch_iter = _epoch_batches(run.data, cfg, epoch_seed=_seed_for(run.seed, epoch, "batches"), mean=run.mean,
+                                std=run.std, device=run.device, pad=run.pad, flip=run.flip)
     for step, (x, y) in enumerate(batch_iter):
         global_n = len(y)
         if global_n < dist_info.world:
@@ -472,54 +545,18 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
         if dist_info.world > 1:
             x = x.tensor_split(dist_info.world)[dist_info.rank]
             y = y.tensor_split(dist_info.world)[dist_info.rank]
-        x = x.to(device, non_blocking=True)
-        y = y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        targets: dict[int, torch.Tensor] = {}  # teacher soft targets per resolution, once per step
-        step_loss = 0.0
-        step_res = int(resolution_sampler(rng)) if resolution_per_step and resolution_sampler is not None else None
-        for _ in range(subnets_per_step):
-            genome = None
-            if subnet_sampler is not None:
-                genome = subnet_sampler(rng)
-                net.set_active(genome)
-            if resolution is not None:
-                res = int(resolution)
-            elif step_res is not None:
-                res = step_res
-            elif resolution_sampler is not None:
-                res = int(resolution_sampler(rng))
-            else:
-                res = _resolution_of(net, genome)
-            xr = resize(x, res).contiguous(memory_format=memory_format)
-            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
-                logits = trained(xr)
-                if loss_fn is not None:
-                    loss = loss_fn(logits, y)
-                else:
-                    loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                if teacher is not None and cfg.kd_weight > 0:
-                    if res not in targets:
-                        with torch.no_grad():
-                            targets[res] = soft_targets(teacher(xr), cfg.kd_temperature)
-                    loss = loss + cfg.kd_weight * kd_loss(logits, targets[res], cfg.kd_temperature)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                where = f" (subnet {list(map(int, genome))})" if genome is not None else ""
-                raise Natv2Error(
-                    f"training diverged: loss is {value} at epoch {epoch + 1}, step {step + 1}{where}; "
-                    f"lower the learning rate (lr={cfg.lr}) or set grad_clip"
-                )
-            scaler.scale(loss).backward()  # gradients of the sub-steps add up (OFA)
-            step_loss += value
+        x = x.to(run.device, non_blocking=True)
+        y = y.to(run.device, non_blocking=True)
+        run.optimizer.zero_grad(set_to_none=True)
+        step_loss = _train_step(run, x, y, rng, where=f"epoch {epoch + 1}, step {step + 1}")
         if cfg.grad_clip is not None:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
-        lr_used = float(optimizer.param_groups[0]["lr"])
-        scheduler.step()
-        loss_sum += step_loss / subnets_per_step
+            run.scaler.unscale_(run.optimizer)
+            torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
+        run.scaler.step(run.optimizer)
+        run.scaler.update()
+        lr_used = float(run.optimizer.param_groups[0]["lr"])
+        run.scheduler.step()
+        loss_sum += step_loss / run.subnets_per_step
         n_steps += 1
         n_images += global_n
         elapsed = time.perf_counter() - t0
@@ -527,7 +564,7 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
         bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}", img_s=f"{n_images / max(elapsed, 1e-9):.0f}")
     bar.close()
     if n_steps == 0:
-        raise Natv2Error(f"train: epoch {epoch + 1} had no batch (training set of {len(data)} images)")
+        raise Natv2Error(f"train: epoch {epoch + 1} had no batch (training set of {len(run.data)} images)")
     seconds = time.perf_counter() - t0
     return {
         "epoch": epoch + 1,
@@ -536,3 +573,40 @@ def _train_epoch(trained, net, data, cfg: TrainConfig, *, epoch, seed, device, d
         "images_per_s": n_images / max(seconds, 1e-9),
         "seconds": seconds,
     }
+
+
+def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, *, where: str) -> float:
+    """The sub-steps of one optimizer step on batch ``(x, y)``: their gradients add up (OFA); the summed loss."""
+    cfg = run.cfg
+    targets: dict[int, torch.Tensor] = {}  # teacher soft targets per resolution, once per step
+    step_loss = 0.0
+    step_res = (int(run.resolution_sampler(rng)) if run.resolution_per_step and run.resolution_sampler is not None
+                else None)
+    for _ in range(run.subnets_per_step):
+        genome = None
+        if run.subnet_sampler is not None:
+            genome = run.subnet_sampler(rng)
+            run.net.set_active(genome)
+        res = run.sub_resolution(rng, step_res, genome)
+        xr = resize(x, res).contiguous(memory_format=run.memory_format)
+        with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.use_amp):
+            logits = run.trained(xr)
+            if run.loss_fn is not None:
+                loss = run.loss_fn(logits, y)
+            else:
+                loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+            if run.teacher is not None and cfg.kd_weight > 0:
+                if res not in targets:
+                    with torch.no_grad():
+                        targets[res] = soft_targets(run.teacher(xr), cfg.kd_temperature)
+                loss = loss + cfg.kd_weight * kd_loss(logits, targets[res], cfg.kd_temperature)
+        value = float(loss.detach())
+        if not math.isfinite(value):
+            subnet = f" (subnet {list(map(int, genome))})" if genome is not None else ""
+            raise Natv2Error(
+                f"training diverged: loss is {value} at {where}{subnet}; "
+                f"lower the learning rate (lr={cfg.lr}) or set grad_clip"
+            )
+        run.scaler.scale(loss).backward()  # gradients of the sub-steps add up (OFA)
+        step_loss += value
+    return step_loss

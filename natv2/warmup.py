@@ -29,14 +29,6 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 
-def stage_config(cfg, *, epochs: int, lr: float, kd: bool, warmup_epochs: float | None = None):
-    """The engine's TrainConfig for one warm-up stage from the ``warmup:`` settings."""
-    from natv2.train import TrainConfig
-
-    extra = {} if warmup_epochs is None else {"warmup_epochs": warmup_epochs}
-    return TrainConfig.from_sections(cfg, epochs=epochs, lr=lr, kd_weight=cfg.kd_weight if kd else 0.0, **extra)
-
-
 def ensure_head(supernet, classes: list[str], source_classes: list[str] | None, *, seed: int) -> bool:
     """Give ``supernet`` a new classifier for ``classes`` unless it already predicts exactly them.
 
@@ -70,7 +62,7 @@ def warmup(
     ``pad``/``flip``: the augmentation (None: the dataset's, from its split.json).
     """
     from natv2.shrinking import joint_exit_loss, largest_teacher
-    from natv2.train import train
+    from natv2.train import TrainConfig, train
 
     space = supernet.space
     largest = space.largest()
@@ -81,8 +73,9 @@ def warmup(
     summary: dict[str, Any] = {"new_head": new_head}
 
     # stage 1: the largest subnet alone (early-exit nets: all its exits at once)
-    head_cfg = stage_config(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr, kd=False,
-                            warmup_epochs=getattr(cfg, "head_warmup_epochs", None))
+    head_warmup = getattr(cfg, "head_warmup_epochs", None)  # None: the section's warmup_epochs
+    head_cfg = TrainConfig.from_sections(cfg, epochs=cfg.head_epochs, lr=cfg.head_lr, kd=False,
+                                         **({} if head_warmup is None else {"warmup_epochs": head_warmup}))
     joint = getattr(space, "n_exits", 0) > 0
     supernet.joint_exits = joint
     try:
@@ -111,7 +104,7 @@ def warmup(
     supernet_history = train(
         supernet,
         data.train,
-        stage_config(cfg, epochs=cfg.supernet_epochs, lr=cfg.lr, kd=teacher is not None),
+        TrainConfig.from_sections(cfg, epochs=cfg.supernet_epochs, lr=cfg.lr, kd=teacher is not None),
         subnet_sampler=sample,
         subnets_per_step=cfg.subnets_per_step,
         teacher=teacher,

@@ -17,6 +17,29 @@ def test_every_workflow_step_is_a_subcommand():
     assert STEPS <= set(sub.choices)
 
 
+def test_no_step_imports_another_step():
+    """Steps are the CLI: what two steps share lives in a library module (issue 14)."""
+    import ast
+    from pathlib import Path
+
+    import natv2.steps
+
+    offenders = []
+    for path in sorted(Path(natv2.steps.__file__).parent.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] if node.level == 0 else ["natv2.steps." + node.module]
+                if node.level == 1 and node.module is None or node.module in ("natv2", "natv2.steps"):
+                    names += [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 1:
+                names = [f"natv2.steps.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            offenders += [f"{path.name}:{node.lineno} {n}" for n in names if n.startswith("natv2.steps.")]
+    assert offenders == []
+
+
 def test_threads_option_limits_torch(tmp_path):
     import torch
 

@@ -182,7 +182,7 @@ def test_ofa3_search_settings_start_and_mutation():
     prob_var=0.01)`` (cell 38) redraws each bit uniformly, so a bit flips with probability 0.005."""
     from pathlib import Path
 
-    from natv2.ensemble import _redraw_mutation
+    from natv2.ensemble import RedrawMutation
 
     root = Path(__file__).resolve().parents[1]
     paper = load_settings([root / "config" / "config.yaml", root / "config" / "paper.yaml"]).ensemble
@@ -195,7 +195,7 @@ def test_ofa3_search_settings_start_and_mutation():
     assert table["members"].tolist() == [";".join(members)]
     # the mutation redraws bits: about half of the redrawn ones change
     X = np.zeros((200, 1000), dtype=bool)
-    flipped = _redraw_mutation(0.01)._do(None, X, random_state=np.random.default_rng(0))
+    flipped = RedrawMutation(0.01)._do(None, X, random_state=np.random.default_rng(0))
     assert abs(flipped.mean() - 0.005) < 0.001
     with pytest.raises(Natv2Error, match="ensemble.initial"):
         select_ensembles(members, labels, costs, mode="parallel", initial="none", rng=np.random.default_rng(0))

@@ -14,7 +14,7 @@ import natv2.evaluate as ev
 from natv2.config import EvaluationConfig
 from natv2.data import DataBundle, ImageSet
 from natv2.evaluate import (
-    StemCachedBatches,
+    StemCache,
     evaluate_genomes,
     prepare_batches,
     prepare_stem_cache,
@@ -62,8 +62,8 @@ def test_stem_cache_gives_the_whole_subnets_statistics_and_top1(variant, channel
     bn_b = batches(48, 1, 16, channels_last)
     val_b = batches(60, 2, 25, channels_last)
     bn_c, val_c = prepare_stem_cache(net.stem, bn_b, val_b, channels_last=channels_last)
-    assert isinstance(bn_c, StemCachedBatches) and isinstance(val_c, StemCachedBatches)
-    assert list(bn_c) == bn_b and len(val_c.features) == len(val_b)  # iterating sees the plain batches
+    assert isinstance(bn_c, StemCache) and isinstance(val_c, StemCache)
+    assert bn_c.batches is bn_b and len(val_c.features) == len(val_b)  # the plain batches ride along
     assert bn_c.features[0].shape == (16, net.spec.stem_block_chs, RES, RES)
     x = batches(8, 3, 8, channels_last)[0][0]
     for g in net.space.sample(3, np.random.default_rng(4), "natv2"):
@@ -79,7 +79,7 @@ def test_stem_cache_gives_the_whole_subnets_statistics_and_top1(variant, channel
         acc_fast_unfolded = top1_on(fast, val_c, fold=False, channels_last=channels_last)
         assert len(calls) == len(val_b)
         hook.remove()
-        assert isinstance(fast.stem, nn.Module) and not isinstance(fast.stem, nn.Identity)  # put back
+        assert isinstance(fast.stem, nn.Module) and not isinstance(fast.stem, nn.Identity)  # never swapped out
         a, b = running_stats(plain), running_stats(fast)
         assert a.keys() == b.keys()
         for k in a:  # including the stem's own BN layers, copied from the cache
@@ -93,7 +93,7 @@ def test_stem_cache_without_bn_batches_uses_the_stems_statistics():
     net = supernet("ofa_mbv3")
     val_b = batches(40, 2, 20)
     bn_c, val_c = prepare_stem_cache(net.stem, None, val_b)
-    assert bn_c is None and isinstance(val_c, StemCachedBatches)
+    assert bn_c is None and isinstance(val_c, StemCache)
     g = net.space.sample(1, np.random.default_rng(1), "natv2")[0]
     static = net.extract(g)
     assert top1_on(static, val_c) == top1_on(static, val_b)
@@ -120,7 +120,7 @@ def test_stem_cache_memory_cap_falls_back_to_whole_subnets():
     bn_b, val_b = batches(32, 1, 16), batches(40, 2, 20)
     per_image = 4 * net.spec.stem_block_chs * RES * RES
     bn_c, val_c = prepare_stem_cache(net.stem, bn_b, val_b, max_bytes=per_image * 72)  # exactly fits
-    assert isinstance(val_c, StemCachedBatches) and bn_c.nbytes + val_c.nbytes == per_image * 72
+    assert isinstance(val_c, StemCache) and bn_c.nbytes + val_c.nbytes == per_image * 72
     for cap in (per_image * 72 - 1, 0):
         assert prepare_stem_cache(net.stem, bn_b, val_b, max_bytes=cap) == (bn_b, val_b)
         out = prepare_stem_cache(net.stem, bn_b, val_b, max_bytes=cap)
@@ -272,9 +272,9 @@ def test_evaluate_genomes_with_and_without_the_stem_cache(monkeypatch):
     real = ev.prepare_stem_cache
     monkeypatch.setattr(ev, "prepare_stem_cache", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
     fast = evaluate_genomes(net, genomes, data, cfg, progress=False, seed=1)
-    assert isinstance(made[-1][1], StemCachedBatches)
+    assert isinstance(made[-1][1], StemCache)
     whole = evaluate_genomes(net, genomes, data, cfg, progress=False, seed=1, stem_cache_bytes=0)
-    assert not isinstance(made[-1][1], StemCachedBatches)
+    assert not isinstance(made[-1][1], StemCache)
     assert fast["top1"].tolist() == whole["top1"].tolist()
     assert fast[["genome", "params", "macs"]].equals(whole[["genome", "params", "macs"]])
     unfolded = evaluate_genomes(net, genomes, data, dataclasses.replace(cfg, fold_bn=False), progress=False, seed=1)
@@ -314,3 +314,22 @@ def test_public_ops_path_is_the_reference_of_the_private_ops(monkeypatch):
     for key, value in public_stats.items():
         assert torch.equal(value, private_stats[key]), key  # in-place BN: bit-identical statistics
     assert torch.allclose(private_out, public_out, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant", ["ofa_mbv3", "EE_D"])
+def test_recalibration_stops_at_the_last_bn_with_the_whole_forwards_statistics(variant):
+    net = supernet(variant)
+    bn_b = batches(32, 1, 16)
+    g = net.space.sample(1, np.random.default_rng(2), "natv2")[0]
+    short, whole = net.extract(g), net.extract(g)
+    heads = [m for m in short.modules() if type(m).__name__ == "Head"]
+    calls = []
+    hooks = [h.classifier.register_forward_hook(lambda *a: calls.append(1)) for h in heads]
+    recalibrate_on(short, bn_b)
+    for h in hooks:
+        h.remove()
+    assert heads and calls == []  # the pass ended at the heads' BN: no classifier ran
+    whole.train()
+    ev._recalibrate(whole, [x for x, _ in bn_b])  # the whole forward
+    a, b = running_stats(short), running_stats(whole)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)

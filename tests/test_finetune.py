@@ -111,7 +111,7 @@ def test_step_two_trains_for_the_epoch_count_of_the_highest_val_top1_on_step_one
 
         def on_epoch_end(epoch, row, net):
             epochs.append(epoch)
-            user_callback(epoch, row, net)
+            return user_callback(epoch, row, net)
 
         calls.append({"model": model, "n_images": len(images), "cfg": cfg, "epochs": epochs})
         return train(model, images, cfg, on_epoch_end=on_epoch_end, **kwargs)
@@ -154,7 +154,8 @@ def test_no_improvement_means_no_step_two_and_real_val_loss_runs():
     def fake_train(model, images, cfg, **kwargs):
         calls.append(cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
-            kwargs["on_epoch_end"](epoch, {}, model)
+            if kwargs["on_epoch_end"](epoch, {}, model):
+                break
 
     result = two_step_finetune(TinyNet, data, finetune_cfg(patience=2), resolution=8,
                                validate=lambda m: {"loss": 1.0, "top1": 0.0}, train_fn=fake_train)
@@ -175,7 +176,7 @@ def test_optimizer_follows_the_supernet_kind():
 
 
 def test_front_member_errors():
-    from natv2.steps.finetune import front_member
+    from natv2.finetune import front_member
 
     front = pd.DataFrame({"id": [0, 1], "genome": ["a", "b"]})
     assert front_member(front, "1", "front.csv")["genome"] == "b"
@@ -366,9 +367,10 @@ def _killing_train(when):
         kill_at = when(cfg)
 
         def on_epoch_end(epoch, row, net):
-            user(epoch, row, net)
+            stop = user(epoch, row, net)
             if epoch == kill_at:
                 raise KeyboardInterrupt
+            return stop
 
         return train(model, images, cfg, on_epoch_end=on_epoch_end, **kwargs)
 

@@ -166,9 +166,10 @@ def test_aep_killed_in_step_one_resumes_with_the_recorded_prefix_scores(supernet
         user = kwargs.pop("on_epoch_end")
 
         def on_epoch_end(epoch, row, net):
-            user(epoch, row, net)
+            stop = user(epoch, row, net)
             if epoch == 2:
                 raise KeyboardInterrupt
+            return stop
 
         return train(model, images, tcfg, loss_fn=partial(exit_loss, weights=weights), on_epoch_end=on_epoch_end,
                      **kwargs)

@@ -184,7 +184,7 @@ def test_same_seed_same_candidates(base_cfg):
 
 
 def test_search_and_update_steps_from_the_command_line(tmp_path, monkeypatch, base_cfg):
-    import natv2.steps.search as step
+    import natv2.search as step
 
     config = tmp_path / "config.yaml"
     config.write_text("search: {archive_size: 25, pop_size: 20, generations: 3, candidates: 4,"
@@ -233,7 +233,7 @@ def test_search_step_cost_wiring_with_a_real_supernet(tmp_path):
     from natv2.costs import count_macs, count_params
     from natv2.nets import build_supernet
     from natv2.nets.checkpoint import save_supernet
-    from natv2.steps.search import supernet_costs
+    from natv2.search import supernet_costs
 
     net = build_supernet({"variant": "ofa_mbv3", "resolutions": [32, 40], "widths": [1.0]}, 10)
     save_supernet(tmp_path / "supernet.pt", net)

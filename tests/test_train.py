@@ -231,21 +231,19 @@ def test_a_custom_loss_cannot_be_combined_with_a_teacher():
 
 
 def test_training_settings_come_from_the_config_sections_with_overrides_last():
-    from natv2.adapt import train_config as adapt_config
     from natv2.config import load_settings
-    from natv2.shrinking import train_config as phase_config
-    from natv2.warmup import stage_config
 
     s = load_settings(overrides={"supernet_train": {"grad_clip": 2.0, "momentum": 0.8,
                                                      "phases": {"kernel": {"epochs": 2, "lr": 0.05, "warmup_epochs": 5}}},
                                  "warmup": {"weight_decay": 0.001}, "adapt": {"epochs": 3, "lr": 0.004}})
-    phase = phase_config(s.supernet_train, s.supernet_train.phases.kernel, kd=False)
+    phase = TrainConfig.from_sections(s.supernet_train, s.supernet_train.phases.kernel, kd=False)
     assert (phase.epochs, phase.lr, phase.grad_clip, phase.momentum, phase.kd_weight) == (2, 0.05, 2.0, 0.8, 0.0)
     assert phase.warmup_epochs == 2  # cut to the epoch count
-    assert phase_config(s.supernet_train, s.supernet_train.phases.kernel, kd=True).kd_weight == s.supernet_train.kd_weight
-    stage = stage_config(s.warmup, epochs=4, lr=0.2, kd=False)
+    with_kd = TrainConfig.from_sections(s.supernet_train, s.supernet_train.phases.kernel)
+    assert with_kd.kd_weight == s.supernet_train.kd_weight
+    stage = TrainConfig.from_sections(s.warmup, epochs=4, lr=0.2, kd=False)
     assert (stage.epochs, stage.lr, stage.weight_decay, stage.kd_weight) == (4, 0.2, 0.001, 0.0)
-    adapt = adapt_config(s.adapt)
+    adapt = TrainConfig.from_sections(s.adapt, warmup_epochs=0.0)
     assert (adapt.epochs, adapt.lr, adapt.kd_weight) == (3, 0.004, s.adapt.kd_weight)
     with pytest.raises(Natv2Error, match="unknown training setting"):
         TrainConfig.from_sections(s.adapt, colour="red")
@@ -320,13 +318,14 @@ def test_adaptation_follows_nats_schedule_teacher_and_resolution(monkeypatch):
     from synthetic_nas import evaluate
 
     import natv2.shrinking
-    from natv2.adapt import STATE_KEY, adapt, schedule, train_config
+    from natv2.adapt import STATE_KEY, adapt, schedule
     from natv2.config import load_settings
     from natv2.space import SearchSpace
 
     settings = load_settings()
     cfg = dataclasses.replace(settings.adapt, epochs=1, batch_size=32, subnets_per_step=3, top_n=8, kd_weight=0.0)
-    assert (train_config(cfg).grad_clip, train_config(cfg).label_smoothing) == (5.0, 0.0)
+    tcfg = TrainConfig.from_sections(cfg)
+    assert (tcfg.grad_clip, tcfg.label_smoothing) == (5.0, 0.0)
     search = dataclasses.replace(settings.search, iterations=3)
     space = SearchSpace(resolutions=(8, 16))
     archive = evaluate(space, space.sample(12, np.random.default_rng(0), "natv2"))

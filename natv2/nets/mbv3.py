@@ -155,13 +155,26 @@ class StaticNet(ConfigNet):
         self.head = Head(hd["in_chs"], hd["mid_chs"], hd["out_chs"], cfg["n_classes"], hd["dropout"])
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.stem(x)
+        return self._stages(self.stem(x))
+
+    def _stages(self, x: torch.Tensor) -> torch.Tensor:
         for stage in self.stages:
             x = stage(x)
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))
+
+    def forward_after_stem(self, x: torch.Tensor) -> torch.Tensor:
+        """``forward`` given the stem's output ``x`` (natv2.evaluate's stem cache)."""
+        return self.head(self._stages(x))
+
+    def forward_to_last_bn(self, x: torch.Tensor, *, after_stem: bool = False) -> torch.Tensor:
+        """The forward up to the head's BN, the last BN layer (what BN recalibration needs to run).
+
+        ``after_stem``: ``x`` is the stem's output.
+        """
+        return self.head.expand(self._stages(x if after_stem else self.stem(x)))
 
 
 # ------------------------------------------------------------------------------------------ supernet

@@ -243,23 +243,39 @@ class OFAv2StaticNet(ConfigNet):
 
     def forward_exits(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Logits of every attached exit (or of the head), shallowest first."""
-        x = self.stem(x)
+        return self._exits_after_stem(self.stem(x))
+
+    def _exits_after_stem(self, x: torch.Tensor, heads_to_bn: bool = False) -> list[torch.Tensor]:
+        """Logits of every exit (or the head) from the stem's output ``x``; with ``heads_to_bn``
+        each exit / head runs only its expand conv + BN (its last BN layer) and that is returned."""
         outs: list[torch.Tensor] = []
         for s, stage in enumerate(self.stages):
             x = run_stage(stage, x, self.dense)
             if str(s) in self.exits:
-                outs.append(self.exits[str(s)](x))
+                head = self.exits[str(s)]
+                outs.append(head.expand(x) if heads_to_bn else head(x))
         if self.head is not None:
-            outs.append(self.head(x))
+            outs.append(self.head.expand(x) if heads_to_bn else self.head(x))
         return outs
 
-    def forward(self, x: torch.Tensor):
-        outs = self.forward_exits(x)
+    def _combine(self, outs: list[torch.Tensor]):
         if len(outs) == 1:
             return outs[0]
         if self.output == "list":
             return outs
         return sum(w * z for w, z in zip(self.exit_weights, outs))
+
+    def forward(self, x: torch.Tensor):
+        return self._combine(self.forward_exits(x))
+
+    def forward_after_stem(self, x: torch.Tensor):
+        """``forward`` given the stem's output ``x`` (natv2.evaluate's stem cache)."""
+        return self._combine(self._exits_after_stem(x))
+
+    def forward_to_last_bn(self, x: torch.Tensor, *, after_stem: bool = False) -> list[torch.Tensor]:
+        """The forward up to the last BN layer of every exit / the head (what BN recalibration
+        needs to run). ``after_stem``: ``x`` is the stem's output."""
+        return self._exits_after_stem(x if after_stem else self.stem(x), heads_to_bn=True)
 
     def with_exits(self, stages: Sequence[int], *, weights: Sequence[float] | None = None,
                    output: str = "weighted") -> "OFAv2StaticNet":

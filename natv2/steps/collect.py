@@ -12,8 +12,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from natv2.archive import write_archive
-    from natv2.steps.update import read_evaluated
+    from natv2.archive import read_evaluated, write_archive
 
     write_archive(args.out, read_evaluated(args.inputs))
     return 0

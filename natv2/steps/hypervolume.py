@@ -23,24 +23,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def add_tau_columns(table, updates: list[dict]):
-    """Surrogate cv tau and tau on the candidates, by the ``iteration`` the updates name."""
-    import numpy as np
-
-    by_iteration = {int(u["iteration"]): u for u in updates}
-    for col, path in (("cv_tau", ("surrogate", "cv_tau")), ("tau_candidates", ("candidates", "tau"))):
-        values = []
-        for i in table["iteration"]:
-            value = by_iteration.get(int(i), {}).get(path[0], {}).get(path[1])
-            values.append(np.nan if value is None else float(value))
-        table[col] = values
-    return table
-
-
 def run(args: argparse.Namespace) -> int:
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
-    from natv2.front import hypervolume_table
+    from natv2.front import add_tau_columns, hypervolume_table
     from natv2.io import read_json, write_csv
 
     settings = settings_from_args(args)

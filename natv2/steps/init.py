@@ -45,11 +45,10 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from natv2.archive import check_table, select_initial, write_archive
+    from natv2.archive import check_table, read_evaluated, select_initial, write_archive
     from natv2.config import settings_from_args
     from natv2.nets.checkpoint import load_supernet
     from natv2.rng import stream
-    from natv2.steps.update import read_evaluated
 
     settings = settings_from_args(args)
     space = load_supernet(args.supernet)[0].space

@@ -26,73 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def supernet_costs(settings, supernet_path):
-    """(space, cost_fn) for the search: the supernet's space and exact costs of its subnets.
-
-    The same measurements as ``natv2.evaluate.evaluate_genomes`` (natv2.costs on the extracted
-    static subnet, latency with the ``evaluation:`` settings on the configured device), so the
-    costs the search sees match the archive's; only the objectives of the run are computed.
-    """
-    from natv2.costs import count_macs, count_params, measure_latency
-    from natv2.nets.checkpoint import load_supernet
-
-    net, _ = load_supernet(supernet_path)
-    net.eval()
-    space = net.space
-    cfg = settings.search
-    names = [o for o in cfg.objectives if o != "top1_err"]
-    names += [c for c in cfg.constraints if c != "top1_err" and c not in names]  # constrained costs too
-    device = settings.torch_device()
-    table = None
-    if "latency_lut" in names:  # predicted from the target device's table: no net built
-        from natv2.latency_table import load_table
-
-        table = load_table(cfg.latency_table)
-        table.check_space(space)
-
-    def cost_fn(genomes):
-        import numpy as np
-
-        out = {name: np.empty(len(genomes)) for name in names}
-        if table is not None:
-            out["latency_lut"] = table.predict(space, genomes)
-        if not set(names) - {"latency_lut"}:
-            return out
-        for i, g in enumerate(genomes):
-            static = net.extract(g)
-            resolution = space.decode(g).resolution
-            if "params" in out:
-                out["params"][i] = count_params(static)
-            if "macs" in out:
-                out["macs"][i] = count_macs(static, resolution)
-            if "latency_ms" in out:
-                ev = settings.evaluation
-                out["latency_ms"][i] = measure_latency(
-                    static.to(device), resolution, batch_size=ev.latency_batch_size, repeats=ev.latency_repeats,
-                    warmup=ev.latency_warmup, device=device, channels_last=ev.channels_last, fold_bn=ev.fold_bn)
-        return out
-
-    return space, cost_fn
-
-
-def run_search(archive, space, cost_fn, cfg, rng, iteration: int):
-    """Library form of the step: (candidates DataFrame, surrogate summary dict)."""
-    from natv2.archive import check_table, checked_columns, genomes_of
-    from natv2.search import search_candidates
-    from natv2.surrogate import fit_surrogate
-
-    check_table(archive, checked_columns(cfg), "archive")
-    surrogate = fit_surrogate(genomes_of(archive, space), archive["top1_err"].to_numpy(float),
-                              cfg.surrogate_kind, rng, folds=cfg.surrogate_folds,
-                              pool=tuple(cfg.surrogate_pool), lgbm_params=cfg.lgbm_params)
-    candidates = search_candidates(archive, space, surrogate, cost_fn, cfg, rng)
-    candidates["iteration"] = iteration
-    summary = {"iteration": iteration, "asked": cfg.surrogate_kind, **surrogate.summary(),
-               "predicted": dict(zip(candidates["genome"], candidates["predicted_top1_err"].astype(float)))}
-    return candidates, summary
-
-
 def run(args: argparse.Namespace) -> int:
+    from natv2 import search
     from natv2.archive import read_archive, write_archive
     from natv2.config import settings_from_args
     from natv2.io import write_json
@@ -101,9 +36,9 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     cfg = settings.search
     archive = read_archive(args.archive, cfg.objectives)
-    space, cost_fn = supernet_costs(settings, args.supernet)
-    candidates, summary = run_search(archive, space, cost_fn, cfg, stream(settings.seed, "search", args.iteration),
-                                     args.iteration)
+    space, cost_fn = search.supernet_costs(settings, args.supernet)
+    rng = stream(settings.seed, "search", args.iteration)
+    candidates, summary = search.run_search(archive, space, cost_fn, cfg, rng, args.iteration)
     write_archive(args.out, candidates)
     write_json(args.surrogate_out, summary)
     return 0

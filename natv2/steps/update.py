@@ -25,56 +25,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
-def read_evaluated(paths):
-    """Concatenate evaluation shards, in original row order when they carry ``row``."""
-    import pandas as pd
-
-    from natv2.io import read_csv
-
-    table = pd.concat([read_csv(p) for p in paths], ignore_index=True)
-    if "row" in table.columns:
-        table = table.sort_values("row", kind="stable").drop(columns="row").reset_index(drop=True)
-    return table
-
-
-def candidate_tau(evaluated, predicted: dict) -> dict:
-    """Kendall tau and RMSE of predicted vs measured top-1 error on the candidates."""
-    import numpy as np
-
-    from natv2.surrogate import kendall_tau, rmse
-
-    known = evaluated[evaluated["genome"].isin(predicted)]
-    pred = np.array([predicted[g] for g in known["genome"]], dtype=float)
-    meas = known["top1_err"].to_numpy(float)
-    tau = kendall_tau(pred, meas) if len(known) >= 2 else None
-    if tau is not None and not np.isfinite(tau):
-        import logging
-
-        logging.getLogger("natv2.update").warning(
-            "Kendall tau of the surrogate on the %d candidates is undefined (constant predictions or errors): "
-            "recorded as NaN", len(known))
-    return {"n": len(known),
-            "tau": tau,
-            "rmse": rmse(pred, meas) if len(known) else None}
-
-
-def run_update(archive, evaluated, cfg, rng, *, iteration: int, seed: int, surrogate: dict | None = None):
-    """Library form of the step: (new archive, report dict)."""
-    from natv2.archive import tag_rows, update_archive
-
-    evaluated = tag_rows(evaluated, supernet=f"iter{iteration}", seed=seed, iteration=iteration)
-    new_archive = update_archive(archive, evaluated, cfg, rng)
-    report = {"iteration": iteration, "algorithm": cfg.algorithm, "n_before": len(archive),
-              "n_candidates": len(evaluated), "n_after": len(new_archive),
-              "n_candidates_kept": int(new_archive["genome"].isin(set(evaluated["genome"]) - set(archive["genome"])).sum())}
-    if surrogate is not None:
-        report["surrogate"] = {k: surrogate.get(k) for k in ("kind", "cv_tau", "cv_rmse", "n_train")}
-        report["candidates"] = candidate_tau(evaluated, surrogate.get("predicted", {}))
-    return new_archive, report
-
-
 def run(args: argparse.Namespace) -> int:
-    from natv2.archive import check_table, read_archive, write_archive
+    from natv2.archive import check_table, read_archive, read_evaluated, run_update, write_archive
     from natv2.config import settings_from_args
     from natv2.io import read_json, write_json
     from natv2.rng import stream
