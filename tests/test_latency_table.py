@@ -81,7 +81,7 @@ def test_measured_table_covers_every_genome(variant):
 
     torch.manual_seed(0)
     supernet = build_supernet({"variant": variant, "resolutions": [16], "widths": [1.0], "stem_stride": 2}, 5)
-    table = measure_table(supernet, repeats=1, warmup=0)
+    table = measure_table(supernet, repeats=1, warmup=0, min_time=0.0)
     space = supernet.space
     n_combos = len(space.kernels) * len(space.expands) * max(len(space.branch_keys), 1)
     assert sum(k.startswith("block/") for k in table.entries) == 2 * space.n_stages * n_combos
@@ -98,7 +98,7 @@ def test_measured_table_covers_every_genome(variant):
 def test_latency_table_command_writes_the_device_and_the_entries(tmp_path):
     out = tmp_path / "table.json"
     config = tmp_path / "c.yaml"
-    config.write_text("supernet: {resolutions: [16], stem_stride: 2}\ndatasets: {digits: {kind: digits, resolutions: [16]}}\n")
+    config.write_text("supernet: {resolutions: [16], stem_stride: 2}\nevaluation: {latency_min_time: 0.0}\ndatasets: {digits: {kind: digits, resolutions: [16]}}\n")
     assert main(["--threads", "1", "latency-table", "--config", str(config), "--out", str(out),
                  "--repeats", "1", "--warmup", "0"]) == 0
     data = json.loads(out.read_text())
