@@ -72,18 +72,24 @@ def time_forward(fn, *, repeats: int = 10, warmup: int = 3, min_time: float = 0.
     of the wall clock (e.g. ``time.thread_time``, CPU time, steadier on a shared machine).
     """
     from torch.utils.benchmark import Timer
+    from torch.utils.benchmark.utils.common import set_torch_threads
 
     if repeats < 1 or warmup < 0 or min_time < 0 or (threads is not None and threads < 1):
         raise Natv2Error(f"latency: expected repeats >= 1, warmup >= 0, min_time >= 0, threads >= 1; "
                          f"got {repeats}, {warmup}, {min_time}, {threads}")
     timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads or torch.get_num_threads(),
                   **({} if clock is None else {"timer": clock}))
-    if warmup:
-        timer.timeit(warmup)
+    # Timer.timeit(n) adds max(n // 100, 2) warm-up calls of its own to every block; its inner
+    # block timer (what blocked_autorange times its blocks with) does not
+    block = getattr(timer, "_timeit", None) or (lambda n: timer.timeit(n).raw_times[0])
+    with set_torch_threads(threads or torch.get_num_threads()):
+        if warmup:
+            block(warmup)
     m = timer.blocked_autorange(min_run_time=min_time)
     times = list(m.times)
-    while len(times) < repeats:
-        times.extend(timer.timeit(m.number_per_run).times)
+    with set_torch_threads(threads or torch.get_num_threads()):
+        while len(times) < repeats:
+            times.append(block(m.number_per_run) / m.number_per_run)
     return times
 
 

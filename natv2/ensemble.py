@@ -45,7 +45,7 @@ from natv2.errors import Natv2Error
 
 log = logging.getLogger(__name__)
 
-COST_COLUMNS = ("params", "macs", "latency_ms")
+COST_COLUMNS = ("params", "macs", "latency_ms", "latency_lut")  # latency_lut: the target device's table
 MODES = ("parallel", "sequential")
 CSV_COLUMNS = ["id", "members", "mode", "params", "macs", "latency_ms", "val_top1", "test_top1"]
 
@@ -207,7 +207,7 @@ def ensemble_costs(member_costs: pd.DataFrame, X: np.ndarray, mode: str) -> pd.D
         if col not in member_costs.columns:
             continue
         v = member_costs[col].to_numpy(dtype=float)
-        if col == "latency_ms" and mode == "parallel":
+        if col in ("latency_ms", "latency_lut") and mode == "parallel":
             out[col] = np.where(X, v[None, :], -np.inf).max(axis=1)
         else:
             out[col] = (X * v[None, :]).sum(axis=1)
@@ -444,7 +444,7 @@ def ensembles_table(pareto: pd.DataFrame, val: Mapping[str, TopKProbs], val_labe
         frames.append(table)
     out = pd.concat(frames, ignore_index=True)
     out.insert(0, "id", [f"e{i:03d}" for i in range(len(out))])
-    return out[CSV_COLUMNS]
+    return out[CSV_COLUMNS + (["latency_lut"] if "latency_lut" in out.columns else [])]
 
 
 def dominated_pairs(singles: pd.DataFrame, ensembles: pd.DataFrame, *, single_top1: str, ensemble_top1: str = "val_top1",

@@ -19,6 +19,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def cost_objective(settings, columns) -> str:
+    """ensemble.objective, except latency_ms means latency_lut when the run has a latency table
+    (search.latency_table: the target device's latency) and the front carries it."""
+    objective = settings.ensemble.objective
+    if objective == "latency_ms" and settings.search.latency_table and "latency_lut" in set(columns):
+        return "latency_lut"
+    return objective
+
+
 def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
@@ -35,6 +44,10 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     cfg = settings.ensemble
     pareto = read_csv(args.pareto)
+    if cost_objective(settings, pareto.columns) != cfg.objective:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, objective=cost_objective(settings, pareto.columns))
     if len(pareto) == 0:
         raise Natv2Error(f"{args.pareto}: the front is empty; no ensembles to build")
     for column in ("id", "path"):
