@@ -11,6 +11,9 @@ repository does per (input size, block) key):
   as the stage's first block (stride, channel change) and as a later block, at the input
   shape it gets in a subnet of that resolution;
 - ``head`` (single-exit variants) or ``exit`` after every stage (early-exit variants);
+- early-exit variants: the stem and the blocks once per exit (key suffix ``/x<exit>``), timed
+  in subnets that stop at that exit: a shallow subnet's blocks run faster than the same blocks
+  in a deep one (measured on a CPU: 10-45 % for exits 1-4), its weights staying in the caches;
 - ``overhead``: whole subnet minus the sum of its parts, the median over the subnets measured
   for the blocks (near 0: the parts' shares cover the whole pass, see below).
 
@@ -47,7 +50,7 @@ from natv2.errors import Natv2Error
 log = logging.getLogger(__name__)
 
 FORMAT = "natv2-latency-table"
-VERSION = 1
+VERSION = 2  # 2: early-exit spaces' stem and blocks keyed by the exit too
 #: space fields a table must agree on with the space it predicts for
 SPACE_FIELDS = ("variant", "stem_stride", "widths", "resolutions", "kernels", "expands", "levels", "n_exits")
 
@@ -60,16 +63,22 @@ def _w(width: float) -> str:
     return f"w{float(width):g}"
 
 
-def stem_key(width: float, resolution: int) -> str:
-    return f"stem/{_w(width)}/r{resolution}"
+def _x(exit: int | None) -> str:
+    return "" if exit is None else f"/x{exit}"
+
+
+def stem_key(width: float, resolution: int, exit: int | None = None) -> str:
+    """Key of the stem (early-exit spaces: in a subnet that stops at ``exit``)."""
+    return f"stem/{_w(width)}/r{resolution}{_x(exit)}"
 
 
 def block_key(width: float, resolution: int, stage: int, first: bool, kernel: int, expand: int,
-              branches: int | None = None) -> str:
+              branches: int | None = None, exit: int | None = None) -> str:
     """Key of one block: stage (0-based), first block of its stage or a later one, its genes
-    (and, for parallel blocks, its branch-set key, natv2.variants.BRANCH_KEYS)."""
+    (and, for parallel blocks, its branch-set key, natv2.variants.BRANCH_KEYS); early-exit
+    spaces: in a subnet that stops at ``exit``."""
     key = f"block/{_w(width)}/r{resolution}/s{stage}/{'first' if first else 'later'}/k{kernel}/e{expand}"
-    return key if branches is None else f"{key}/b{branches}"
+    return (key if branches is None else f"{key}/b{branches}") + _x(exit)
 
 
 def head_key(width: float, resolution: int, exit: int | None = None) -> str:
@@ -84,11 +93,11 @@ def overhead_key(width: float, resolution: int) -> str:
 def arch_keys(arch) -> list[str]:
     """The table keys whose latencies add up to the subnet ``arch`` (a natv2.space.Arch)."""
     w, r = arch.width, arch.resolution
-    keys = [stem_key(w, r)]
+    keys = [stem_key(w, r, arch.exit)]
     n_run = arch.exit if arch.exit is not None else len(arch.stages)  # an early exit skips later stages
     for s, blocks in enumerate(arch.stages[:n_run]):
         sets = arch.branches[s] if arch.branches is not None else (None,) * len(blocks)
-        keys += [block_key(w, r, s, b == 0, k, e, sets[b]) for b, (k, e) in enumerate(blocks)]
+        keys += [block_key(w, r, s, b == 0, k, e, sets[b], arch.exit) for b, (k, e) in enumerate(blocks)]
     keys.append(head_key(w, r, arch.exit))
     keys.append(overhead_key(w, r))
     return keys
@@ -161,6 +170,9 @@ def load_table(path: str | Path) -> LatencyTable:
     data = read_json(path)
     if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("entries"), dict):
         raise Natv2Error(f"{path}: not a natv2 latency table (format must be {FORMAT!r} with 'entries')")
+    if data.get("version", 1) != VERSION:
+        raise Natv2Error(f"{path}: latency table version {data.get('version', 1)}, this natv2 reads version {VERSION}; "
+                         f"make it again with `natv2 latency-table`")
     bad = [k for k, v in data["entries"].items() if not isinstance(v, (int, float)) or not np.isfinite(v)]
     if bad:
         raise Natv2Error(f"{path}: entry {bad[0]!r} is not a finite number of milliseconds")
@@ -337,11 +349,13 @@ def measure_table(supernet, *, batch_size: int = 1, repeats: int = 10, warmup: i
         x = torch.randn(batch_size, 3, arch.resolution, arch.resolution, generator=torch_stream(0, "latency"))
         return net, x.to(device).contiguous(memory_format=fmt)
 
+    # early-exit spaces: every exit's blocks are timed in nets that stop there (a shallow net's
+    # blocks run faster than the same blocks inside a deep one: its weights stay in the caches)
+    exits = list(range(1, space.n_exits + 1)) if space.n_exits else [None]
     for width, res in itertools.product(space.widths, space.resolutions):
-        last_exit = space.n_exits if space.n_exits else None
         runs = []  # (arch, whole ms, part -> ms, hooked pass ms)
-        for kernel, expand, branch_set in itertools.product(space.kernels, space.expands, sets):
-            arch = Arch(resolution=res, width=width, exit=last_exit,
+        for ex, kernel, expand, branch_set in itertools.product(exits, space.kernels, space.expands, sets):
+            arch = Arch(resolution=res, width=width, exit=ex,
                         stages=tuple(((kernel, expand),) * space.max_blocks for _ in range(space.n_stages)),
                         branches=None if branch_set is None else
                         tuple((branch_set,) * space.max_blocks for _ in range(space.n_stages)))
@@ -354,22 +368,15 @@ def measure_table(supernet, *, batch_size: int = 1, repeats: int = 10, warmup: i
         for arch, _, parts, _ in runs:
             kernel, expand = arch.stages[0][0]
             branch_set = None if arch.branches is None else arch.branches[0][0]
+            ex = arch.exit
             parts = {name: ms - hook for name, ms in parts.items()}
-            for s in range(space.n_stages):
-                entries[block_key(width, res, s, True, kernel, expand, branch_set)] = parts[f"{s}/0"]
+            for s in range(ex if ex is not None else space.n_stages):
+                entries[block_key(width, res, s, True, kernel, expand, branch_set, ex)] = parts[f"{s}/0"]
                 later = [parts[f"{s}/{b}"] for b in range(1, space.max_blocks)]
-                entries[block_key(width, res, s, False, kernel, expand, branch_set)] = float(np.mean(later))
-            shared.setdefault(stem_key(width, res), []).append(parts["stem"])
-            shared.setdefault(head_key(width, res, last_exit), []).append(parts["head" if last_exit is None else f"x/{last_exit}"])
+                entries[block_key(width, res, s, False, kernel, expand, branch_set, ex)] = float(np.mean(later))
+            shared.setdefault(stem_key(width, res, ex), []).append(parts["stem"])
+            shared.setdefault(head_key(width, res, ex), []).append(parts["head" if ex is None else f"x/{ex}"])
         entries.update({key: float(np.mean(ms)) for key, ms in shared.items()})  # the same in every net: their mean
-        for ex in range(1, space.n_exits):  # the other exits: the subnet that stops after stage ex
-            arch = Arch(resolution=res, width=width, exit=ex,
-                        branches=None if sets == [None] else tuple((sets[-1],) * space.max_blocks for _ in range(space.n_stages)),
-                        stages=tuple(((space.kernels[0], space.expands[0]),) * space.max_blocks for _ in range(space.n_stages)))
-            net, x = prepared(arch)
-            _time_net(net, x, warmup=max(warmup, 1), **{**timing, "repeats": 1, "min_time": 0.0})  # warm-up
-            parts, _ = _time_parts(net, _parts(net), x, device=device, **timing)
-            entries[head_key(width, res, ex)] = parts[f"x/{ex}"] - hook
         # what no part holds: the whole minus its parts (near 0: the parts' shares cover the pass;
         # below 0 is noise, the parts timed in other passes than the whole: no credit)
         entries[overhead_key(width, res)] = max(0.0, float(np.median([
