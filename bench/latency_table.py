@@ -74,6 +74,7 @@ def main() -> None:
     from natv2.io import write_json
     from natv2.latency_table import measure_table
     from natv2.nets import build_supernet
+    from natv2.space import Arch
     from natv2.surrogate import kendall_tau
 
     torch.set_num_threads(args.threads)
@@ -96,14 +97,25 @@ def main() -> None:
     table_s = time.perf_counter() - t0
     genomes = space.sample(args.subnets, np.random.default_rng(args.seed), policy="nat")
     predicted = table.predict(space, genomes)
-    statics = [supernet.extract(g) for g in genomes]
+    # controls: uniform subnets the table was made from (their prediction is their measurement of
+    # then): measured again among the random ones, they show how far the machine drifted since
+    controls = [space.encode(Arch(resolution=r, width=space.widths[0], exit=space.n_exits or None, branches=None if
+                                  not space.branch_keys else tuple((space.branch_keys[-1],) * space.max_blocks
+                                                                   for _ in range(space.n_stages)),
+                                  stages=tuple(((k, e),) * space.max_blocks for _ in range(space.n_stages))))
+                for r in (min(space.resolutions), max(space.resolutions))
+                for k, e in ((space.kernels[0], space.expands[0]), (space.kernels[-1], space.expands[-1]))]
+    everything = list(genomes) + controls
+    statics = [supernet.extract(g) for g in everything]
     t0 = time.perf_counter()
-    rounds = np.empty((args.rounds, len(genomes)))
+    rounds = np.empty((args.rounds, len(everything)))
     for r in range(args.rounds):
-        for i, (g, static) in enumerate(zip(genomes, statics)):  # exactly the archive's latency_ms
+        for i, (g, static) in enumerate(zip(everything, statics)):  # exactly the archive's latency_ms
             rounds[r, i] = measure_latency(static, space.decode(g).resolution, channels_last=ev.channels_last,
                                            fold_bn=ev.fold_bn, **timing)
     subnets_s = time.perf_counter() - t0
+    drift = float(np.median(table.predict(space, controls) / rounds[:, len(genomes):].min(axis=0)))
+    rounds = rounds[:, : len(genomes)]
     measured = rounds.min(axis=0)
     rel = np.abs(predicted - measured) / measured
     signed = (predicted - measured) / measured
@@ -116,6 +128,7 @@ def main() -> None:
         "kendall_tau": round(float(kendall_tau(predicted, measured)), 3),
         "median_relative_error": round(float(np.median(rel)), 4),
         "median_signed_error": round(float(np.median(signed)), 4),
+        "table_drift": round(drift, 3),
         "overheads_ms": {k: round(v, 3) for k, v in table.entries.items() if k.startswith("overhead/")},
     }
     if args.rounds > 1:
@@ -132,6 +145,8 @@ def main() -> None:
     if args.rounds > 1:
         print(f"repeatability: kendall_tau {figures['repeatability_tau']:.3f} between rounds 1 and 2, median relative "
               f"difference {100 * figures['repeatability_median_relative_difference']:.1f} %")
+    print(f"table drift: the uniform subnets the table was made from, measured again now: predicted / measured "
+          f"{drift:.2f} (median of {len(controls)}; far from 1 = the machine changed speed, figures not comparable)")
     print(f"kendall_tau: {figures['kendall_tau']:.3f}  (goal >= 0.9)")
     print(f"median_relative_error: {100 * figures['median_relative_error']:.1f} %  (goal <= 15 %); "
           f"median signed error {100 * figures['median_signed_error']:+.1f} %")
