@@ -16,7 +16,9 @@ repeatability line is the noise ceiling (how well the measurement ranks against 
 comparison uses the fastest (least disturbed) of the rounds. --out writes the figures as JSON
 and, next to it, the table (<out>.table.json) and the scatter plot (<out>.png: predicted vs
 measured, y = x). Timing needs a quiet machine; --clock cpu times in thread CPU time instead
-(with --threads 1), which waiting for a busy core does not inflate.
+(with --threads 1), which waiting for a busy core does not inflate; --paired measures the table
+and the subnets resolution by resolution, so a slow change of the machine's speed (the "table
+drift" line: the table's own uniform subnets measured again) matters less.
 """
 from __future__ import annotations
 
@@ -64,6 +66,8 @@ def main() -> None:
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall",
                         help="wall time (default) or thread CPU time (steadier on a shared machine)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--paired", action="store_true",
+                        help="table and subnets resolution by resolution (a busy machine's drift matters less)")
     parser.add_argument("--out", type=Path, help="figures (JSON); <out>.table.json and <out>.png next to it")
     args = parser.parse_args()
 
@@ -92,35 +96,49 @@ def main() -> None:
     clock = time.thread_time if args.clock == "cpu" else None
     timing = dict(batch_size=ev.latency_batch_size, repeats=args.repeats, warmup=args.warmup, min_time=args.min_time,
                   threads=args.threads, clock=clock)
-    t0 = time.perf_counter()
-    table = measure_table(supernet, channels_last=ev.channels_last, fold=ev.fold_bn, **timing)
-    table_s = time.perf_counter() - t0
     genomes = space.sample(args.subnets, np.random.default_rng(args.seed), policy="nat")
+    res_of = np.array([space.decode(g).resolution for g in genomes])
+    # --paired: the table of one resolution, then that resolution's subnets, and so on (what a slow
+    # change of the machine's speed does to the figures shrinks to one resolution's minutes)
+    phases = [(r,) for r in space.resolutions] if args.paired else [tuple(space.resolutions)]
+    entries, table_s, subnets_s = {}, 0.0, 0.0
+    rounds = np.empty((args.rounds, len(genomes)))
+    ratios = []  # controls: predicted / measured
+    for phase in phases:
+        t0 = time.perf_counter()
+        torch.manual_seed(args.seed)
+        part = measure_table(build_supernet(dataclasses.replace(cfg, resolutions=phase), 10),
+                             channels_last=ev.channels_last, fold=ev.fold_bn, **timing)
+        entries.update(part.entries)
+        table_s += time.perf_counter() - t0
+        # controls: uniform subnets the table was made from (their prediction is their measurement
+        # of then): measured again among the random ones, they show how far the machine drifted since
+        controls = [space.encode(Arch(resolution=r, width=space.widths[0], exit=space.n_exits or None,
+                                      branches=None if not space.branch_keys else
+                                      tuple((space.branch_keys[-1],) * space.max_blocks for _ in range(space.n_stages)),
+                                      stages=tuple(((k, e),) * space.max_blocks for _ in range(space.n_stages))))
+                    for r in sorted({min(phase), max(phase)})
+                    for k, e in ((space.kernels[0], space.expands[0]), (space.kernels[-1], space.expands[-1]))]
+        idx = np.flatnonzero(np.isin(res_of, phase))
+        everything = [genomes[i] for i in idx] + controls
+        statics = [supernet.extract(g) for g in everything]
+        t0 = time.perf_counter()
+        measured_here = np.empty((args.rounds, len(everything)))
+        for r in range(args.rounds):
+            for i, (g, static) in enumerate(zip(everything, statics)):  # exactly the archive's latency_ms
+                measured_here[r, i] = measure_latency(static, space.decode(g).resolution,
+                                                      channels_last=ev.channels_last, fold_bn=ev.fold_bn, **timing)
+        subnets_s += time.perf_counter() - t0
+        rounds[:, idx] = measured_here[:, : len(idx)]
+        ratios += list(part.predict(space, controls) / measured_here[:, len(idx):].min(axis=0))
+    table = type(part)(entries, part.device, {**part.space, "resolutions": list(space.resolutions)}, part.settings)
     predicted = table.predict(space, genomes)
-    # controls: uniform subnets the table was made from (their prediction is their measurement of
-    # then): measured again among the random ones, they show how far the machine drifted since
-    controls = [space.encode(Arch(resolution=r, width=space.widths[0], exit=space.n_exits or None, branches=None if
-                                  not space.branch_keys else tuple((space.branch_keys[-1],) * space.max_blocks
-                                                                   for _ in range(space.n_stages)),
-                                  stages=tuple(((k, e),) * space.max_blocks for _ in range(space.n_stages))))
-                for r in (min(space.resolutions), max(space.resolutions))
-                for k, e in ((space.kernels[0], space.expands[0]), (space.kernels[-1], space.expands[-1]))]
-    everything = list(genomes) + controls
-    statics = [supernet.extract(g) for g in everything]
-    t0 = time.perf_counter()
-    rounds = np.empty((args.rounds, len(everything)))
-    for r in range(args.rounds):
-        for i, (g, static) in enumerate(zip(everything, statics)):  # exactly the archive's latency_ms
-            rounds[r, i] = measure_latency(static, space.decode(g).resolution, channels_last=ev.channels_last,
-                                           fold_bn=ev.fold_bn, **timing)
-    subnets_s = time.perf_counter() - t0
-    drift = float(np.median(table.predict(space, controls) / rounds[:, len(genomes):].min(axis=0)))
-    rounds = rounds[:, : len(genomes)]
+    drift = float(np.median(ratios))
     measured = rounds.min(axis=0)
     rel = np.abs(predicted - measured) / measured
     signed = (predicted - measured) / measured
     figures = {
-        "device": table.device, "clock": args.clock, "variant": cfg.variant, "stem_stride": cfg.stem_stride,
+        "device": table.device, "clock": args.clock, "variant": cfg.variant, "stem_stride": cfg.stem_stride, "paired": args.paired,
         "resolutions": list(space.resolutions), "widths": list(space.widths), "subnets": len(genomes),
         "table_entries": len(table.entries), "table_seconds": round(table_s, 1), "subnets_seconds": round(subnets_s, 1),
         "measured_ms": [round(float(measured.min()), 3), round(float(measured.max()), 3)],
@@ -146,7 +164,7 @@ def main() -> None:
         print(f"repeatability: kendall_tau {figures['repeatability_tau']:.3f} between rounds 1 and 2, median relative "
               f"difference {100 * figures['repeatability_median_relative_difference']:.1f} %")
     print(f"table drift: the uniform subnets the table was made from, measured again now: predicted / measured "
-          f"{drift:.2f} (median of {len(controls)}; far from 1 = the machine changed speed, figures not comparable)")
+          f"{drift:.2f} (median of {len(ratios)}; far from 1 = the machine changed speed, figures not comparable)")
     print(f"kendall_tau: {figures['kendall_tau']:.3f}  (goal >= 0.9)")
     print(f"median_relative_error: {100 * figures['median_relative_error']:.1f} %  (goal <= 15 %); "
           f"median signed error {100 * figures['median_signed_error']:+.1f} %")
