@@ -43,7 +43,8 @@ def scatter(path: Path, predicted, measured, title: str) -> None:
     ax.scatter(measured, predicted, s=14)
     lo, hi = min(predicted.min(), measured.min()) * 0.9, max(predicted.max(), measured.max()) * 1.1
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
-    ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel="measured latency_ms", ylabel="table prediction (ms)", title=title)
+    ax.set(xlim=(lo, hi), ylim=(lo, hi), xscale="log", yscale="log", xlabel="measured latency_ms",
+           ylabel="table prediction (ms)", title=title)  # log: the subnets span about 10x
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
