@@ -35,6 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def scatter(path: Path, predicted, measured, title: str) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -44,7 +45,11 @@ def scatter(path: Path, predicted, measured, title: str) -> None:
     lo, hi = min(predicted.min(), measured.min()) * 0.9, max(predicted.max(), measured.max()) * 1.1
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x")
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xscale="log", yscale="log", xlabel="measured latency_ms",
-           ylabel="table prediction (ms)", title=title)  # log: the subnets span about 10x
+           ylabel="table prediction (ms)")  # log: the subnets span about 10x
+    ax.set_title(title, fontsize=9)
+    for axis in (ax.xaxis, ax.yaxis):
+        axis.set_major_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
+        axis.set_minor_formatter(matplotlib.ticker.FormatStrFormatter("%g"))
     ax.legend(loc="upper left")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
