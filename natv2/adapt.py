@@ -45,7 +45,8 @@ def adaptation_distribution(archive, space, search_cfg, cfg, rng: np.random.Gene
     """Per-gene probabilities estimated from the best ``cfg.top_n`` rows of ``archive``."""
     from natv2.archive import gene_distribution, genomes_of, top_rows
 
-    top = top_rows(archive, min(cfg.top_n, len(archive)), search_cfg.objectives, rng)
+    top = top_rows(archive, min(cfg.top_n, len(archive)), search_cfg.objectives, rng,
+                   getattr(search_cfg, "constraints", None))  # feasible genomes first, as the archive keeps them
     return gene_distribution(genomes_of(top, space), space, pseudo_count=cfg.pseudo_count)
 
 

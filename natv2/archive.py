@@ -239,9 +239,12 @@ def survive(F: np.ndarray, n: int, rng: np.random.Generator, G: np.ndarray | Non
     return np.sort(np.asarray(idx, dtype=int))
 
 
-def top_rows(frame: pd.DataFrame, n: int, objectives: Sequence[str], rng: np.random.Generator) -> pd.DataFrame:
-    """The best ``n`` rows by survival (e.g. the top-150 for NAT's adaptation distribution)."""
-    return frame.iloc[survive(objective_matrix(frame, objectives), n, rng)].reset_index(drop=True)
+def top_rows(frame: pd.DataFrame, n: int, objectives: Sequence[str], rng: np.random.Generator,
+             constraints=None) -> pd.DataFrame:
+    """The best ``n`` rows by survival (e.g. the top-150 for NAT's adaptation distribution);
+    with ``constraints`` (``search.constraints``) feasible rows first, as the archive's survival."""
+    G = constraint_matrix(frame, constraints) if constraints else None
+    return frame.iloc[survive(objective_matrix(frame, objectives), n, rng, G)].reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -107,8 +107,16 @@ class EvaluationConfig:
     fold_bn: bool
     latency: bool
     latency_batch_size: int
-    latency_repeats: int
+    latency_repeats: int  # timed blocks at least (natv2.costs.time_forward)
     latency_warmup: int
+    latency_min_time: float = 0.1  # seconds of timed blocks at least (Timer.blocked_autorange)
+    latency_threads: int = 1  # torch threads while timing (recorded in a latency table)
+
+    @property
+    def latency_kwargs(self) -> dict:
+        """The keyword arguments of natv2.costs.measure_latency (and of a latency table) from these settings."""
+        return dict(batch_size=self.latency_batch_size, repeats=self.latency_repeats, warmup=self.latency_warmup,
+                    min_time=self.latency_min_time, threads=self.latency_threads)
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,7 @@
 
     count_params(static)                          -> int
     count_macs(static, resolution=32)             -> int   (FLOPs / 2 of one 1x3xRxR forward)
-    measure_latency(static, 32, batch_size=1, repeats=20, warmup=5, device="cpu")  -> ms (median)
+    measure_latency(static, 32, batch_size=1, repeats=10, warmup=3, threads=1)  -> ms (median, torch.utils.benchmark)
 
 A supernet passed here is measured as its active subnet (extracted first), so the elastic
 machinery (kernel transforms, weight slicing) never counts.
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import copy
 import statistics
-import time
 
 import torch
 import torch.nn as nn
@@ -61,44 +60,84 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def time_forward(fn, *, repeats: int = 10, warmup: int = 3, min_time: float = 0.1, threads: int | None = 1,
+                 clock=None) -> list[float]:
+    """Seconds per call of ``fn()``: one figure per timed block, at least ``repeats`` blocks.
+
+    torch.utils.benchmark: ``warmup`` untimed calls, then ``Timer.blocked_autorange`` (which
+    picks a block size that makes the timer's own overhead negligible, then times blocks for at
+    least ``min_time`` seconds), then more blocks of that size until there are ``repeats``. The
+    Timer pins torch to ``threads`` intra-op threads while it runs (None = the current count)
+    and synchronises the accelerator around every block. ``clock``: a timer function instead
+    of the wall clock (e.g. ``time.thread_time``, CPU time, steadier on a shared machine).
+    """
+    from torch.utils.benchmark import Timer
+    from torch.utils.benchmark.utils.common import set_torch_threads
+
+    if repeats < 1 or warmup < 0 or min_time < 0 or (threads is not None and threads < 1):
+        raise Natv2Error(f"latency: expected repeats >= 1, warmup >= 0, min_time >= 0, threads >= 1; "
+                         f"got {repeats}, {warmup}, {min_time}, {threads}")
+    timer = Timer(stmt="fn()", globals={"fn": fn}, num_threads=threads or torch.get_num_threads(),
+                  **({} if clock is None else {"timer": clock}))
+    # Timer.timeit(n) adds max(n // 100, 2) warm-up calls of its own to every block; its inner
+    # block timer (what blocked_autorange times its blocks with) does not
+    block = getattr(timer, "_timeit", None) or (lambda n: timer.timeit(n).raw_times[0])
+    with set_torch_threads(threads or torch.get_num_threads()):
+        if warmup:
+            block(warmup)
+    m = timer.blocked_autorange(min_run_time=min_time)
+    times = list(m.times)
+    with set_torch_threads(threads or torch.get_num_threads()):
+        while len(times) < repeats:
+            times.append(block(m.number_per_run) / m.number_per_run)
+    return times
+
+
+def inference_copy(model: nn.Module, device: torch.device, channels_last: bool = True, fold_bn: bool = True):
+    """(net, memory format): the form a deployed subnet runs in (BN folded, channels_last, eval, on ``device``).
+
+    The latency table (natv2.latency_table) times its blocks in exactly this form.
+    """
+    from natv2.nets.layers import fold_bn as _fold
+
+    net = _fold(model) if fold_bn else copy.deepcopy(model).eval()
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return net.to(device).eval().to(memory_format=fmt), fmt
+
+
 def measure_latency(
     model: nn.Module,
     resolution: int,
     *,
     batch_size: int = 1,
-    repeats: int = 20,
-    warmup: int = 5,
+    repeats: int = 10,
+    warmup: int = 3,
+    min_time: float = 0.1,
+    threads: int | None = 1,
     device: str | torch.device | None = None,
     channels_last: bool = True,
     fold_bn: bool = True,
+    clock=None,
 ) -> float:
-    """Median wall time in milliseconds of one forward pass of a ``batch_size`` batch.
+    """Median time in milliseconds of one forward pass of a ``batch_size`` batch.
 
-    Measured on ``device`` (default: the model's) after ``warmup`` untimed passes, on an
-    inference copy (BN folded, channels_last) — the form a deployed subnet runs in.
+    Measured on ``device`` (default: the model's) with ``threads`` torch threads (1 by default,
+    None = the current count), on an inference copy (BN folded, channels_last) — the form a
+    deployed subnet runs in — by :func:`time_forward`: ``warmup`` untimed passes, then the
+    median over at least ``repeats`` timed blocks of ``Timer.blocked_autorange`` (``min_time``
+    seconds at least).
     """
-    from natv2.nets.layers import fold_bn as _fold
-
     if repeats < 1 or batch_size < 1 or warmup < 0:
         raise Natv2Error(f"latency: expected repeats >= 1, batch_size >= 1, warmup >= 0; got {repeats}, {batch_size}, {warmup}")
     net = _static(model)
     device = torch.device(device) if device is not None else _device_of(net)
-    net = _fold(net) if fold_bn else copy.deepcopy(net).eval()
-    net = net.to(device).eval()
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(memory_format=fmt)
+    net, fmt = inference_copy(net, device, channels_last, fold_bn)
     # its own generator: a latency measurement must not advance the global RNG of a seeded run
     from natv2.rng import torch_stream
 
     x = torch.randn(batch_size, 3, resolution, resolution, generator=torch_stream(0, "latency"))
     x = x.to(device).contiguous(memory_format=fmt)
-    times = []
     with torch.inference_mode():
-        for i in range(warmup + repeats):
-            _sync(device)
-            t0 = time.perf_counter()
-            net(x)
-            _sync(device)
-            if i >= warmup:
-                times.append(time.perf_counter() - t0)
+        times = time_forward(lambda: net(x), repeats=repeats, warmup=warmup, min_time=min_time, threads=threads,
+                             clock=clock)
     return 1000.0 * statistics.median(times)

@@ -50,7 +50,7 @@ from natv2.rng import draw_seed
 
 log = logging.getLogger(__name__)
 
-COST_COLUMNS = ("params", "macs", "latency_ms")
+COST_COLUMNS = ("params", "macs", "latency_ms", "latency_lut")  # latency_lut: the target device's table
 MODES = ("parallel", "sequential")
 CSV_COLUMNS = ["id", "members", "mode", "params", "macs", "latency_ms", "val_top1", "test_top1"]
 
@@ -212,7 +212,7 @@ def ensemble_costs(member_costs: pd.DataFrame, X: np.ndarray, mode: str) -> pd.D
         if col not in member_costs.columns:
             continue
         v = member_costs[col].to_numpy(dtype=float)
-        if col == "latency_ms" and mode == "parallel":
+        if col in ("latency_ms", "latency_lut") and mode == "parallel":
             out[col] = np.where(X, v[None, :], -np.inf).max(axis=1)
         else:
             out[col] = (X * v[None, :]).sum(axis=1)
@@ -452,7 +452,7 @@ def ensembles_table(pareto: pd.DataFrame, val: Mapping[str, TopKProbs], val_labe
         frames.append(table)
     out = pd.concat(frames, ignore_index=True)
     out.insert(0, "id", [f"e{i:03d}" for i in range(len(out))])
-    return out[CSV_COLUMNS]
+    return out[CSV_COLUMNS + (["latency_lut"] if "latency_lut" in out.columns else [])]
 
 
 def dominated_pairs(singles: pd.DataFrame, ensembles: pd.DataFrame, *, single_top1: str, ensemble_top1: str = "val_top1",
@@ -499,6 +499,15 @@ class FrontEnsembles:
     failed: dict[str, str]
 
 
+def cost_objective(settings, columns) -> str:
+    """ensemble.objective, except latency_ms means latency_lut when the run has a latency table
+    (search.latency_table: the target device's latency) and the front carries it."""
+    objective = settings.ensemble.objective
+    if objective == "latency_ms" and settings.search.latency_table and "latency_lut" in set(columns):
+        return "latency_lut"
+    return objective
+
+
 def front_ensembles(pareto: pd.DataFrame, data, settings, *, source: str = "pareto.csv") -> FrontEnsembles:
     """OFA3 ensembles of the exported front members listed in ``pareto`` (columns ``id``, ``path``).
 
@@ -506,9 +515,12 @@ def front_ensembles(pareto: pd.DataFrame, data, settings, *, source: str = "pare
     and tested on the test split. A member that cannot be loaded is left out (``failed``); fewer
     usable members than an ensemble needs give an empty table (a valid result).
     """
+    import dataclasses
+
     from natv2.rng import stream
 
-    cfg = settings.ensemble
+    # on the target device's latency when the run has a latency table (see cost_objective)
+    cfg = dataclasses.replace(settings.ensemble, objective=cost_objective(settings, pareto.columns))
     if len(pareto) == 0:
         raise Natv2Error(f"{source}: the front is empty; no ensembles to build")
     for column in ("id", "path"):

@@ -498,7 +498,8 @@ def evaluate_genomes(
             "latency_ms": (
                 measure_latency(static, res, batch_size=cfg.latency_batch_size, repeats=cfg.latency_repeats,
                                 warmup=cfg.latency_warmup, device=device, channels_last=cfg.channels_last,
-                                fold_bn=cfg.fold_bn)
+                                fold_bn=cfg.fold_bn, min_time=getattr(cfg, "latency_min_time", 0.1),
+                                threads=getattr(cfg, "latency_threads", 1))
                 if cfg.latency else math.nan
             ),
         }

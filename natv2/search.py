@@ -481,8 +481,8 @@ def supernet_costs(settings, supernet_path):
             if "latency_ms" in out:
                 ev = settings.evaluation
                 out["latency_ms"][i] = measure_latency(
-                    static.to(device), resolution, batch_size=ev.latency_batch_size, repeats=ev.latency_repeats,
-                    warmup=ev.latency_warmup, device=device, channels_last=ev.channels_last, fold_bn=ev.fold_bn)
+                    static.to(device), resolution, **ev.latency_kwargs, device=device,
+                    channels_last=ev.channels_last, fold_bn=ev.fold_bn)
         return out
 
     return space, cost_fn

@@ -16,21 +16,24 @@ from natv2.space import SearchSpace
 
 
 def keyed_table(space: SearchSpace) -> LatencyTable:
-    """A table whose every entry is a distinct known number (no timing)."""
+    """A table whose every entry is a distinct known number (no timing); early-exit spaces: the
+    stem and blocks per exit (suffix /x<exit>), 10000 x exit more."""
     entries = {}
     for w in space.widths:
         for r in space.resolutions:
-            entries[f"stem/w{w:g}/r{r}"] = 1000.0
             entries[f"head/w{w:g}/r{r}"] = 2000.0
             entries[f"overhead/w{w:g}/r{r}"] = 0.5
             for x in range(1, space.n_exits + 1):
                 entries[f"exit/w{w:g}/r{r}/x{x}"] = 3000.0 + x
-            for s in range(space.n_stages):
-                for first in ("first", "later"):
-                    for k in space.kernels:
-                        for e in space.expands:
-                            entries[f"block/w{w:g}/r{r}/s{s}/{first}/k{k}/e{e}"] = (
-                                100.0 * s + (10.0 if first == "first" else 0.0) + k + e / 10)
+            for x in (range(1, space.n_exits + 1) if space.n_exits else [None]):
+                sx, more = ("", 0.0) if x is None else (f"/x{x}", 10000.0 * x)
+                entries[f"stem/w{w:g}/r{r}{sx}"] = 1000.0 + more
+                for s in range(space.n_stages):
+                    for first in ("first", "later"):
+                        for k in space.kernels:
+                            for e in space.expands:
+                                entries[f"block/w{w:g}/r{r}/s{s}/{first}/k{k}/e{e}{sx}"] = (
+                                    100.0 * s + (10.0 if first == "first" else 0.0) + k + e / 10 + more)
     return LatencyTable(entries, {}, {"resolutions": list(space.resolutions), "widths": list(space.widths)}, {})
 
 
@@ -56,6 +59,7 @@ def test_an_early_exit_skips_the_later_stages():
     arch = space.decode(g)
     keys = arch_keys(arch)
     assert keys[-2] == "exit/w1/r32/x2" and not any("/s2/" in k for k in keys)
+    assert keys[0] == "stem/w1/r32/x2" and all(k.endswith("/x2") for k in keys if k.startswith("block/"))
     assert table.predict(space, [g])[0] < full
 
 
@@ -73,6 +77,9 @@ def test_missing_entries_and_wrong_files_are_one_line_errors(tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({"entries": {}}))
     with pytest.raises(Natv2Error, match="not a natv2 latency table"):
         load_table(tmp_path / "bad.json")
+    (tmp_path / "old.json").write_text(json.dumps({"format": "natv2-latency-table", "version": 1, "entries": {}}))
+    with pytest.raises(Natv2Error, match="version 1, this natv2 reads version 2"):
+        load_table(tmp_path / "old.json")
 
 
 @pytest.mark.parametrize("variant", ["ofa_mbv3", "EE_B", "SE_P"])
@@ -81,10 +88,12 @@ def test_measured_table_covers_every_genome(variant):
 
     torch.manual_seed(0)
     supernet = build_supernet({"variant": variant, "resolutions": [16], "widths": [1.0], "stem_stride": 2}, 5)
-    table = measure_table(supernet, repeats=1, warmup=0)
+    table = measure_table(supernet, repeats=1, warmup=0, min_time=0.0)
     space = supernet.space
     n_combos = len(space.kernels) * len(space.expands) * max(len(space.branch_keys), 1)
-    assert sum(k.startswith("block/") for k in table.entries) == 2 * space.n_stages * n_combos
+    stage_runs = sum(range(1, space.n_exits + 1)) if space.n_exits else space.n_stages  # per exit, its stages
+    assert sum(k.startswith("block/") for k in table.entries) == 2 * stage_runs * n_combos
+    assert sum(k.startswith("stem/") for k in table.entries) == max(space.n_exits, 1)
     assert sum(k.startswith(("head/", "exit/")) for k in table.entries) == max(space.n_exits, 1)
     genomes = space.sample(20, np.random.default_rng(1), policy="nat")
     predicted = table.predict(space, genomes)
@@ -98,7 +107,8 @@ def test_measured_table_covers_every_genome(variant):
 def test_latency_table_command_writes_the_device_and_the_entries(tmp_path):
     out = tmp_path / "table.json"
     config = tmp_path / "c.yaml"
-    config.write_text("supernet: {resolutions: [16], stem_stride: 2}\ndatasets: {digits: {kind: digits, resolutions: [16]}}\n")
+    config.write_text("supernet: {resolutions: [16], stem_stride: 2}\nevaluation: {latency_min_time: 0.0}\n"
+                      "datasets: {digits: {kind: digits, resolutions: [16]}}\n")
     assert main(["--threads", "1", "latency-table", "--config", str(config), "--out", str(out),
                  "--repeats", "1", "--warmup", "0"]) == 0
     data = json.loads(out.read_text())

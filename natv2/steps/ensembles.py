@@ -25,7 +25,7 @@ def run(args: argparse.Namespace) -> int:
 
     from natv2.config import settings_from_args
     from natv2.data import load_data
-    from natv2.ensemble import dominance_lines, front_ensembles
+    from natv2.ensemble import cost_objective, dominance_lines, front_ensembles
     from natv2.export import export_ensemble
     from natv2.io import read_csv, write_csv
 
@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     write_csv(args.out, table)
     print(table.to_string(index=False))
     if len(table):
-        objective = settings.ensemble.objective
+        objective = cost_objective(settings, pareto.columns)
         for line in dominance_lines(found.singles, table,
                                     cost=objective if objective in found.singles.columns else "latency_ms"):
             print(line)

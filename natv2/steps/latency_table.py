@@ -4,6 +4,8 @@
 
 Run it on the device the networks will be deployed on; name the file in the search's config
 (``search.latency_table``) and use ``latency_lut`` as an objective or a constraint.
+Timing settings are evaluation.latency_* (threads: evaluation.latency_threads, 1 by default,
+recorded in the table's ``device``), the same as every measured ``latency_ms``.
 The table covers the ``supernet:`` resolutions and every dataset's own ``resolutions``.
 """
 from __future__ import annotations
@@ -17,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("latency-table", help="measure every block of the search space on this device (lookup table)")
     add_config_argument(p)
     p.add_argument("--out", required=True, metavar="JSON", help="table.json to write")
-    p.add_argument("--repeats", type=int, metavar="R", help="timed passes per part (default: evaluation.latency_repeats)")
+    p.add_argument("--repeats", type=int, metavar="R", help="timed blocks per net (default: evaluation.latency_repeats)")
     p.add_argument("--warmup", type=int, metavar="W", help="untimed passes first (default: evaluation.latency_warmup)")
     p.add_argument("--classes", type=int, default=10, metavar="N", help="classes of the head (default 10)")
     p.set_defaults(func=run)
@@ -52,7 +54,7 @@ def run(args: argparse.Namespace) -> int:
 
     torch.manual_seed(settings.seed)  # module init draws from the global generator; weights do not matter for time
     supernet = build_supernet(table_supernet_config(settings), args.classes)
-    table = measure_table(supernet, batch_size=ev.latency_batch_size, repeats=repeats, warmup=warmup,
+    table = measure_table(supernet, **{**ev.latency_kwargs, "repeats": repeats, "warmup": warmup},
                           device=settings.torch_device(), channels_last=ev.channels_last, fold=ev.fold_bn, progress=True)
     write_json(args.out, table.to_dict())
     logging.getLogger(__name__).info("latency table: %d entries -> %s (%s, %s threads)", len(table.entries), args.out,
