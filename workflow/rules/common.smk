@@ -117,6 +117,10 @@ def fingerprint(*keys: str, content=None):
                 node = node.get(part, {}) if isinstance(node, dict) else {}
             if key == "search" and isinstance(node, dict):
                 node = {k: v for k, v in node.items() if k != "iterations"}
+            if key == f"datasets.{ds}" and isinstance(node, dict):
+                # the overrides count where they land (the sections above, merged): an override
+                # of the fine-tune reruns no split and no supernet
+                node = {k: v for k, v in node.items() if k != "overrides"}
             picked[key] = node
         extra = content(wildcards) if content is not None else None
         if extra is not None:  # only then: a fingerprint without content keeps its old value
