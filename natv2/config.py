@@ -58,6 +58,7 @@ class DatasetConfig:
     max_train: int | None = None
     resolutions: tuple[int, ...] | list[int] | None = None
     stem_stride: int | None = None  # override of supernet.stem_stride for supernets made on this dataset
+    overrides: Mapping[str, Any] | None = None  # config sections merged over the run's for this dataset's jobs (Settings.for_dataset)
 
 
 @dataclass(frozen=True)
@@ -370,6 +371,18 @@ class Settings:
         if ds.stem_stride is not None:
             changes["stem_stride"] = int(ds.stem_stride)
         return dataclasses.replace(self.supernet, **changes) if changes else self.supernet
+
+    def for_dataset(self, key: str) -> Settings:
+        """These settings with ``datasets.<key>.overrides`` deep-merged over the top-level sections
+        (itself when the entry has none): what every job of dataset ``key`` reads. The workflow
+        writes this merged config per dataset (workflow/rules/common.smk, ``dataset_config``)."""
+        overrides = (self.raw.get("datasets", {}).get(key) or {}).get("overrides")
+        if not overrides:
+            return self
+        try:
+            return settings_from_dict(deep_merge(dict(self.raw), overrides))
+        except Natv2Error as e:
+            raise Natv2Error(f"datasets.{key}.overrides: {e}") from None
 
     def dataset_dir(self, key: str) -> Path:
         return Path(self.results_dir) / key

@@ -37,6 +37,32 @@ def test_user_dataset_from_an_extra_config_file(tmp_path):
     assert settings.dataset("digits").kind == "digits"  # the defaults' entries stay
 
 
+def test_dataset_overrides_apply_to_that_dataset_only():
+    settings = load_settings(overrides={"datasets": {"mydata": {
+        "kind": "imagefolder", "root": "/data", "overrides": {"finetune": {"max_epochs": 3}, "supernet_train": {"phases": {"full": {"epochs": 2}}}}}}})
+    assert settings.finetune.max_epochs == 10  # the top level is untouched
+    mine = settings.for_dataset("mydata")
+    assert mine.finetune.max_epochs == 3 and mine.finetune.lr == settings.finetune.lr  # merged, not replaced
+    assert mine.supernet_train.phases.full.epochs == 2
+    assert mine.supernet_train.phases.full.lr == settings.supernet_train.phases.full.lr
+    assert settings.for_dataset("digits") is settings
+    assert mine.for_dataset("mydata").finetune == mine.finetune  # applying twice changes nothing
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"search": {"iterations": 3}}, "config key datasets.x.overrides.search: {'iterations': 3} should not be valid"),
+        ({"data": {"pad": 1}}, "config key datasets.x.overrides: Additional properties are not allowed ('data' was unexpected)"),
+        ({"finetune": {"max_epochz": 3}}, "datasets.x.overrides: config key finetune: Additional properties are not allowed"),
+    ],
+)
+def test_dataset_overrides_are_validated(overrides, message):
+    with pytest.raises(Natv2Error) as info:
+        load_settings(overrides={"datasets": {"x": {"kind": "imagefolder", "root": "/d", "overrides": overrides}}}).for_dataset("x")
+    assert str(info.value).startswith(message), str(info.value)
+
+
 @pytest.mark.parametrize(
     "overrides, message",
     [

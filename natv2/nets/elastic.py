@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from natv2.nets.layers import MBConv, make_act, make_divisible, se_channels
+from natv2.nets.layers import MBConv, crop_pays, make_act, make_divisible, reachable_taps, se_channels
 
 
 class ElasticBatchNorm2d(nn.BatchNorm2d):
@@ -102,7 +102,11 @@ class ElasticDepthwiseConv(nn.Module):
 
     def forward(self, x: torch.Tensor, kernel: int) -> torch.Tensor:
         chs = x.shape[1]
-        return F.conv2d(x, self.filter(chs, kernel).contiguous(), None, self.stride, kernel // 2, 1, chs)
+        w = self.filter(chs, kernel)
+        if self.stride == 1 and crop_pays(w):
+            w, padding = reachable_taps(w, x)  # exact: taps beyond a small map only see padding
+            return F.conv2d(x, w.contiguous(), None, 1, padding, 1, chs)
+        return F.conv2d(x, w.contiguous(), None, self.stride, kernel // 2, 1, chs)
 
 
 class ElasticDepthwise(nn.Module):

@@ -26,6 +26,8 @@ try:
     for _path in workflow.configfiles:
         read_yaml(_path)
     SETTINGS = settings_from_dict(config)
+    # each dataset's own config (datasets.<ds>.overrides merged over the top level), validated now
+    DATASET_SETTINGS = {_ds: SETTINGS.for_dataset(_ds) for _ds in SETTINGS.datasets}
 except Natv2Error as e:
     raise WorkflowError(f"natv2: invalid config: {e}") from None
 config.clear()
@@ -52,12 +54,23 @@ class _ConfigParam(str):
 
 
 class MergedConfigPath(_ConfigParam):
-    """The merged config's path (`config=CONFIG` param, `--config {params.config}` in the shell)."""
+    """The merged config's path (`config=CONFIG` param, `--config {params.config}` in the shell).
+
+    A job of a dataset with `datasets.<ds>.overrides` reads that dataset's own merged config
+    (`dataset_config`): a file of its own, named by its content as well."""
 
     def __call__(self, wildcards) -> _ConfigParam:
         # as a param, a function: Snakemake passes what a param function returns as it is (a
         # plain string param would be copied into a str, losing the constant repr)
+        ds = dict(wildcards.items()).get("ds")
+        if ds is not None and dataset_config(ds) is not config:
+            if ds not in _DATASET_CONFIG_PATHS:
+                _DATASET_CONFIG_PATHS[ds] = _write_merged_config(dataset_config(ds))
+            return _ConfigParam(_DATASET_CONFIG_PATHS[ds])
         return _ConfigParam(self)
+
+
+_DATASET_CONFIG_PATHS: dict = {}
 
 
 def _write_merged_config(cfg: dict) -> MergedConfigPath:
@@ -73,6 +86,15 @@ def _write_merged_config(cfg: dict) -> MergedConfigPath:
 
 
 CONFIG = _write_merged_config(dict(config))
+
+
+def dataset_config(ds: str) -> dict:
+    """The config the jobs of dataset `ds` read: `config` itself, or with the dataset's
+    `overrides` merged over it (natv2.config.Settings.for_dataset, validated above)."""
+    settings = DATASET_SETTINGS.get(ds)
+    if settings is None or settings is SETTINGS:
+        return config
+    return dict(settings.raw)
 
 
 
@@ -91,13 +113,18 @@ def fingerprint(rule: str, content=None):
 
     def _fp(wildcards):
         picked = {}
+        ds = dict(wildcards.items()).get("ds")
         for key in keys:
             key = key.format(**dict(wildcards.items()))
-            node = config
+            node = dataset_config(ds) if ds is not None else config
             for part in key.split("."):
                 node = node.get(part, {}) if isinstance(node, dict) else {}
             if key == "search" and isinstance(node, dict):
                 node = {k: v for k, v in node.items() if k != "iterations"}
+            if key == f"datasets.{ds}" and isinstance(node, dict):
+                # the overrides count where they land (the sections above, merged): an override
+                # of the fine-tune reruns no split and no supernet
+                node = {k: v for k, v in node.items() if k != "overrides"}
             picked[key] = node
         extra = content(wildcards) if content is not None else None
         if extra is not None:  # only then: a fingerprint without content keeps its old value
