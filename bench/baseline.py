@@ -72,10 +72,10 @@ def main() -> None:
 
     from natv2.config import load_settings
     from natv2.costs import count_macs, count_params, measure_latency
-    from natv2.data import load_data
     from natv2.evaluate import top1
     from natv2.nets import build_supernet
     from natv2.report import benchmark_seconds
+    from natv2.splits import load_data
 
     if args.budget_s is None and args.benchmarks is None:
         parser.error("give --budget-s or --benchmarks")

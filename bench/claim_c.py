@@ -41,7 +41,7 @@ VARIANTS = ("EE_D", "ofa_mbv3")
 def load_cifar(data_root: Path, cache: Path, val_size: int):
     """The CIFAR-10 ImageFolder decoded once into ``cache`` (as bench/supernet.py, same cache)."""
     from natv2.config import load_settings
-    from natv2.data import load_data, prepare_split
+    from natv2.splits import load_data, prepare_split
 
     split = cache / "split.json"
     if not split.is_file():

@@ -1,8 +1,8 @@
-"""Bench: images/s of the augmented training batch pipeline (natv2.data.batches) on CIFAR-10.
+"""Bench: images/s of the augmented training batch pipeline (natv2.splits.batches) on CIFAR-10.
 
     python bench/data.py [--data ../shared/data/cifar10] [--resolutions 32 64] [--threads 1 2]
 
-Decodes the CIFAR-10 image folder once into --cache with natv2.data.prepare_split (reused on
+Decodes the CIFAR-10 image folder once into --cache with natv2.splits.prepare_split (reused on
 later runs; the same split bench/evaluate.py uses), loads it as the steps do (load_data), then
 times full training batches of 256 (shuffle, random crop with 4 px zero padding, flip, resize,
 normalise) at each resolution and torch thread count. Also prints the one-off decode and the
@@ -25,7 +25,7 @@ GOAL = 20_000
 
 def prepare(data_root: Path, cache: Path) -> Path:
     from natv2.config import load_settings
-    from natv2.data import prepare_split
+    from natv2.splits import prepare_split
 
     split = cache / "split.json"
     if not split.is_file():
@@ -42,7 +42,7 @@ def prepare(data_root: Path, cache: Path) -> Path:
 
 def time_pipeline(images, *, resolution: int, batch_size: int, n_batches: int, repeats: int, mean, std, device) -> float:
     """Median images/s over ``repeats`` runs of ``n_batches`` training batches."""
-    from natv2.data import batches
+    from natv2.splits import batches
 
     rates = []
     for repeat in range(repeats + 1):
@@ -74,7 +74,7 @@ def main() -> int:
     if not (args.data / "train").is_dir():
         print(f"bench/data.py: CIFAR-10 folder not found at {args.data} (expected train/<class>/*.jpg); nothing to measure")
         return 0
-    from natv2.data import load_data
+    from natv2.splits import load_data
 
     split = prepare(args.data, args.cache)
     t0 = time.perf_counter()

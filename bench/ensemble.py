@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from natv2.ensemble import EnsembleScorer, select_ensembles, topk_from_probs
+from natv2.ensemble_selection import EnsembleScorer, select_ensembles, topk_from_probs
 
 
 def synthetic_members(n_members: int, n_images: int, n_classes: int, k: int, rng: np.random.Generator,

@@ -18,7 +18,7 @@ Three ways to do the same work for the same random genomes at 32 px (stem stride
 Both nets hold the same random weights (ours loaded from theirs with natv2.nets.official), so
 the two accuracies must agree (they differ only by BN variance bias/unbias, ~1e-3 relative).
 bare runs the whole unfolded subnet, so ours (stem cached, BN folded) can be below it.
-Data: decoded once with natv2.data into --cache (reused on later runs), in memory as tensors.
+Data: decoded once with natv2.splits into --cache (reused on later runs), in memory as tensors.
 Goal (issue 3): ours >= 3x faster than ref, and <= 1.3x bare.
 
 Timing: the machine is shared, so besides wall time the bench reports the process CPU time
@@ -39,7 +39,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_cifar(data_root: Path, cache: Path):
     from natv2.config import load_settings
-    from natv2.data import load_data, prepare_split
+    from natv2.splits import load_data, prepare_split
 
     split = cache / "split.json"
     if not split.is_file():

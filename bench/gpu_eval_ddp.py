@@ -29,7 +29,7 @@ def _supernet(variant: str, resolution: int, classes: int = 10):
 
 
 def _random_bundle(n_train: int, n_val: int, resolution: int, classes: int = 10):
-    from natv2.data import DataBundle, ImageSet
+    from natv2.splits import DataBundle, ImageSet
 
     g = torch.Generator().manual_seed(0)
 

@@ -54,10 +54,10 @@ def supernet_problem(supernet_path: str, split_json: str, settings):
     """(space, evaluate, cost_fn) of a trained supernet: val top-1 and natv2.costs."""
     import torch
 
-    from natv2.data import load_data
     from natv2.evaluate import evaluate_genomes
     from natv2.nets.checkpoint import load_supernet
     from natv2.search import supernet_costs
+    from natv2.splits import load_data
 
     device = settings.torch_device()
     net, _ = load_supernet(supernet_path, map_location=str(device))
@@ -122,7 +122,7 @@ def main() -> int:
     logging.basicConfig(level=logging.WARNING)
 
     from natv2.config import settings_from_args
-    from natv2.front import HV_MARGIN, hypervolume
+    from natv2.hypervolume import HV_MARGIN, hypervolume
 
     settings = settings_from_args(args)
     if args.synthetic:

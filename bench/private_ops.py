@@ -23,10 +23,10 @@ import time
 import numpy as np
 import torch
 
-from natv2.data import ImageSet
 from natv2.evaluate import prepare_batches, recalibrate_on, top1_on
 from natv2.nets import build_supernet
 from natv2.nets.layers import PRIVATE_OPS_ENV, fold_bn, fuse_conv_act, pointwise_fusion_available
+from natv2.splits import ImageSet
 
 RES, MEAN, STD = 32, (0.49, 0.48, 0.45), (0.25, 0.24, 0.26)
 

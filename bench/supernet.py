@@ -11,7 +11,7 @@ OFA MobileNetV3 (``ofa_mbv3``); the table says which. Early-exit variants also l
 subnet stopped at each earlier exit (``largest-exit{e}``). Every phase that applies runs (full ->
 kernel -> [exit1..exit4] -> depth1 -> depth2 -> expand1 -> expand2), with KD from the re-extracted
 largest subnet, through the same code as ``natv2 supernet``. Data: decoded once with
-natv2.data into --cache (shared with bench/evaluate.py), in memory as tensors.
+natv2.splits into --cache (shared with bench/evaluate.py), in memory as tensors.
 
 Expect the largest subnet well above chance (10 %) and accuracy rising with size.
 """
@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def load_cifar(data_root: Path, cache: Path):
     from natv2.config import load_settings
-    from natv2.data import load_data, prepare_split
+    from natv2.splits import load_data, prepare_split
 
     split = cache / "split.json"
     if not split.is_file():

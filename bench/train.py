@@ -58,8 +58,8 @@ def main() -> None:
     import pandas as pd
 
     from natv2.config import load_settings
-    from natv2.data import ImageSet
     from natv2.nets import build_supernet
+    from natv2.splits import ImageSet
     from natv2.train import TrainConfig, train
 
     device = torch.device(args.device)

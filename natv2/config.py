@@ -148,7 +148,7 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class EnsembleConfig:
-    """OFA3 ensemble search over the fine-tuned front (see natv2.ensemble)."""
+    """OFA3 ensemble search over the fine-tuned front (see natv2.ensemble_selection)."""
 
     top_k: int
     objective: str

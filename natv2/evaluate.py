@@ -64,7 +64,7 @@ def prepare_batches(
     channels_last: bool = True,
 ) -> Batches:
     """``images`` (an ImageSet) as a list of normalised float batches at ``resolution``, in memory."""
-    from natv2.data import batches
+    from natv2.splits import batches
 
     if len(images) == 0:
         raise Natv2Error("evaluation: empty image set")

@@ -396,12 +396,12 @@ def preprocess(images, config: Mapping[str, Any]):
     x = torch.as_tensor(images)
     if x.dtype == torch.uint8 and "image_size" in config:
         # the path the training images took: fit to the dataset cache's size, then to the net's resolution
-        from natv2.datasets import fit_images
+        from natv2.sources import fit_images
 
         x = fit_images(x, int(config["image_size"]))
     x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
     h, w = x.shape[-2:]
-    if h != w:  # centre square crop, as the dataset cache does (natv2.datasets.fit_images)
+    if h != w:  # centre square crop, as the dataset cache does (natv2.sources.fit_images)
         s = min(h, w)
         top, left = (h - s) // 2, (w - s) // 2
         x = x[..., top : top + s, left : left + s]

@@ -101,7 +101,7 @@ def val_metrics(model, images, *, resolution: int, mean, std, batch_size: int, d
     import torch
     import torch.nn.functional as F
 
-    from natv2.data import batches
+    from natv2.splits import batches
 
     model.eval()
     total, correct, n = 0.0, 0, 0
@@ -314,7 +314,7 @@ def exit_logits(model, images, *, resolution: int, mean, std, batch_size: int, d
     """(list of per-exit logits over ``images``, labels), in eval mode, no augmentation."""
     import torch
 
-    from natv2.data import batches
+    from natv2.splits import batches
 
     model.eval()
     chunks, labels = [], []

@@ -11,12 +11,12 @@ import hashlib
 import os
 from pathlib import Path
 
-# the folders natv2.datasets.load_imagefolder reads: root/train/<class>/** and root/test/<class>/**
+# the folders natv2.sources.load_imagefolder reads: root/train/<class>/** and root/test/<class>/**
 SPLIT_FOLDERS = ("train", "test")
 
 
 def _visible(name: str) -> bool:
-    return not name.startswith(".")  # as natv2.datasets: .DS_Store, editor files are not images
+    return not name.startswith(".")  # as natv2.sources: .DS_Store, editor files are not images
 
 
 def folder_manifest(root: str | Path) -> list[tuple[str, int, int]]:

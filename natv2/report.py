@@ -175,7 +175,7 @@ def metrics(pareto: pd.DataFrame, *, ensembles: pd.DataFrame | None = None, hv: 
             out[f"best_{column}"] = _finite(best[column])
             out[f"best_{column}_id"] = str(best["id"]) if "id" in pareto.columns else None
     if ensembles is not None and len(ensembles):
-        from natv2.ensemble import dominated_pairs
+        from natv2.ensemble_selection import dominated_pairs
 
         out["n_ensembles"] = int(len(ensembles))
         for column in ("val_top1", "test_top1"):

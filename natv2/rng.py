@@ -20,7 +20,7 @@ import numpy as np
 
 #: name -> what the stream draws (keys in brackets)
 STREAMS: dict[str, str] = {
-    "split": "train / val / test split of a dataset (natv2.data.prepare_split)",
+    "split": "train / val / test split of a dataset (natv2.splits.prepare_split)",
     "holdout": "the fine-tune's selection part of val (DataBundle.holdout)",
     "supernet-init": "weights of a new supernet (nn.Module init draws from torch's global RNG)",
     "head": "a new classification head (official weights, the warm-up)",

@@ -37,10 +37,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from natv2.data import resize
 from natv2.distill import kd_loss, soft_targets
 from natv2.errors import Natv2Error
 from natv2.io import load_torch, save_torch
+from natv2.splits import resize
 
 log = logging.getLogger(__name__)
 
@@ -229,7 +229,7 @@ def _resolution_of(net: nn.Module, genome) -> int:
 
 
 def _epoch_batches(data, cfg: TrainConfig, *, epoch_seed: int, mean, std, device, pad: int, flip: bool) -> Iterable:
-    from natv2.data import batches
+    from natv2.splits import batches
 
     gen = torch.Generator().manual_seed(epoch_seed)
     return batches(
@@ -456,7 +456,7 @@ class _Run:
                 raise Natv2Error(f"train: the carried optimizer state does not fit this model/optimizer ({e})") from None
             for group in optimizer.param_groups:  # the lr comes from this run's config and schedule
                 group["lr"] = group["initial_lr"] = cfg.lr
-        # natv2.data.batches drops the last partial training batch unless it is the only one
+        # natv2.splits.batches drops the last partial training batch unless it is the only one
         steps_per_epoch = max(len(data) // cfg.batch_size, 1)
         scheduler = _lr_scheduler(optimizer, cfg, schedule, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=use_amp)

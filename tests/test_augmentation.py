@@ -79,8 +79,8 @@ def test_every_training_step_augments_as_split_json_says(tmp_path, monkeypatch):
 
 
 def test_a_split_without_its_augmentation_is_refused(tmp_path):
-    from natv2.data import load_data
     from natv2.errors import Natv2Error
+    from natv2.splits import load_data
 
     override = tmp_path / "overrides.yaml"
     override.write_text(yaml.safe_dump({"datasets": {"digits": {"kind": "digits", "image_size": 8}}}))

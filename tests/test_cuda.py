@@ -12,8 +12,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def _net_and_data(resolution: int = 32, n: int = 256):
     from natv2.config import load_settings
-    from natv2.data import DataBundle, ImageSet
     from natv2.nets import build_supernet
+    from natv2.splits import DataBundle, ImageSet
 
     settings = load_settings(overrides={"supernet": {"variant": "EE_D", "n_exits": 5, "resolutions": [resolution],
                                                      "stem_stride": 1}})

@@ -1,4 +1,4 @@
-"""natv2.data / natv2.datasets: sources, the split, the cache, batches, and every bad input."""
+"""natv2.splits / natv2.sources: sources, the split, the cache, batches, and every bad input."""
 from __future__ import annotations
 
 import dataclasses
@@ -16,7 +16,9 @@ from PIL import Image
 
 from natv2.cli import main
 from natv2.config import DEFAULT_CONFIG, DatasetConfig, load_settings
-from natv2.data import (
+from natv2.errors import Natv2Error
+from natv2.sources import SOURCES, _dataset_arrays, decode_files, load_source
+from natv2.splits import (
     CACHE_FILE,
     SPLIT_FILE,
     DataBundle,
@@ -27,8 +29,6 @@ from natv2.data import (
     prepare_split,
     stratified_take,
 )
-from natv2.datasets import SOURCES, _dataset_arrays, decode_files, load_source
-from natv2.errors import Natv2Error
 
 
 def settings_with(datasets: dict | None = None, **overrides):
@@ -225,7 +225,7 @@ def test_load_data_rejects_a_cache_that_does_not_match(tmp_path, digits_runs):
 
 
 def test_a_failure_while_writing_leaves_neither_file(tmp_path, monkeypatch):
-    import natv2.data
+    import natv2.splits
 
     def broken(*args, **kwargs):
         raise OSError("disk full")
@@ -233,7 +233,7 @@ def test_a_failure_while_writing_leaves_neither_file(tmp_path, monkeypatch):
     out = tmp_path / "out"
     settings = load_settings(overrides={"data": {"image_size": 8}})
     prepare_split(settings, "digits", out, workers=1)  # an earlier, complete run
-    monkeypatch.setattr(natv2.data, "_json_text", broken)  # fails after the cache is written
+    monkeypatch.setattr(natv2.splits, "_json_text", broken)  # fails after the cache is written
     with pytest.raises(Natv2Error, match=r"cannot write \(disk full\)"):  # one line naming the output
         prepare_split(settings, "digits", out, workers=1)
     assert_nothing_written(out)
@@ -612,7 +612,7 @@ def test_cli_split_with_a_user_dataset_from_an_extra_config_file(tmp_path, capsy
     user = tmp_path / "mine.yaml"
     user.write_text(f"datasets:\n  mydata:\n    kind: imagefolder\n    root: {root}\n    image_size: 16\n")
     out = tmp_path / "results" / "mydata" / "data"
-    code = main(["split", "--config", str(DEFAULT_CONFIG), "--config", str(user), "--dataset", "mydata", "--out", str(out), "--threads", "1"])
+    code = main(["split", "--config", str(DEFAULT_CONFIG), "--config", str(user), "--dataset", "mydata", "--out", str(out), "--workers", "1"])
     assert code == 0
     assert capsys.readouterr().out.strip() == str(out / SPLIT_FILE)
     assert json.loads((out / SPLIT_FILE).read_text())["classes"] == ["cat", "dog", "eel"]

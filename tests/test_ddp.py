@@ -34,7 +34,7 @@ class TwoHeads(nn.Module):
 
 
 def run_training(progress: bool = False):
-    from natv2.data import ImageSet
+    from natv2.splits import ImageSet
     from natv2.train import TrainConfig, train
 
     torch.set_num_threads(1)

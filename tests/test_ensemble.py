@@ -8,7 +8,7 @@ import torch
 
 from natv2.archive import non_dominated
 from natv2.config import load_settings
-from natv2.ensemble import (
+from natv2.ensemble_selection import (
     CSV_COLUMNS,
     EnsembleScorer,
     ensemble_costs,
@@ -160,7 +160,7 @@ def test_bad_costs_and_too_small_fronts_are_clear_errors():
 
 
 def test_dominated_pairs_compare_accuracy_and_cost_on_the_same_split():
-    from natv2.ensemble import dominance_lines, dominated_pairs
+    from natv2.ensemble_selection import dominance_lines, dominated_pairs
 
     singles = pd.DataFrame({"id": ["a", "b", "c"], "select_top1": [80.0, 85.0, 90.0], "latency_ms": [1.0, 2.0, 3.0]})
     ensembles = pd.DataFrame({"id": ["e0", "e1"], "mode": ["parallel", "sequential"], "members": ["a;b", "a;c"],
@@ -182,7 +182,7 @@ def test_ofa3_search_settings_start_and_mutation():
     prob_var=0.01)`` (cell 38) redraws each bit uniformly, so a bit flips with probability 0.005."""
     from pathlib import Path
 
-    from natv2.ensemble import RedrawMutation
+    from natv2.ensemble_selection import RedrawMutation
 
     root = Path(__file__).resolve().parents[1]
     paper = load_settings([root / "config" / "config.yaml", root / "config" / "paper.yaml"]).ensemble

@@ -10,10 +10,10 @@ import torch.nn as nn
 
 from natv2.config import EvaluationConfig
 from natv2.costs import count_params
-from natv2.data import DataBundle, ImageSet
 from natv2.errors import Natv2Error
 from natv2.evaluate import COLUMNS, evaluate_genomes, prepare_batches, recalibrate_bn, top1
 from natv2.nets import build_supernet
+from natv2.splits import DataBundle, ImageSet
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 

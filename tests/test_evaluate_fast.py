@@ -12,7 +12,6 @@ from net_helpers import randomize
 
 import natv2.evaluate as ev
 from natv2.config import EvaluationConfig
-from natv2.data import DataBundle, ImageSet
 from natv2.evaluate import (
     StemCache,
     evaluate_genomes,
@@ -24,6 +23,7 @@ from natv2.evaluate import (
 from natv2.nets import build_supernet
 from natv2.nets.layers import FusedConvAct, MBConv, SqueezeExcite, fold_bn, fuse_conv_act, pointwise_fusion_available
 from natv2.nets.mbv3 import Head
+from natv2.splits import DataBundle, ImageSet
 
 MEAN, STD = (0.5, 0.4, 0.3), (0.25, 0.2, 0.3)
 RES = 24

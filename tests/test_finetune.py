@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from natv2.config import load_settings
-from natv2.data import DataBundle, ImageSet
 from natv2.errors import Natv2Error
 from natv2.finetune import EarlyStopping, train_config, two_step_finetune
+from natv2.splits import DataBundle, ImageSet
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -199,9 +199,9 @@ def test_member_jobs_then_pareto_ensembles_and_predict(tmp_path, capsys):
 
     from natv2.cli import main
     from natv2.config import DEFAULT_CONFIG
-    from natv2.data import prepare_split
     from natv2.nets import build_supernet
     from natv2.nets.checkpoint import save_supernet
+    from natv2.splits import prepare_split
 
     overrides = {
         "device": "cpu",
@@ -287,9 +287,9 @@ def member_job(tmp_path, overrides: dict):
     import yaml
 
     from natv2.config import DEFAULT_CONFIG
-    from natv2.data import prepare_split
     from natv2.nets import build_supernet
     from natv2.nets.checkpoint import save_supernet
+    from natv2.splits import prepare_split
 
     override_file = tmp_path / "overrides.yaml"
     override_file.write_text(yaml.safe_dump(overrides))
@@ -306,7 +306,7 @@ def test_finetune_step_uses_aep_for_early_exit_supernets(tmp_path):
     reloadable; every contract column of its row describes the exported net."""
     import natv2
     from natv2.cli import main
-    from natv2.data import load_data
+    from natv2.splits import load_data
 
     overrides = {
         "device": "cpu",
@@ -445,7 +445,7 @@ def test_holdout_is_stratified_disjoint_and_fixed_by_the_seed():
 def test_step_two_of_the_member_job_never_sees_the_held_out_images(tmp_path, monkeypatch):
     import natv2.finetune
     from natv2.cli import main
-    from natv2.data import load_data
+    from natv2.splits import load_data
 
     overrides = {"device": "cpu", "datasets": {"digits": {"kind": "digits", "max_train": 60, "val_size": 40,
                                                           "test_size": 40, "image_size": 8, "resolutions": [8]}},

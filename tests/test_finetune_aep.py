@@ -7,12 +7,12 @@ import torch
 import torch.nn.functional as F
 
 from natv2.config import load_settings
-from natv2.data import DataBundle, ImageSet
 from natv2.errors import Natv2Error
 from natv2.exits import exit_loss
 from natv2.finetune import aep_exits, aep_finetune, prefix_scores, prune_choice, train_config
 from natv2.nets import build_supernet
 from natv2.space import SearchSpace
+from natv2.splits import DataBundle, ImageSet
 
 RES = 12
 

@@ -9,7 +9,8 @@ import pytest
 
 from natv2.cli import main
 from natv2.errors import Natv2Error
-from natv2.front import hypervolume, hypervolume_table, knee_points, pareto_front
+from natv2.front import knee_points, pareto_front
+from natv2.hypervolume import hypervolume, hypervolume_table
 
 OBJ = ("top1_err", "params")
 

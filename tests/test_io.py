@@ -140,12 +140,12 @@ def test_a_pickled_object_is_refused_without_advising_weights_only_false(tmp_pat
 
 
 def test_split_out_that_is_a_file_is_refused_before_reading_the_dataset(tmp_path, capsys, monkeypatch):
-    import natv2.data
+    import natv2.splits
 
     def no_reading(*args, **kwargs):
         raise AssertionError("read the dataset before checking the output")
 
-    monkeypatch.setattr(natv2.data, "prepare_split", no_reading)
+    monkeypatch.setattr(natv2.splits, "prepare_split", no_reading)
     (tmp_path / "taken").write_text("x")
     rc = main(["split", "--dataset", "digits", "--out", str(tmp_path / "taken")])
     err = capsys.readouterr().err.strip()

@@ -114,7 +114,7 @@ def test_measured_table_is_additive_with_the_overhead_once_per_subnet():
 
 def test_ensembles_use_latency_lut_when_the_run_has_a_table():
     from natv2.config import load_settings
-    from natv2.ensemble import cost_objective, ensemble_costs, select_ensembles, topk_from_probs
+    from natv2.ensemble_selection import cost_objective, ensemble_costs, select_ensembles, topk_from_probs
 
     plain = load_settings()
     lut = load_settings(overrides={"search": {"latency_table": "table.json"}})

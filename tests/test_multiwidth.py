@@ -132,7 +132,7 @@ def test_evaluation_uses_each_widths_supernet_and_stem_cache(monkeypatch):
     supernet of that width), with one stem cache per width and resolution."""
     import natv2.evaluate as ev
     from natv2.config import EvaluationConfig
-    from natv2.data import DataBundle, ImageSet
+    from natv2.splits import DataBundle, ImageSet
 
     def images(n, seed):
         g = torch.Generator().manual_seed(seed)

@@ -230,8 +230,8 @@ def test_phases_for_variants():
 
 def test_every_phase_runs_for_ee_d():
     from natv2.config import load_settings
-    from natv2.data import DataBundle, ImageSet
     from natv2.shrinking import PHASE_NAMES, phases_for, run_phase
+    from natv2.splits import DataBundle, ImageSet
 
     g = torch.Generator().manual_seed(0)
 

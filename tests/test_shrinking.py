@@ -106,9 +106,9 @@ def test_full_phase_of_an_early_exit_net_trains_every_exit_on_the_weighted_loss(
     import torch.nn.functional as F
 
     from natv2.config import load_settings
-    from natv2.data import DataBundle, ImageSet
     from natv2.nets import build_supernet
     from natv2.shrinking import joint_exit_loss, run_phase
+    from natv2.splits import DataBundle, ImageSet
 
     g = torch.Generator().manual_seed(0)
 
@@ -143,8 +143,8 @@ def test_warmup_max_net_stage_trains_every_exit_of_an_early_exit_net():
     """NAT_extended/train/trainer.py:368-410 (TrainerEE: sum of weighted per-exit losses), run by
     run_nat_warmup.py:312-316 on the max net with all exits (get_active_all_exits_subnet, :293)."""
     from natv2.config import load_settings
-    from natv2.data import DataBundle, ImageSet
     from natv2.nets import build_supernet
+    from natv2.splits import DataBundle, ImageSet
     from natv2.warmup import warmup
 
     g = torch.Generator().manual_seed(1)
@@ -300,9 +300,9 @@ class _Killed(Exception):
 def test_killed_phase_resumes_to_the_same_weights(tiny_run, tmp_path, monkeypatch):
     import natv2.train
     from natv2.config import load_settings
-    from natv2.data import load_data
     from natv2.nets import build_supernet
     from natv2.shrinking import run_phase
+    from natv2.splits import load_data
 
     root, config, split = tiny_run
     settings = load_settings([config], overrides={"supernet_train": {"phases": {"kernel": {"epochs": 2}}}})

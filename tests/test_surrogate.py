@@ -135,7 +135,7 @@ def test_undefined_kendall_tau_is_nan_with_a_warning(caplog):
     """A constant target has no ranking: its tau is NaN (not 0), the fit logs a warning, hv.csv keeps NaN."""
     import pandas as pd
 
-    from natv2.front import add_tau_columns
+    from natv2.hypervolume import add_tau_columns
     from natv2.surrogate import candidate_tau
 
     assert np.isnan(kendall_tau(np.ones(5), np.arange(5.0)))

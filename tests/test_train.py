@@ -15,7 +15,7 @@ from natv2.train import TrainConfig, lr_factor, train
 
 def learnable_set(n: int = 256, size: int = 16, n_classes: int = 4, seed: int = 0):
     """Random images whose class is written as a bright patch in a class-specific place."""
-    from natv2.data import ImageSet
+    from natv2.splits import ImageSet
 
     g = torch.Generator().manual_seed(seed)
     y = torch.randint(0, n_classes, (n,), generator=g)
@@ -117,7 +117,7 @@ def test_training_lowers_the_loss_and_learns():
 
 def test_digits_loss_falls(tmp_path):
     from natv2.config import load_settings
-    from natv2.data import load_data, prepare_split
+    from natv2.splits import load_data, prepare_split
 
     settings = load_settings(overrides={"data": {"image_size": 16}})
     split = prepare_split(settings, "digits", tmp_path)
@@ -219,8 +219,8 @@ def test_subnets_per_step_samples_and_distils():
 
 
 def test_a_custom_loss_cannot_be_combined_with_a_teacher():
-    from natv2.data import ImageSet
     from natv2.errors import Natv2Error
+    from natv2.splits import ImageSet
     from natv2.train import TrainConfig, train
 
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())

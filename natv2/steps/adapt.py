@@ -27,11 +27,11 @@ def run(args: argparse.Namespace) -> int:
     from natv2.adapt import STATE_KEY, adapt
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
-    from natv2.data import load_data
     from natv2.io import check_writable
     from natv2.nets.checkpoint import check_classes, load_supernet, load_supernet_extra, save_supernet
     from natv2.resume import ResumeFolder, fingerprint, split_files
     from natv2.rng import stream_seed
+    from natv2.splits import load_data
 
     settings = settings_from_args(args)
     out = Path(args.out)

@@ -24,10 +24,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from natv2.config import settings_from_args
-    from natv2.data import load_data
-    from natv2.ensemble import cost_objective, dominance_lines, front_ensembles
+    from natv2.ensemble_selection import cost_objective, dominance_lines, front_ensembles
     from natv2.export import export_ensemble
     from natv2.io import read_csv, write_csv
+    from natv2.splits import load_data
 
     settings = settings_from_args(args)
     pareto = read_csv(args.pareto)

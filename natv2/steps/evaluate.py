@@ -58,10 +58,10 @@ def run(args: argparse.Namespace) -> int:
     import sys
 
     from natv2.config import settings_from_args
-    from natv2.data import load_data
     from natv2.errors import Natv2Error
     from natv2.io import check_writable, read_csv, write_csv
     from natv2.nets.checkpoint import check_classes, load_supernet
+    from natv2.splits import load_data
 
     check_writable(args.out)  # before the evaluation, not after it
     if not 0 <= args.shard < args.shards:

@@ -36,10 +36,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from natv2.config import settings_from_args
-    from natv2.data import load_data
     from natv2.finetune import finetune_member, front_member, member_state, write_member
     from natv2.io import check_writable, read_csv
     from natv2.nets.checkpoint import check_classes, load_supernet
+    from natv2.splits import load_data
 
     started = time.perf_counter()
     settings = settings_from_args(args)

@@ -26,7 +26,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
-    from natv2.front import add_tau_columns, hypervolume_table
+    from natv2.hypervolume import add_tau_columns, hypervolume_table
     from natv2.io import read_json, write_csv
 
     settings = settings_from_args(args)

@@ -89,13 +89,13 @@ def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress
     """
     import logging
 
-    from natv2.data import load_data
     from natv2.errors import Natv2Error
     from natv2.io import check_writable
     from natv2.nets import build_supernet
     from natv2.nets.checkpoint import load_supernet, save_supernet
     from natv2.resume import ResumeFolder, fingerprint, split_files
     from natv2.shrinking import run_phase
+    from natv2.splits import load_data
 
     log = logging.getLogger("natv2.supernet")
     check_writable(out)  # before the training, not after it
@@ -142,11 +142,11 @@ def dataset_key(data_json) -> str:
 
 def make_official(settings, data_json, out) -> None:
     """The published OFA weights with a new head for the dataset's classes -> ``out``."""
-    from natv2.data import load_data
     from natv2.errors import Natv2Error
     from natv2.nets import official
     from natv2.nets.checkpoint import save_supernet
     from natv2.rng import torch_stream
+    from natv2.splits import load_data
 
     data = load_data(data_json, device=None)
     cfg = settings.supernet_for(dataset_key(data_json))

@@ -31,10 +31,10 @@ def run(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from natv2.config import settings_from_args
-    from natv2.data import load_data
     from natv2.io import check_writable
     from natv2.nets.checkpoint import load_supernet, save_supernet
     from natv2.resume import ResumeFolder, fingerprint, split_files
+    from natv2.splits import load_data
     from natv2.warmup import warmup
 
     settings = settings_from_args(args)

@@ -304,7 +304,7 @@ def all_archives(wildcards) -> list[str]:
     return [f"{iter_dir(wildcards.ds, i)}/archive.csv" for i in range(n_iterations() + 1)]
 
 
-def all_surrogates(wildcards) -> list[str]:
+def all_updates(wildcards) -> list[str]:
     return [f"{iter_dir(wildcards.ds, i)}/update.json" for i in range(1, n_iterations() + 1)]
 
 

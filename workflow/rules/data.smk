@@ -16,4 +16,4 @@ rule split:
     resources:
         **resources_for("data"),
     shell:
-        "natv2 --threads {threads} split --config {params.config} --dataset {wildcards.ds} --threads {threads} --out $(dirname {output.split}) > {log} 2>&1"
+        "natv2 --threads {threads} split --config {params.config} --dataset {wildcards.ds} --workers {threads} --out $(dirname {output.split}) > {log} 2>&1"

@@ -215,7 +215,7 @@ rule collect:
 rule hypervolume:
     input:
         archives=all_archives,
-        updates=all_surrogates,
+        updates=all_updates,
     output:
         f"{RESULTS}/{{ds}}/search/hv.csv",
     params:

@@ -13,7 +13,7 @@ The registry :data:`SOURCES` maps a dataset ``kind`` to its loader:
 
 Every loader returns a :class:`RawDataset`: all images of the source as one uint8
 ``N x 3 x S x S`` tensor (the training pool first, then the official test split when the source
-has one), their int64 labels, and the class names. :mod:`natv2.data` splits and caches it.
+has one), their int64 labels, and the class names. :mod:`natv2.splits` splits and caches it.
 Images are resized so the shorter side is S, then centre-cropped to S x S (the usual
 evaluation transform: the aspect ratio is kept, the borders of long images are lost).
 """

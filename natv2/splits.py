@@ -1,6 +1,6 @@
 """Images as every step sees them: one split written once, a uint8 tensor cache, and batches.
 
-The split step decodes a dataset once (sources in :mod:`natv2.datasets`) and writes
+The split step decodes a dataset once (sources in :mod:`natv2.sources`) and writes
 
     results/{ds}/data/split.json   classes, image_size, train mean/std, pad/flip, seed, counts, indices
     results/{ds}/data/images.pt    {"images": uint8 N x 3 x S x S, "labels": int64 N}
@@ -241,7 +241,7 @@ def prepare_split(settings: Settings, ds_key: str, out_dir: str | Path, *, worke
     Deterministic for ``settings.seed``. Everything is checked and decoded before anything is
     written; a failure while writing removes both files, so either both are whole or none is there.
     """
-    from natv2.datasets import load_source
+    from natv2.sources import load_source
 
     cfg = settings.dataset(ds_key)
     _size_value(cfg.val_size, f"datasets.{ds_key}.val_size")

@@ -405,8 +405,8 @@ def member_tables(paths: Mapping[str, str], splits: Mapping[str, object], *, mea
     that cannot be loaded (missing or corrupt files) is reported and left out; the others are
     kept. Returns (split -> id -> table, split -> labels, id -> error message).
     """
-    from natv2.data import batches
     from natv2.export import load_network
+    from natv2.splits import batches
 
     tables: dict[str, dict[str, TopKProbs]] = {name: {} for name in splits}
     labels: dict[str, np.ndarray] = {}
