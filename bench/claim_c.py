@@ -99,7 +99,7 @@ def phase_epochs(net, settings, budget_s: float, per_image_s: float, n_images: i
 
 def front_of(table):
     """Rows of ``table`` that no other row dominates on (top1 up, params down), by params."""
-    from natv2.archive import non_dominated
+    from natv2.survival import non_dominated
 
     F = np.column_stack([-table["top1"].to_numpy(float), table["params"].to_numpy(float)])
     return table[non_dominated(F)].sort_values("params")

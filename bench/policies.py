@@ -70,7 +70,7 @@ def supernet_problem(supernet_path: str, split_json: str, settings):
 
 
 def run_random(space, evaluate: Evaluate, cost_fn, cfg, budget: int, rng) -> tuple[pd.DataFrame, list[dict]]:
-    from natv2.archive import sample_unique
+    from natv2.archive_policies import sample_unique
 
     extremes = np.stack([space.smallest(), space.largest()])
     X = np.concatenate([extremes, sample_unique(space, budget - 2, rng, "nat", exclude=extremes)])
@@ -80,15 +80,16 @@ def run_random(space, evaluate: Evaluate, cost_fn, cfg, budget: int, rng) -> tup
 def run_search(space, evaluate: Evaluate, cost_fn, cfg, budget: int, rng) -> tuple[pd.DataFrame, list[dict]]:
     """The NAT / NATv2 loop in one process (the workflow runs the same functions across files)."""
     from natv2 import archive as A
+    from natv2 import archive_policies as P
     from natv2.search import search_candidates
     from natv2.surrogate import candidate_tau, fit_surrogate
 
-    genomes = A.init_genomes(space, cfg, rng)
+    genomes = P.init_genomes(space, cfg, rng)
     if len(genomes) + cfg.candidates > budget:
         raise SystemExit(f"--budget {budget}: {cfg.algorithm} spends {len(genomes)} on its initial archive; "
                          f"raise the budget or lower search.archive_size / preprocess_mult")
     evaluated = evaluate(genomes)
-    archive = A.select_initial(evaluated, space, cfg, rng)
+    archive = P.select_initial(evaluated, space, cfg, rng)
     spent, taus = len(genomes), []
     iteration = 0
     while spent < budget:
@@ -103,7 +104,7 @@ def run_search(space, evaluate: Evaluate, cost_fn, cfg, budget: int, rng) -> tup
         measured = evaluate(A.genomes_of(cands, space))
         spent += len(measured)
         evaluated = pd.concat([evaluated, measured], ignore_index=True)
-        archive = A.update_archive(archive, measured, cfg, rng)
+        archive = P.update_archive(archive, measured, cfg, rng)
         tau = candidate_tau(measured, dict(zip(cands["genome"], cands["predicted_top1_err"])))
         taus.append({"iteration": iteration, "cv_tau": surrogate.cv_tau, "tau_candidates": tau["tau"]})
     return evaluated, taus
@@ -134,7 +135,7 @@ def main() -> int:
 
     # every search policy must fit its initial archive and one batch of candidates in the budget:
     # check them all before the first (long) run, not when each policy's turn comes
-    from natv2.archive import init_genomes
+    from natv2.archive_policies import init_genomes
 
     for policy in (p for p in args.policies if p != "random"):
         cfg = dataclasses.replace(settings.search, algorithm=policy, objectives=OBJECTIVES)

@@ -31,9 +31,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
+
+from natv2.errors import Natv2Error
 
 log = logging.getLogger(__name__)
 
@@ -41,9 +43,37 @@ log = logging.getLogger(__name__)
 STATE_KEY = "adapt_state"
 
 
+# --------------------------------------------------------------------------------------------
+# NAT's sampling distribution for supernet adaptation
+
+
+def gene_distribution(genomes: np.ndarray, space, pseudo_count: float = 0.0) -> list[np.ndarray]:
+    """Per gene, the categorical distribution over ``xl..xu`` of ``genomes`` (NAT §3.3).
+
+    ``pseudo_count`` is added to every value's count, so values absent from the top genomes
+    keep a small chance of being trained.
+    """
+    genomes = np.asarray(genomes, dtype=np.int64)
+    if genomes.ndim != 2 or genomes.shape[1] != space.n_var or len(genomes) == 0:
+        raise Natv2Error(f"gene distribution: expected genomes of shape (n>0, {space.n_var}), got {genomes.shape}")
+    probs = []
+    for pos in range(space.n_var):
+        lo, hi = int(space.xl[pos]), int(space.xu[pos])
+        counts = np.bincount(genomes[:, pos] - lo, minlength=hi - lo + 1).astype(float) + pseudo_count
+        probs.append(counts / counts.sum())
+    return probs
+
+
+def sample_distribution(probs: Sequence[np.ndarray], space, n: int, rng: np.random.Generator, repair: str) -> np.ndarray:
+    """``n`` genomes drawn gene by gene from :func:`gene_distribution`, then repaired."""
+    X = np.stack([int(space.xl[pos]) + rng.choice(len(p), size=n, p=p) for pos, p in enumerate(probs)], axis=1)
+    return space.repair(X, mode=repair)
+
+
 def adaptation_distribution(archive, space, search_cfg, cfg, rng: np.random.Generator) -> list[np.ndarray]:
     """Per-gene probabilities estimated from the best ``cfg.top_n`` rows of ``archive``."""
-    from natv2.archive import gene_distribution, genomes_of, top_rows
+    from natv2.archive import genomes_of
+    from natv2.survival import top_rows
 
     top = top_rows(archive, min(cfg.top_n, len(archive)), search_cfg.objectives, rng,
                    getattr(search_cfg, "constraints", None))  # feasible genomes first, as the archive keeps them
@@ -85,7 +115,6 @@ def adapt(
     ``carried``: the previous iteration's ``adapt_state``. The summary's ``adapt_state`` is the
     state to save with the adapted supernet (see the module docstring).
     """
-    from natv2.archive import sample_distribution
     from natv2.shrinking import largest_teacher
     from natv2.train import TrainConfig, train
 

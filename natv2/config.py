@@ -265,7 +265,8 @@ class SearchConfig:
     latency_table: str | None = None  # table.json of `natv2 latency-table`: adds latency_lut
 
     def __post_init__(self) -> None:
-        from natv2.archive import check_constraints, check_objectives
+        from natv2.archive import check_objectives
+        from natv2.constraints import check_constraints
 
         object.__setattr__(self, "objectives", check_objectives(self.objectives))
         object.__setattr__(self, "constraints", check_constraints(self.constraints))

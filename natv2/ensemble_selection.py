@@ -257,7 +257,7 @@ class EnsembleProblem(Problem):
     def front(self) -> tuple[np.ndarray, np.ndarray]:
         """(membership bits, objectives) of the non-dominated ensembles seen, sorted by cost: one
         per distinct objective vector (equal vectors do not dominate each other), the smallest."""
-        from natv2.archive import non_dominated
+        from natv2.survival import non_dominated
 
         bits = np.array([np.unpackbits(np.frombuffer(k, dtype=np.uint8))[: self.n_var] for k in self.seen], dtype=bool)
         F = np.array(list(self.seen.values()))

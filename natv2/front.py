@@ -12,8 +12,10 @@ from typing import Mapping, Sequence
 import numpy as np
 import pandas as pd
 
-from natv2.archive import ERROR, check_table, describe_constraints, feasible_mask, non_dominated, objective_matrix
+from natv2.archive import ERROR, check_table, objective_matrix
+from natv2.constraints import describe_constraints, feasible_mask
 from natv2.errors import Natv2Error
+from natv2.survival import non_dominated
 
 
 def knee_points(F: np.ndarray, epsilon: float = 0.125) -> np.ndarray:

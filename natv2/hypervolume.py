@@ -14,8 +14,9 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 
-from natv2.archive import check_table, non_dominated, objective_matrix
+from natv2.archive import check_table, objective_matrix
 from natv2.errors import Natv2Error
+from natv2.survival import non_dominated
 
 #: margin of the derived reference point beyond the worst value (normalised units)
 HV_MARGIN = 0.1

@@ -41,9 +41,12 @@ from pymoo.core.problem import Problem
 from pymoo.core.repair import Repair
 from pymoo.core.sampling import Sampling
 
-from natv2.archive import ERROR, genomes_of, non_dominated, objective_matrix, reference_directions, sample_unique, survive, violation
+from natv2.archive import ERROR, genomes_of, objective_matrix
+from natv2.archive_policies import sample_unique
+from natv2.constraints import violation
 from natv2.errors import Natv2Error
 from natv2.rng import draw_seed as _seed
+from natv2.survival import non_dominated, reference_directions, survive
 
 log = logging.getLogger(__name__)
 
@@ -493,7 +496,8 @@ def run_search(archive, space, cost_fn, cfg, rng, iteration: int):
 
     Returns (candidates DataFrame with ``iteration``, surrogate summary dict for surrogate.json).
     """
-    from natv2.archive import check_table, checked_columns
+    from natv2.archive import check_table
+    from natv2.constraints import checked_columns
     from natv2.surrogate import fit_surrogate
 
     check_table(archive, checked_columns(cfg), "archive")

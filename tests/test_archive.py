@@ -9,7 +9,10 @@ import pytest
 from pymoo.util.nds.non_dominated_sorting import NonDominatedSorting
 from synthetic_nas import SPACE, evaluate
 
+from natv2 import adapt as AD
 from natv2 import archive as A
+from natv2 import archive_policies as P
+from natv2 import survival as S
 from natv2.config import load_settings
 from natv2.errors import Natv2Error
 
@@ -49,10 +52,10 @@ def test_survival_keeps_the_non_dominated_set(m):
         assert pymoo_front == brute_force_non_dominated(F)  # the independent check agrees
         n = 25
         assert len(pymoo_front) <= n  # precondition: the front fits
-        kept = A.survive(F, n, np.random.default_rng(trial))
+        kept = S.survive(F, n, np.random.default_rng(trial))
         assert len(kept) == n and len(set(kept.tolist())) == n
         assert pymoo_front <= set(kept.tolist())
-        assert set(np.flatnonzero(A.non_dominated(F)).tolist()) == pymoo_front
+        assert set(np.flatnonzero(S.non_dominated(F)).tolist()) == pymoo_front
 
 
 def test_survival_keeps_whole_fronts_in_rank_order():
@@ -60,7 +63,7 @@ def test_survival_keeps_whole_fronts_in_rank_order():
     F = rng.random((80, 2))
     fronts = NonDominatedSorting().do(F)
     n = len(fronts[0]) + len(fronts[1]) + 1  # first two fronts fit, the third is split
-    kept = set(A.survive(F, n, rng).tolist())
+    kept = set(S.survive(F, n, rng).tolist())
     assert set(fronts[0]) | set(fronts[1]) <= kept
     assert len(kept - set(fronts[0]) - set(fronts[1])) == 1
     assert (kept - set(fronts[0]) - set(fronts[1])) <= set(fronts[2])
@@ -69,7 +72,7 @@ def test_survival_keeps_whole_fronts_in_rank_order():
 def test_survival_thins_a_front_that_does_not_fit():
     x = np.linspace(0, 1, 30)
     F = np.column_stack([x, 1 - x])  # all 30 mutually non-dominated
-    kept = A.survive(F, 10, np.random.default_rng(0))
+    kept = S.survive(F, 10, np.random.default_rng(0))
     assert len(kept) == 10
     assert {0, 29} <= set(kept.tolist())  # crowding distance keeps the extremes
 
@@ -88,7 +91,7 @@ def test_natv2_archive_bounded_and_keeps_non_dominated_members(base_cfg, objecti
         union = pd.concat([archive, candidates], ignore_index=True)
         front = {union["genome"][i] for i in brute_force_non_dominated(union[list(objectives)].to_numpy())}
         assert len(front) <= size  # precondition of "never loses a member"
-        archive = A.update_archive(archive, candidates, cfg, rng)
+        archive = P.update_archive(archive, candidates, cfg, rng)
         assert len(archive) == size
         assert front <= set(archive["genome"]), f"step {step}: lost {front - set(archive['genome'])}"
         assert not archive["genome"].duplicated().any()
@@ -100,41 +103,41 @@ def test_nat_archive_grows_and_ignores_known_genomes(base_cfg):
     archive = random_table(rng, 10, cfg.objectives)
     candidates = random_table(rng, 4, cfg.objectives, start=10)
     candidates.loc[0, "genome"] = "g3"  # already in the archive: keep the archive's row
-    new = A.update_archive(archive, candidates, cfg, rng)
+    new = P.update_archive(archive, candidates, cfg, rng)
     assert len(new) == 13
     assert new.loc[new.genome == "g3", "top1_err"].item() == archive.loc[3, "top1_err"]
     assert list(new["genome"][:10]) == list(archive["genome"])
 
 
 def test_init_genomes_nat_and_natv2(base_cfg):
-    nat = A.init_genomes(SPACE, cfg_for(base_cfg, algorithm="nat", archive_size=20), np.random.default_rng(0))
+    nat = P.init_genomes(SPACE, cfg_for(base_cfg, algorithm="nat", archive_size=20), np.random.default_rng(0))
     assert nat.shape == (20, SPACE.n_var)
     assert (nat[0] == SPACE.smallest()).all() and (nat[1] == SPACE.largest()).all()
     assert len(np.unique(nat, axis=0)) == 20
     assert all(SPACE.is_valid(g) for g in nat)
-    v2 = A.init_genomes(SPACE, cfg_for(base_cfg, algorithm="natv2", archive_size=20, preprocess_mult=4),
+    v2 = P.init_genomes(SPACE, cfg_for(base_cfg, algorithm="natv2", archive_size=20, preprocess_mult=4),
                         np.random.default_rng(0))
     assert v2.shape == (80, SPACE.n_var) and len(np.unique(v2, axis=0)) == 80
     # NATv2's balanced sampling: stage depth 2 is common, NAT's uniform genes make it rare
     def depth(X):
         return (X[:, SPACE.block_offset:SPACE.block_offset + SPACE.n_blocks] > 0).reshape(len(X), SPACE.n_stages, -1).sum(-1)
 
-    big_nat = A.init_genomes(SPACE, cfg_for(base_cfg, algorithm="nat", archive_size=400), np.random.default_rng(1))
+    big_nat = P.init_genomes(SPACE, cfg_for(base_cfg, algorithm="nat", archive_size=400), np.random.default_rng(1))
     assert (depth(v2[2:]) == 2).mean() > 0.2 > (depth(big_nat[2:]) == 2).mean()
 
 
 def test_init_is_deterministic(base_cfg):
     cfg = cfg_for(base_cfg, algorithm="natv2", archive_size=10)
-    a = A.init_genomes(SPACE, cfg, np.random.default_rng(3))
-    b = A.init_genomes(SPACE, cfg, np.random.default_rng(3))
+    a = P.init_genomes(SPACE, cfg, np.random.default_rng(3))
+    b = P.init_genomes(SPACE, cfg, np.random.default_rng(3))
     assert (a == b).all()
 
 
 def test_select_initial_natv2_preprocessing(base_cfg):
     cfg = cfg_for(base_cfg, algorithm="natv2", archive_size=25, preprocess_mult=3)
     rng = np.random.default_rng(2)
-    evaluated = evaluate(SPACE, A.init_genomes(SPACE, cfg, rng), rng)
-    chosen = A.select_initial(evaluated, SPACE, cfg, rng)
+    evaluated = evaluate(SPACE, P.init_genomes(SPACE, cfg, rng), rng)
+    chosen = P.select_initial(evaluated, SPACE, cfg, rng)
     assert len(evaluated) == 75 and len(chosen) == 25
     assert {SPACE.to_string(SPACE.smallest()), SPACE.to_string(SPACE.largest())} <= set(chosen["genome"])
     others = evaluated.iloc[2:].reset_index(drop=True)
@@ -143,7 +146,7 @@ def test_select_initial_natv2_preprocessing(base_cfg):
     assert front <= set(chosen["genome"])
     # NAT keeps everything it evaluated
     nat = cfg_for(cfg, algorithm="nat")
-    assert len(A.select_initial(evaluated, SPACE, nat, rng)) == len(evaluated)
+    assert len(P.select_initial(evaluated, SPACE, nat, rng)) == len(evaluated)
 
 
 def test_read_write_round_trip_and_errors(tmp_path, base_cfg):
@@ -193,13 +196,13 @@ def test_config_section_rejects_bad_values():
 def test_gene_distribution_and_sampling():
     rng = np.random.default_rng(0)
     top = SPACE.sample(50, rng, "natv2")
-    probs = A.gene_distribution(top, SPACE)
+    probs = AD.gene_distribution(top, SPACE)
     assert len(probs) == SPACE.n_var
     pos = SPACE.slot_position(0, 0)
     expected = np.bincount(top[:, pos] - SPACE.xl[pos], minlength=SPACE.xu[pos] - SPACE.xl[pos] + 1) / 50
     assert np.allclose(probs[pos], expected)
     same = np.repeat(top[:1], 10, axis=0)
-    drawn = A.sample_distribution(A.gene_distribution(same, SPACE), SPACE, 5, rng, "fill")
+    drawn = AD.sample_distribution(AD.gene_distribution(same, SPACE), SPACE, 5, rng, "fill")
     assert (drawn == top[0]).all()
-    smooth = A.gene_distribution(same, SPACE, pseudo_count=1.0)
+    smooth = AD.gene_distribution(same, SPACE, pseudo_count=1.0)
     assert all((p > 0).all() for p in smooth)

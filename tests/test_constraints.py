@@ -9,6 +9,9 @@ import pytest
 from synthetic_nas import SPACE, costs, evaluate
 
 from natv2 import archive as A
+from natv2 import archive_policies as P
+from natv2 import constraints as C
+from natv2 import survival as S
 from natv2.cli import main
 from natv2.config import load_settings
 from natv2.errors import Natv2Error
@@ -25,7 +28,7 @@ def base_cfg():
 
 def make_archive(cfg, seed=0):
     rng = np.random.default_rng(seed)
-    return A.select_initial(evaluate(SPACE, A.init_genomes(SPACE, cfg, rng), rng), SPACE, cfg, rng)
+    return P.select_initial(evaluate(SPACE, P.init_genomes(SPACE, cfg, rng), rng), SPACE, cfg, rng)
 
 
 def test_constraints_are_checked_in_the_config():
@@ -44,11 +47,11 @@ def test_survival_keeps_feasible_rows_before_better_infeasible_ones():
     frame = pd.DataFrame({"top1_err": [1, 2, 3, 4, 5, 11, 12, 13, 14, 15.0],
                           "params": [50, 49, 48, 47, 46, 10, 9, 8, 7, 6.0]})
     F = A.objective_matrix(frame, ["top1_err", "params"])
-    G = A.constraint_matrix(frame, {"params": 10.0})
-    assert A.survive(F, 4, rng).tolist() != [5, 6, 7, 8]  # without constraints the mixed front survives
-    assert set(A.survive(F, 4, rng, G).tolist()) <= {5, 6, 7, 8, 9}
+    G = C.constraint_matrix(frame, {"params": 10.0})
+    assert S.survive(F, 4, rng).tolist() != [5, 6, 7, 8]  # without constraints the mixed front survives
+    assert set(S.survive(F, 4, rng, G).tolist()) <= {5, 6, 7, 8, 9}
     # more survivors than feasible rows: the least violating infeasible ones fill up
-    assert A.survive(F, 7, rng, G).tolist() == [3, 4, 5, 6, 7, 8, 9]
+    assert S.survive(F, 7, rng, G).tolist() == [3, 4, 5, 6, 7, 8, 9]
 
 
 def test_problem_reports_constraints_to_pymoo():
@@ -85,7 +88,7 @@ def test_update_keeps_the_feasible_genomes(base_cfg):
     rng = np.random.default_rng(3)
     new = evaluate(SPACE, SPACE.sample(10, rng, policy="natv2"), rng)
     new = new[~new["genome"].isin(archive["genome"])]
-    updated = A.update_archive(archive, new, cfg, rng)
+    updated = P.update_archive(archive, new, cfg, rng)
     merged = pd.concat([archive, new], ignore_index=True)
     n_feasible = int((merged["params"] <= bound).sum())
     assert 0 < n_feasible < 12 and len(updated) == 12

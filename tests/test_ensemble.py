@@ -6,7 +6,6 @@ import pandas as pd
 import pytest
 import torch
 
-from natv2.archive import non_dominated
 from natv2.config import load_settings
 from natv2.ensemble_selection import (
     CSV_COLUMNS,
@@ -18,6 +17,7 @@ from natv2.ensemble_selection import (
 )
 from natv2.errors import Natv2Error
 from natv2.io import read_csv, write_csv
+from natv2.survival import non_dominated
 
 
 def random_members(n_members, n_images, n_classes, k, seed=0):

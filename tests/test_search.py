@@ -10,6 +10,8 @@ import pytest
 from synthetic_nas import SPACE, costs, error, evaluate
 
 from natv2 import archive as A
+from natv2 import archive_policies as P
+from natv2 import survival as S
 from natv2.cli import main
 from natv2.config import load_settings
 from natv2.errors import Natv2Error
@@ -27,7 +29,7 @@ def base_cfg():
 
 def make_archive(cfg, seed=0):
     rng = np.random.default_rng(seed)
-    return A.select_initial(evaluate(SPACE, A.init_genomes(SPACE, cfg, rng), rng), SPACE, cfg, rng)
+    return P.select_initial(evaluate(SPACE, P.init_genomes(SPACE, cfg, rng), rng), SPACE, cfg, rng)
 
 
 def cost_fn(X):
@@ -99,7 +101,7 @@ def test_choose_candidates_drops_archive_genomes_and_tops_up():
     fronts = idx[source == "front"]
     top_up = idx[source == "top-up"]
     new = np.arange(3, 12)
-    nd = set(new[A.non_dominated(pool_F[new])].tolist())
+    nd = set(new[S.non_dominated(pool_F[new])].tolist())
     if len(nd) <= 8:  # the whole predicted front, then the best predicted errors of the rest
         assert set(fronts.tolist()) == nd
         rest = sorted(set(new.tolist()) - nd, key=lambda i: pool_F[i, 0])
@@ -123,7 +125,7 @@ def test_initial_population_is_fresh_and_random_by_default(base_cfg):
     assert a.shape == (cfg.pop_size, SPACE.n_var) and len(np.unique(a, axis=0)) == cfg.pop_size
     assert all(SPACE.is_valid(g) for g in a)
     assert not np.array_equal(a, b)  # a new population per iteration (seed)
-    front = {g.tobytes() for g in X[A.non_dominated(F)]}
+    front = {g.tobytes() for g in X[S.non_dominated(F)]}
     assert not front & {g.tobytes() for g in a}  # no archive genome seeds it
     # Latin hypercube: the resolution gene (3 values) is stratified, every value shows up
     assert set(a[:, 0].tolist()) == {0, 1, 2}
@@ -137,7 +139,7 @@ def test_initial_population_is_seeded_with_the_archive_front(base_cfg):
     X, F = A.genomes_of(archive, SPACE), A.objective_matrix(archive, cfg.objectives)
     init = initial_population(X, F, SPACE, cfg, np.random.default_rng(0))
     assert init.shape == (cfg.pop_size, SPACE.n_var) and len(np.unique(init, axis=0)) == cfg.pop_size
-    front = {g.tobytes() for g in X[A.non_dominated(F)]}
+    front = {g.tobytes() for g in X[S.non_dominated(F)]}
     assert front <= {g.tobytes() for g in init}
 
 
@@ -172,7 +174,7 @@ def test_search_finds_better_predicted_points_than_the_archive(base_cfg):
     archive_F = A.objective_matrix(archive, cfg.objectives)
     # at least one candidate is truly non-dominated by the whole archive
     both = np.concatenate([archive_F, true_F])
-    assert A.non_dominated(both)[len(archive_F):].any()
+    assert S.non_dominated(both)[len(archive_F):].any()
 
 
 def test_same_seed_same_candidates(base_cfg):

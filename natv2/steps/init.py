@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_init(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from natv2.archive import init_genomes
+    from natv2.archive_policies import init_genomes
     from natv2.config import settings_from_args
     from natv2.io import write_csv
     from natv2.nets.checkpoint import load_supernet
@@ -45,7 +45,8 @@ def run_init(args: argparse.Namespace) -> int:
 
 
 def run_select(args: argparse.Namespace) -> int:
-    from natv2.archive import check_table, read_evaluated, select_initial, write_archive
+    from natv2.archive import check_table, read_evaluated, write_archive
+    from natv2.archive_policies import select_initial
     from natv2.config import settings_from_args
     from natv2.nets.checkpoint import load_supernet
     from natv2.rng import stream

@@ -26,7 +26,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from natv2.archive import check_table, read_archive, read_evaluated, run_update, write_archive
+    from natv2.archive import check_table, read_archive, read_evaluated, write_archive
+    from natv2.archive_policies import run_update
     from natv2.config import settings_from_args
     from natv2.io import read_json, write_json
     from natv2.rng import stream
