@@ -32,20 +32,20 @@ from train import mid_size_genome  # noqa: E402  (bench/train.py)
 def train_for(net, data, split_meta: dict, resolution: int, budget_s: float, *, seed: int, lr: float,
               batch_size: int) -> tuple[int, float]:
     """Train ``net`` in place for the epochs that fit ``budget_s``; returns (epochs, seconds)."""
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     trainval = data.trainval()
     aug = {"pad": int(split_meta.get("pad", 4)), "flip": bool(split_meta.get("flip", True))}
-    common = dict(resolution=resolution, mean=data.mean, std=data.std, seed=seed, progress=False, **aug)
+    run = TrainRun(resolution=resolution, mean=data.mean, std=data.std, seed=seed, progress=False, **aug)
     trial = copy.deepcopy(net)
     t0 = time.perf_counter()
-    train(trial, trainval, TrainConfig(epochs=1, lr=lr, batch_size=batch_size), **common)
+    train(trial, trainval, TrainConfig(epochs=1, lr=lr, batch_size=batch_size), run)
     epoch_s = time.perf_counter() - t0
     epochs = max(1, int(budget_s // max(epoch_s, 1e-6)))
     cfg = TrainConfig(epochs=epochs, lr=lr, batch_size=batch_size, weight_decay=5e-4,
                       warmup_epochs=min(1.0, epochs / 10))
     t0 = time.perf_counter()
-    history = train(net, trainval, cfg, **common)
+    history = train(net, trainval, cfg, run)
     print(f"  {epochs} epochs ({epoch_s:.1f} s each), last loss {history.rows[-1]['loss']:.3f}", flush=True)
     return epochs, time.perf_counter() - t0
 

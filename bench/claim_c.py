@@ -70,14 +70,14 @@ def cpu_seconds_per_image(net, data, settings, *, images: int, seed: int) -> flo
     """CPU seconds per training image of the largest subnet (one epoch on ``images`` images)."""
     import copy
 
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     subset = data.train.subset(min(images, len(data.train)), torch.Generator().manual_seed(seed))
     largest = net.space.largest()
     cfg = TrainConfig(epochs=1, lr=0.01, batch_size=min(settings.supernet_train.batch_size, len(subset)))
     t0 = time.process_time()
-    train(copy.deepcopy(net), subset, cfg, subnet_sampler=lambda rng: largest, mean=data.mean, std=data.std,
-          seed=seed, progress=False)
+    train(copy.deepcopy(net), subset, cfg, TrainRun(subnet_sampler=lambda rng: largest, mean=data.mean,
+                                                    std=data.std, seed=seed, progress=False))
     return (time.process_time() - t0) / len(subset)
 
 

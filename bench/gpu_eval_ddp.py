@@ -82,7 +82,7 @@ def ddp(args) -> None:
     """One epoch of a few DDP steps (nccl on CUDA) through natv2.train under torchrun, WORLD_SIZE >= 1."""
     import torch.distributed as dist
 
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if torch.cuda.is_available() else torch.device("cpu")
     # natv2.train wraps in DDP only when WORLD_SIZE > 1; on one GPU initialise the group here so the
@@ -100,7 +100,8 @@ def ddp(args) -> None:
     wrapped.set_active(genome)
     model(x).float().sum().backward()  # one DDP step: gradients all-reduced over the group
     dist.barrier()
-    history = train(net, data.train, cfg, subnet_sampler=lambda rng: genome, device=device, seed=0, progress=False)
+    history = train(net, data.train, cfg, TrainRun(subnet_sampler=lambda rng: genome, device=device, seed=0,
+                                                     progress=False))
     print(f"ddp: world {dist.get_world_size()}, backend {dist.get_backend()}, "
           f"loss {history.rows[-1]['loss']:.3f}, {history.rows[-1]['images_per_s']:.0f} images/s")
     dist.destroy_process_group()

@@ -69,7 +69,7 @@ def probe_subnets(space, n_random: int, rng: np.random.Generator) -> tuple[list[
 
 def channels_last_speed(net, data, settings, *, images: int, seed: int) -> dict[str, float]:
     """Training images/s of the largest subnet at its top resolution, NHWC vs NCHW."""
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     subset = data.train.subset(images, torch.Generator().manual_seed(seed))
     largest = net.space.largest()
@@ -77,8 +77,8 @@ def channels_last_speed(net, data, settings, *, images: int, seed: int) -> dict[
     for fmt in (False, True, False, True):  # interleaved, so a busy spell hits both
         trial = copy.deepcopy(net)
         cfg = TrainConfig(epochs=1, lr=0.01, batch_size=settings.supernet_train.batch_size, channels_last=fmt)
-        h = train(trial, subset, cfg, subnet_sampler=lambda rng: largest, mean=data.mean, std=data.std, seed=seed,
-                  progress=False)
+        h = train(trial, subset, cfg, TrainRun(subnet_sampler=lambda rng: largest, mean=data.mean, std=data.std,
+                                               seed=seed, progress=False))
         key = "channels_last" if fmt else "contiguous"
         out[key] = max(out.get(key, 0.0), h.rows[-1]["images_per_s"])
     return out

@@ -60,7 +60,7 @@ def main() -> None:
     from natv2.config import load_settings
     from natv2.nets import build_supernet
     from natv2.splits import ImageSet
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     device = torch.device(args.device)
     overrides = {"supernet": {"variant": args.variant, "resolutions": [args.resolution], "stem_stride": 1}}
@@ -85,8 +85,8 @@ def main() -> None:
             trial = copy.deepcopy(net).to(device)
             cfg = TrainConfig(epochs=1, lr=0.01, batch_size=batch, channels_last=channels_last, amp=amp,
                               label_smoothing=0.0)
-            history = train(trial, data, cfg, subnet_sampler=lambda rng: genome, device=device, seed=args.seed,
-                            progress=False)
+            history = train(trial, data, cfg, TrainRun(subnet_sampler=lambda rng: genome, device=device,
+                                                       seed=args.seed, progress=False))
             key = (batch, channels_last, amp)
             best[key] = max(best.get(key, 0.0), history.rows[-1]["images_per_s"])
     rows = [{"batch": b, "format": "channels_last" if cl else "contiguous", "amp": amp, "images/s": round(v)}

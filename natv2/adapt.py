@@ -116,7 +116,7 @@ def adapt(
     state to save with the adapted supernet (see the module docstring).
     """
     from natv2.shrinking import largest_teacher
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     space = supernet.space
     from natv2.rng import stream
@@ -142,21 +142,23 @@ def adapt(
         supernet,
         data.train,
         TrainConfig.from_sections(cfg, warmup_epochs=0.0),  # the warm-up is the search-wide schedule's
-        subnet_sampler=sample,
-        subnets_per_step=cfg.subnets_per_step,
-        resolution_sampler=lambda g: int(g.choice(resolutions)),
-        resolution_per_step=True,
-        teacher=teacher,
-        resume=state_path,
-        device=device,
-        seed=seed,
-        mean=data.mean,
-        std=data.std,
-        pad=data.pad,  # the dataset's augmentation, from its split.json
-        flip=data.flip,
-        progress=progress,
-        schedule=plan,
-        optimizer_state=None if not carried else carried["optimizer"],
+        TrainRun(
+            subnet_sampler=sample,
+            subnets_per_step=cfg.subnets_per_step,
+            resolution_sampler=lambda g: int(g.choice(resolutions)),
+            resolution_per_step=True,
+            teacher=teacher,
+            resume=state_path,
+            device=device,
+            seed=seed,
+            mean=data.mean,
+            std=data.std,
+            pad=data.pad,  # the dataset's augmentation, from its split.json
+            flip=data.flip,
+            progress=progress,
+            schedule=plan,
+            optimizer_state=None if not carried else carried["optimizer"],
+        ),
     )
     supernet.set_active(space.largest())
     entropy = float(np.mean([-(p[p > 0] * np.log(p[p > 0])).sum() for p in probs]))

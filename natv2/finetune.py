@@ -25,6 +25,7 @@ scores best on val at step 1's best epoch are cut off with the stages only they 
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -240,12 +241,15 @@ def two_step_finetune(
     ``data`` is a DataBundle (``train``, ``val``, ``trainval()``, ``mean``, ``std``); ``cfg`` the
     ``finetune:`` section. ``validate(model)`` returns ``{"loss", "top1"[, "extra"]}`` (``extra``:
     JSON data kept per epoch in ``result.val_extras``); it and ``train_fn`` default to
-    :func:`val_metrics` on ``data.val`` and :func:`natv2.train.train` (whose ``on_epoch_end``
-    returns True to stop training after that epoch). The val loss drives the
+    :func:`val_metrics` on ``data.val`` and :func:`natv2.train.train` (called as
+    ``train_fn(model, images, train_cfg, run)``, ``run`` a natv2.train.TrainRun whose
+    ``on_epoch_end`` returns True to stop training after that epoch). The val loss drives the
     early stopping, the val top-1 the best epoch. ``step2_images``: what step
     2 trains on (default train + val; the fine-tune step keeps a selection part of val out).
     ``state``: a :class:`FinetuneState` to resume from and save to.
     """
+    from natv2.train import TrainRun
+
     if train_fn is None:
         from natv2.train import train as train_fn
     if validate is None:
@@ -265,9 +269,9 @@ def two_step_finetune(
         model = extract()
         if 0 not in val.records:
             val.measure(0, model)
-        resume = {"resume": state.path("step1.pt")} if state is not None else {}
+        resume = state.path("step1.pt") if state is not None else None
         train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
-                 on_epoch_end=partial(val.after_epoch, model), **common, **resume)
+                 TrainRun(on_epoch_end=partial(val.after_epoch, model), resume=resume, **common))
         del model
     records = val.records
     stopper, _ = _replay(cfg, records)
@@ -280,10 +284,11 @@ def two_step_finetune(
     step2_epochs = 0
     if best > 0:
         images = data.trainval() if step2_images is None else step2_images
-        resume = {"resume": state.path("step2.pt")} if state is not None else {}
+        resume = state.path("step2.pt") if state is not None else None
         done: list[int] = []  # the epochs this call trained
         history = train_fn(model, images, train_config(cfg, epochs=best, early_exit=early_exit),
-                           on_epoch_end=lambda epoch, row=None, net=None: done.append(int(epoch)), **common, **resume)
+                           TrainRun(on_epoch_end=lambda epoch, row=None, net=None: done.append(int(epoch)),
+                                    resume=resume, **common))
         step2_epochs = done[-1] if done else 0
         if history is not None and getattr(history, "rows", None):
             step2_epochs = len(history.rows)  # a resumed run's history holds the epochs before it too
@@ -404,14 +409,14 @@ def aep_finetune(
         # the net's prediction is the ensemble of all its exits (validate_ee's net top-1)
         return {"loss": float(exit_loss(logits, labels, w)), "top1": scores[-1]["top1"], "extra": scores}
 
-    def trainer(model, images, tcfg, **kwargs):
+    def trainer(model, images, tcfg, run):
         w = exit_weights([s + 1 for s in model.exit_stages], weights)
         if train_fn is not None:
-            return train_fn(model, images, tcfg, weights=w, **kwargs)
+            return train_fn(model, images, tcfg, run, weights=w)
         from natv2.train import train
 
         loss = partial(exit_loss, weights=w, label_smoothing=tcfg.label_smoothing)
-        return train(model, images, tcfg, loss_fn=loss, **kwargs)
+        return train(model, images, tcfg, dataclasses.replace(run, loss_fn=loss))
 
     result = two_step_finetune(extract, data, cfg, resolution=resolution, device=device, seed=seed, early_exit=True,
                                validate=validate, train_fn=trainer, step2_images=step2_images, state=state,

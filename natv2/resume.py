@@ -2,7 +2,7 @@
 
     state = ResumeFolder(out.parent / ".resume" / "adapt",
                          fingerprint({"data": split_json, "supernet": sup}, {"seed": 0, "adapt": cfg}))
-    train(..., resume=state.path("train.pt"))
+    train(net, data, cfg, TrainRun(..., resume=state.path("train.pt")))
     save_supernet(out, ...)
     state.remove()                      # the output is whole: the state has served
 

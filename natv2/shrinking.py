@@ -263,7 +263,7 @@ def run_phase(
     augmentation (None: the dataset's, ``data.pad`` / ``data.flip`` from split.json). A phase that does not
     apply to the variant, or has 0 epochs, leaves the weights unchanged (``skipped`` true).
     """
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     phase = get_phase(phase_name)
     phase_cfg = getattr(cfg.phases, phase.name)
@@ -290,18 +290,20 @@ def run_phase(
             supernet,
             data.train,
             tcfg,
-            subnet_sampler=every_width(phase_sampler(space, phase), space),
-            subnets_per_step=phase_cfg.subnets_per_step * len(space.widths),  # per width (natv2.nets.multiwidth)
-            teacher=teacher,
-            loss_fn=loss_fn,
-            resume=resume,
-            device=device,
-            seed=seed,
-            mean=data.mean,
-            std=data.std,
-            pad=data.pad if pad is None else pad,
-            flip=data.flip if flip is None else flip,
-            progress=progress,
+            TrainRun(
+                subnet_sampler=every_width(phase_sampler(space, phase), space),
+                subnets_per_step=phase_cfg.subnets_per_step * len(space.widths),  # per width (natv2.nets.multiwidth)
+                teacher=teacher,
+                loss_fn=loss_fn,
+                resume=resume,
+                device=device,
+                seed=seed,
+                mean=data.mean,
+                std=data.std,
+                pad=data.pad if pad is None else pad,
+                flip=data.flip if flip is None else flip,
+                progress=progress,
+            ),
         )
     finally:
         supernet.joint_exits = False

@@ -1,8 +1,12 @@
 """The one training engine: supernet phases, NAT warm-up and adaptation, fine-tuning.
 
-    from natv2.train import TrainConfig, train
-    history = train(net, data.train, TrainConfig(epochs=5, lr=0.01), resolution=32,
-                    mean=data.mean, std=data.std, seed=0, resume=Path("state/phase.pt"))
+    from natv2.train import TrainConfig, TrainRun, train
+    history = train(net, data.train, TrainConfig(epochs=5, lr=0.01),
+                    TrainRun(resolution=32, mean=data.mean, std=data.std, seed=0, resume=Path("state/phase.pt")))
+
+``TrainConfig`` holds the settings (saved with the resume state and compared on resume),
+``TrainRun`` what else one call uses: samplers, teacher or loss, data normalisation and
+augmentation, device, seed, resume file, callbacks, a carried schedule.
 
 One optimizer step = one batch; with ``subnet_sampler`` the step runs ``subnets_per_step``
 sampled subnets on that batch (``net.set_active(genome)`` before each sub-step, the batch
@@ -135,6 +139,65 @@ class Schedule:
     def check(self) -> None:
         if self.offset_epochs < 0 or self.total_epochs < 1 or not 0 <= self.warmup_epochs <= self.total_epochs:
             raise Natv2Error(f"training schedule {self}: expected offset >= 0, total >= 1, 0 <= warm-up <= total")
+
+
+@dataclass(frozen=True)
+class TrainRun:
+    """What one :func:`train` call uses besides its settings (``TrainConfig``): not saved in the
+    resume state (callables, modules, paths), except ``seed`` and ``schedule``, which it checks.
+
+    Resolution of each sub-step: ``resolution`` when given, else ``resolution_sampler(rng)``,
+    else the sampled genome's resolution (``model.space.decode(genome).resolution``);
+    ``resolution_per_step``: ``resolution_sampler`` draws one resolution per batch, shared by the
+    batch's subnets (NAT's random resolution per batch), otherwise one per sub-step.
+    ``subnet_sampler(rng)`` draws the genome of each of the ``subnets_per_step`` sub-steps
+    (``net.set_active(genome)``). ``teacher(x)`` returns logits (see natv2.distill); it is run
+    without gradients in eval mode. ``loss_fn(outputs, labels)`` replaces the cross-entropy (e.g.
+    the weighted per-exit loss of a multi-exit net); it cannot be combined with a teacher.
+    ``mean``/``std``/``pad``/``flip``: the input normalisation and the augmentation.
+
+    ``resume``: state file written atomically after every epoch (keep it apart from the declared
+    output); when it exists the run continues after its epoch. ``on_epoch_end(epoch, row,
+    model)`` runs on rank 0 after each epoch, before that epoch's state is saved (so what it
+    records is never behind the state; an exception it raises leaves the state one epoch back,
+    and a resumed run redoes that epoch bit-exactly); when it returns True, training stops after
+    that epoch (early stopping; that epoch's state is saved first).
+
+    Carrying a schedule across calls (NAT's adaptation): ``schedule`` places the call's epochs
+    in a longer warm-up + cosine curve (:class:`Schedule`; ``cfg.warmup_epochs`` is then unused),
+    ``optimizer_state`` (a previous call's ``History.optimizer_state``) restores the optimizer
+    (momentum buffers) before training.
+    """
+
+    resolution: int | None = None
+    resolution_sampler: Callable[[np.random.Generator], int] | None = None
+    resolution_per_step: bool = False
+    subnet_sampler: Callable[[np.random.Generator], Sequence[int]] | None = None
+    subnets_per_step: int = 1
+    teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None
+    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
+    device: str | torch.device | None = None
+    seed: int = 0
+    mean: Sequence[float] = (0.5, 0.5, 0.5)
+    std: Sequence[float] = (0.5, 0.5, 0.5)
+    pad: int = 4
+    flip: bool = True
+    resume: str | os.PathLike | None = None
+    on_epoch_end: Callable[[int, dict, nn.Module], bool | None] | None = None
+    progress: bool = True
+    schedule: Schedule | None = None
+    optimizer_state: dict | None = field(default=None, repr=False)
+
+    def check(self) -> None:
+        """Raise Natv2Error on options that cannot go together."""
+        if self.schedule is not None:
+            self.schedule.check()
+        if self.subnets_per_step < 1:
+            raise Natv2Error(f"subnets_per_step={self.subnets_per_step}: expected >= 1")
+        if self.resolution is None and self.resolution_sampler is None and self.subnet_sampler is None:
+            raise Natv2Error("train: give resolution=, resolution_sampler= or subnet_sampler=")
+        if self.loss_fn is not None and self.teacher is not None:
+            raise Natv2Error("train: loss_fn= and teacher= cannot be combined (distillation needs plain logits)")
 
 
 @dataclass
@@ -295,80 +358,29 @@ def _save_state(path: Path, *, net, optimizer, scheduler, scaler, cfg: TrainConf
 # the loop
 
 
-def train(
-    model: nn.Module,
-    data,
-    cfg: TrainConfig,
-    *,
-    resolution: int | None = None,
-    resolution_sampler: Callable[[np.random.Generator], int] | None = None,
-    subnet_sampler: Callable[[np.random.Generator], Sequence[int]] | None = None,
-    subnets_per_step: int = 1,
-    teacher: nn.Module | Callable[[torch.Tensor], torch.Tensor] | None = None,
-    resume: str | os.PathLike | None = None,
-    device: str | torch.device | None = None,
-    seed: int = 0,
-    mean: Sequence[float] = (0.5, 0.5, 0.5),
-    std: Sequence[float] = (0.5, 0.5, 0.5),
-    pad: int = 4,
-    flip: bool = True,
-    on_epoch_end: Callable[[int, dict, nn.Module], bool | None] | None = None,
-    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None,
-    progress: bool = True,
-    schedule: Schedule | None = None,
-    optimizer_state: dict | None = None,
-    resolution_per_step: bool = False,
-) -> History:
-    """Train ``model`` in place on ``data`` (an ImageSet) and return the per-epoch history.
-
-    Resolution of each sub-step: ``resolution`` when given, else ``resolution_sampler(rng)``,
-    else the sampled genome's resolution (``model.space.decode(genome).resolution``).
-    ``teacher(x)`` returns logits (see natv2.distill); it is run without gradients in eval
-    mode. ``resume``: state file written atomically after every epoch (keep it apart from the
-    declared output); when it exists the run continues after its epoch. ``on_epoch_end(epoch,
-    row, model)`` runs on rank 0 after each epoch, before that epoch's state is saved (so what
-    it records is never behind the state; an exception it raises leaves the state one epoch
-    back, and a resumed run redoes that epoch bit-exactly); when it returns True, training
-    stops after that epoch (early stopping; that epoch's state is saved first).
-    ``loss_fn(outputs, labels)`` replaces the cross-entropy (e.g. the weighted per-exit loss of
-    a multi-exit net); it cannot be combined with a teacher. Raises Natv2Error on a NaN/inf loss.
-
-    Carrying a schedule across calls (NAT's adaptation): ``schedule`` places this call's epochs
-    in a longer warm-up + cosine curve (:class:`Schedule`; ``cfg.warmup_epochs`` is then unused),
-    ``optimizer_state`` (a previous call's ``History.optimizer_state``) restores the optimizer
-    (momentum buffers) before training. ``resolution_per_step``: ``resolution_sampler`` draws one
-    resolution per batch, shared by the batch's subnets (NAT's random resolution per batch);
-    otherwise one per sub-step.
-    """
+def train(model: nn.Module, data, cfg: TrainConfig, run: TrainRun | None = None) -> History:
+    """Train ``model`` in place on ``data`` (an ImageSet) with the settings ``cfg`` and the
+    options ``run`` (:class:`TrainRun`); return the per-epoch history. Raises Natv2Error on a
+    NaN/inf loss."""
+    run = TrainRun() if run is None else run
     cfg.check()
-    if schedule is not None:
-        schedule.check()
-    if subnets_per_step < 1:
-        raise Natv2Error(f"subnets_per_step={subnets_per_step}: expected >= 1")
-    if resolution is None and resolution_sampler is None and subnet_sampler is None:
-        raise Natv2Error("train: give resolution=, resolution_sampler= or subnet_sampler=")
+    run.check()
     if len(data) == 0:
         raise Natv2Error("train: the training set is empty")
-    if loss_fn is not None and teacher is not None:
-        raise Natv2Error("train: loss_fn= and teacher= cannot be combined (distillation needs plain logits)")
 
-    run = _Run.setup(model, data, cfg, device=device, seed=seed, schedule=schedule, optimizer_state=optimizer_state,
-                     teacher=teacher, subnet_sampler=subnet_sampler, subnets_per_step=subnets_per_step,
-                     resolution=resolution, resolution_sampler=resolution_sampler,
-                     resolution_per_step=resolution_per_step, loss_fn=loss_fn, mean=mean, std=std, pad=pad,
-                     flip=flip, progress=progress)
-    net, dist_info = run.net, run.dist
-    resume_path = Path(resume) if resume is not None else None
+    engine = _Engine.setup(model, data, cfg, run)
+    net, dist_info = engine.net, engine.dist
+    resume_path = Path(run.resume) if run.resume is not None else None
     history = History()
-    start_epoch = run.resume_from(resume_path, schedule, history)
-    run.wrap_distributed()
+    start_epoch = engine.resume_from(resume_path, history)
+    engine.wrap_distributed()
 
     was_training = net.training
-    fork_devices = [run.device] if run.device.type == "cuda" else []
+    fork_devices = [engine.device] if engine.device.type == "cuda" else []
     for epoch in range(start_epoch, cfg.epochs):
         with torch.random.fork_rng(devices=fork_devices):
-            torch.manual_seed(_seed_for(seed, epoch, "global"))  # dropout and any other global-RNG op
-            row = _train_epoch(run, epoch)
+            torch.manual_seed(_seed_for(run.seed, epoch, "global"))  # dropout and any other global-RNG op
+            row = _train_epoch(engine, epoch)
         history.rows.append(row)
         stop = False
         if dist_info.main:
@@ -376,14 +388,15 @@ def train(
                 "epoch %d/%d: loss %.4f, lr %.3g, %.0f images/s",
                 epoch + 1, cfg.epochs, row["loss"], row["lr"], row["images_per_s"],
             )
-            if on_epoch_end is not None:
-                stop = bool(on_epoch_end(epoch + 1, row, net))
+            if run.on_epoch_end is not None:
+                stop = bool(run.on_epoch_end(epoch + 1, row, net))
             if resume_path is not None:
-                _save_state(resume_path, net=net, optimizer=run.optimizer, scheduler=run.scheduler, scaler=run.scaler,
-                            cfg=cfg, seed=seed, epoch=epoch + 1, history=history, schedule=schedule)
+                _save_state(resume_path, net=net, optimizer=engine.optimizer, scheduler=engine.scheduler,
+                            scaler=engine.scaler, cfg=cfg, seed=run.seed, epoch=epoch + 1, history=history,
+                            schedule=run.schedule)
         if _agree(dist_info, stop):
             break
-    history.optimizer_state = run.optimizer.state_dict()
+    history.optimizer_state = engine.optimizer.state_dict()
 
     net.train(was_training)
     if cfg.channels_last:
@@ -407,15 +420,16 @@ def _agree(d: _Dist, stop: bool) -> bool:
 
 
 @dataclass
-class _Run:
+class _Engine:
     """One ``train`` call, set up: the model on its device, the optimizer, the lr schedule, the
-    scaler and the options of the call; :func:`_train_epoch` reads everything from it."""
+    scaler, the settings and the call's options; :func:`_train_epoch` reads everything from it."""
 
     net: nn.Module  # the model being trained
     trained: nn.Module  # what the forward runs: ``net``, or its DDP wrapper
     data: Any
     cfg: TrainConfig
-    seed: int
+    run: TrainRun
+    teacher: Any  # run.teacher, a module placed on the device
     device: torch.device
     dist: _Dist
     optimizer: torch.optim.Optimizer
@@ -424,44 +438,32 @@ class _Run:
     use_amp: bool
     memory_format: torch.memory_format
     steps_per_epoch: int
-    teacher: Any = None
-    subnet_sampler: Callable[[np.random.Generator], Sequence[int]] | None = None
-    subnets_per_step: int = 1
-    resolution: int | None = None
-    resolution_sampler: Callable[[np.random.Generator], int] | None = None
-    resolution_per_step: bool = False
-    loss_fn: Callable[[Any, torch.Tensor], torch.Tensor] | None = None
-    mean: Sequence[float] = (0.5, 0.5, 0.5)
-    std: Sequence[float] = (0.5, 0.5, 0.5)
-    pad: int = 4
-    flip: bool = True
-    progress: bool = True
 
     @classmethod
-    def setup(cls, model, data, cfg: TrainConfig, *, device, seed: int, schedule: Schedule | None,
-              optimizer_state: dict | None, teacher, **options: Any) -> _Run:
+    def setup(cls, model, data, cfg: TrainConfig, run: TrainRun) -> _Engine:
         """Place the model (and a teacher module) on the device, build the optimizer (restoring
-        ``optimizer_state``), the lr schedule and the scaler; ``options``: the other fields."""
-        device, dist_info = _place(device)
+        ``run.optimizer_state``), the lr schedule and the scaler."""
+        device, dist_info = _place(run.device)
         use_amp = cfg.amp and device.type == "cuda"  # autocast + GradScaler on GPU only
         memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
         net = model.to(device=device, memory_format=memory_format)
+        teacher = run.teacher
         if teacher is not None and isinstance(teacher, nn.Module):
             teacher = teacher.to(device=device, memory_format=memory_format).eval()
         optimizer = make_optimizer(net, cfg)
-        if optimizer_state is not None:
+        if run.optimizer_state is not None:
             try:
-                optimizer.load_state_dict(optimizer_state)
+                optimizer.load_state_dict(run.optimizer_state)
             except (ValueError, KeyError, TypeError) as e:
                 raise Natv2Error(f"train: the carried optimizer state does not fit this model/optimizer ({e})") from None
             for group in optimizer.param_groups:  # the lr comes from this run's config and schedule
                 group["lr"] = group["initial_lr"] = cfg.lr
         # natv2.splits.batches drops the last partial training batch unless it is the only one
         steps_per_epoch = max(len(data) // cfg.batch_size, 1)
-        scheduler = _lr_scheduler(optimizer, cfg, schedule, steps_per_epoch)
+        scheduler = _lr_scheduler(optimizer, cfg, run.schedule, steps_per_epoch)
         scaler = torch.amp.GradScaler(device.type, enabled=use_amp)
-        return cls(net, net, data, cfg, seed, device, dist_info, optimizer, scheduler, scaler, use_amp,
-                   memory_format, steps_per_epoch, teacher=teacher, **options)
+        return cls(net, net, data, cfg, run, teacher, device, dist_info, optimizer, scheduler, scaler, use_amp,
+                   memory_format, steps_per_epoch)
 
     def wrap_distributed(self) -> None:
         """Under DDP, run the forward through DistributedDataParallel (after any resume state is loaded)."""
@@ -470,12 +472,12 @@ class _Run:
             self.trained = nn.parallel.DistributedDataParallel(
                 self.net,
                 device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=self.subnet_sampler is not None,
+                find_unused_parameters=self.run.subnet_sampler is not None,
             )
 
-    def resume_from(self, path: Path | None, schedule: Schedule | None, history: History) -> int:
+    def resume_from(self, path: Path | None, history: History) -> int:
         """Load the state file at ``path`` if there is one; the epoch to start from (0 = fresh)."""
-        state = _load_state(path, self.cfg, self.seed, schedule) if path is not None else None
+        state = _load_state(path, self.cfg, self.run.seed, self.run.schedule) if path is not None else None
         if state is None:
             return 0
         self.net.load_state_dict(state["model"])
@@ -489,13 +491,13 @@ class _Run:
         return start_epoch
 
     def sub_resolution(self, rng: np.random.Generator, step_res: int | None, genome) -> int:
-        """The input resolution of one sub-step (see :func:`train`)."""
-        if self.resolution is not None:
-            return int(self.resolution)
+        """The input resolution of one sub-step (see :class:`TrainRun`)."""
+        if self.run.resolution is not None:
+            return int(self.run.resolution)
         if step_res is not None:
             return step_res
-        if self.resolution_sampler is not None:
-            return int(self.resolution_sampler(rng))
+        if self.run.resolution_sampler is not None:
+            return int(self.run.resolution_sampler(rng))
         return _resolution_of(self.net, genome)
 
 
@@ -526,18 +528,18 @@ def _lr_scheduler(optimizer, cfg: TrainConfig, schedule: Schedule | None, steps_
         optimizer, lambda s: lr_factor(offset_steps + s, total_steps, warmup_steps))
 
 
-def _train_epoch(run: _Run, epoch: int) -> dict:
+def _train_epoch(engine: _Engine, epoch: int) -> dict:
     from tqdm.auto import tqdm
 
-    cfg, dist_info = run.cfg, run.dist
+    cfg, dist_info, run = engine.cfg, engine.dist, engine.run
     rng = np.random.default_rng(_seed_for(run.seed, epoch, "subnets"))  # subnets and resolutions of this epoch
-    run.net.train()
+    engine.net.train()
     loss_sum, n_steps, n_images = 0.0, 0, 0
     t0 = time.perf_counter()
-    bar = tqdm(total=run.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
+    bar = tqdm(total=engine.steps_per_epoch, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="step",
                disable=not (run.progress and dist_info.main), leave=False, dynamic_ncols=True)
-    batch_iter = _epoch_batches(run.data, cfg, epoch_seed=_seed_for(run.seed, epoch, "batches"), mean=run.mean,
-                                std=run.std, device=run.device, pad=run.pad, flip=run.flip)
+    batch_iter = _epoch_batches(engine.data, cfg, epoch_seed=_seed_for(run.seed, epoch, "batches"), mean=run.mean,
+                                std=run.std, device=engine.device, pad=run.pad, flip=run.flip)
     for step, (x, y) in enumerate(batch_iter):
         global_n = len(y)
         if global_n < dist_info.world:
@@ -545,17 +547,17 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
         if dist_info.world > 1:
             x = x.tensor_split(dist_info.world)[dist_info.rank]
             y = y.tensor_split(dist_info.world)[dist_info.rank]
-        x = x.to(run.device, non_blocking=True)
-        y = y.to(run.device, non_blocking=True)
-        run.optimizer.zero_grad(set_to_none=True)
-        step_loss = _train_step(run, x, y, rng, where=f"epoch {epoch + 1}, step {step + 1}")
+        x = x.to(engine.device, non_blocking=True)
+        y = y.to(engine.device, non_blocking=True)
+        engine.optimizer.zero_grad(set_to_none=True)
+        step_loss = _train_step(engine, x, y, rng, where=f"epoch {epoch + 1}, step {step + 1}")
         if cfg.grad_clip is not None:
-            run.scaler.unscale_(run.optimizer)
-            torch.nn.utils.clip_grad_norm_(run.net.parameters(), cfg.grad_clip)
-        run.scaler.step(run.optimizer)
-        run.scaler.update()
-        lr_used = float(run.optimizer.param_groups[0]["lr"])
-        run.scheduler.step()
+            engine.scaler.unscale_(engine.optimizer)
+            torch.nn.utils.clip_grad_norm_(engine.net.parameters(), cfg.grad_clip)
+        engine.scaler.step(engine.optimizer)
+        engine.scaler.update()
+        lr_used = float(engine.optimizer.param_groups[0]["lr"])
+        engine.scheduler.step()
         loss_sum += step_loss / run.subnets_per_step
         n_steps += 1
         n_images += global_n
@@ -564,7 +566,7 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
         bar.set_postfix(loss=f"{loss_sum / n_steps:.4f}", img_s=f"{n_images / max(elapsed, 1e-9):.0f}")
     bar.close()
     if n_steps == 0:
-        raise Natv2Error(f"train: epoch {epoch + 1} had no batch (training set of {len(run.data)} images)")
+        raise Natv2Error(f"train: epoch {epoch + 1} had no batch (training set of {len(engine.data)} images)")
     seconds = time.perf_counter() - t0
     return {
         "epoch": epoch + 1,
@@ -575,9 +577,9 @@ def _train_epoch(run: _Run, epoch: int) -> dict:
     }
 
 
-def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, *, where: str) -> float:
+def _train_step(engine: _Engine, x: torch.Tensor, y: torch.Tensor, rng: np.random.Generator, *, where: str) -> float:
     """The sub-steps of one optimizer step on batch ``(x, y)``: their gradients add up (OFA); the summed loss."""
-    cfg = run.cfg
+    cfg, run = engine.cfg, engine.run
     targets: dict[int, torch.Tensor] = {}  # teacher soft targets per resolution, once per step
     step_loss = 0.0
     step_res = (int(run.resolution_sampler(rng)) if run.resolution_per_step and run.resolution_sampler is not None
@@ -586,19 +588,19 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, rng: np.random.Gene
         genome = None
         if run.subnet_sampler is not None:
             genome = run.subnet_sampler(rng)
-            run.net.set_active(genome)
-        res = run.sub_resolution(rng, step_res, genome)
-        xr = resize(x, res).contiguous(memory_format=run.memory_format)
-        with torch.autocast(device_type=run.device.type, dtype=torch.float16, enabled=run.use_amp):
-            logits = run.trained(xr)
+            engine.net.set_active(genome)
+        res = engine.sub_resolution(rng, step_res, genome)
+        xr = resize(x, res).contiguous(memory_format=engine.memory_format)
+        with torch.autocast(device_type=engine.device.type, dtype=torch.float16, enabled=engine.use_amp):
+            logits = engine.trained(xr)
             if run.loss_fn is not None:
                 loss = run.loss_fn(logits, y)
             else:
                 loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-            if run.teacher is not None and cfg.kd_weight > 0:
+            if engine.teacher is not None and cfg.kd_weight > 0:
                 if res not in targets:
                     with torch.no_grad():
-                        targets[res] = soft_targets(run.teacher(xr), cfg.kd_temperature)
+                        targets[res] = soft_targets(engine.teacher(xr), cfg.kd_temperature)
                 loss = loss + cfg.kd_weight * kd_loss(logits, targets[res], cfg.kd_temperature)
         value = float(loss.detach())
         if not math.isfinite(value):
@@ -607,6 +609,6 @@ def _train_step(run: _Run, x: torch.Tensor, y: torch.Tensor, rng: np.random.Gene
                 f"training diverged: loss is {value} at {where}{subnet}; "
                 f"lower the learning rate (lr={cfg.lr}) or set grad_clip"
             )
-        run.scaler.scale(loss).backward()  # gradients of the sub-steps add up (OFA)
+        engine.scaler.scale(loss).backward()  # gradients of the sub-steps add up (OFA)
         step_loss += value
     return step_loss

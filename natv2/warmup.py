@@ -62,7 +62,7 @@ def warmup(
     ``pad``/``flip``: the augmentation (None: the dataset's, from its split.json).
     """
     from natv2.shrinking import joint_exit_loss, largest_teacher
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     space = supernet.space
     largest = space.largest()
@@ -83,10 +83,12 @@ def warmup(
             supernet,
             data.train,
             head_cfg,
-            subnet_sampler=lambda rng: largest,
-            loss_fn=joint_exit_loss(space, None, head_cfg.label_smoothing) if joint else None,
-            resume=None if state_dir is None else Path(state_dir) / "head.pt",
-            **common,
+            TrainRun(
+                subnet_sampler=lambda rng: largest,
+                loss_fn=joint_exit_loss(space, None, head_cfg.label_smoothing) if joint else None,
+                resume=None if state_dir is None else Path(state_dir) / "head.pt",
+                **common,
+            ),
         )
     finally:
         supernet.joint_exits = False
@@ -105,11 +107,13 @@ def warmup(
         supernet,
         data.train,
         TrainConfig.from_sections(cfg, epochs=cfg.supernet_epochs, lr=cfg.lr, kd=teacher is not None),
-        subnet_sampler=sample,
-        subnets_per_step=cfg.subnets_per_step,
-        teacher=teacher,
-        resume=None if state_dir is None else Path(state_dir) / "supernet.pt",
-        **common,
+        TrainRun(
+            subnet_sampler=sample,
+            subnets_per_step=cfg.subnets_per_step,
+            teacher=teacher,
+            resume=None if state_dir is None else Path(state_dir) / "supernet.pt",
+            **common,
+        ),
     )
     summary["supernet_history"] = supernet_history.rows
     supernet.set_active(largest)

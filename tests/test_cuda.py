@@ -30,13 +30,13 @@ def _net_and_data(resolution: int = 32, n: int = 256):
 
 
 def test_amp_channels_last_training_on_cuda_lowers_the_loss():
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     _, net, data = _net_and_data()
     genome = net.space.largest()
     cfg = TrainConfig(epochs=4, lr=0.05, batch_size=64, amp=True, channels_last=True, label_smoothing=0.0)
-    history = train(net, data.train, cfg, subnet_sampler=lambda rng: genome, device="cuda", seed=0, progress=False,
-                    mean=data.mean, std=data.std)
+    history = train(net, data.train, cfg, TrainRun(subnet_sampler=lambda rng: genome, device="cuda", seed=0,
+                                                   progress=False, mean=data.mean, std=data.std))
     losses = history.losses
     assert all(np.isfinite(losses)) and losses[-1] < losses[0]
     assert next(net.parameters()).device.type == "cuda"

@@ -35,7 +35,7 @@ class TwoHeads(nn.Module):
 
 def run_training(progress: bool = False):
     from natv2.splits import ImageSet
-    from natv2.train import TrainConfig, train
+    from natv2.train import TrainConfig, TrainRun, train
 
     torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
@@ -45,8 +45,9 @@ def run_training(progress: bool = False):
         x[y == c, c % 3, : 8 if c < 2 else 16] += 150
     model = TwoHeads()
     cfg = TrainConfig(epochs=2, lr=0.2, batch_size=64, label_smoothing=0.0)
-    history = train(model, ImageSet(images=x, labels=y), cfg, resolution=16, seed=3, progress=progress,
-                    subnet_sampler=lambda rng: [int(rng.integers(2))], subnets_per_step=2)
+    history = train(model, ImageSet(images=x, labels=y), cfg,
+                    TrainRun(resolution=16, seed=3, progress=progress,
+                             subnet_sampler=lambda rng: [int(rng.integers(2))], subnets_per_step=2))
     return model, history
 
 

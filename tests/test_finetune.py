@@ -1,6 +1,7 @@
 """NATv2 two-step fine-tuning: the early-stopping rule, the epoch count of step 2, the member job."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -105,16 +106,16 @@ def test_step_two_trains_for_the_epoch_count_of_the_highest_val_top1_on_step_one
         loss, top1 = next(curve)
         return {"loss": loss, "top1": top1}
 
-    def counting_train(model, images, cfg, **kwargs):
+    def counting_train(model, images, cfg, run):
         epochs = []
-        user_callback = kwargs.pop("on_epoch_end")
+        user_callback = run.on_epoch_end
 
         def on_epoch_end(epoch, row, net):
             epochs.append(epoch)
             return user_callback(epoch, row, net)
 
         calls.append({"model": model, "n_images": len(images), "cfg": cfg, "epochs": epochs})
-        return train(model, images, cfg, on_epoch_end=on_epoch_end, **kwargs)
+        return train(model, images, cfg, dataclasses.replace(run, on_epoch_end=on_epoch_end))
 
     result = two_step_finetune(extract, data, finetune_cfg(), resolution=8, seed=0, validate=scripted_val,
                                train_fn=counting_train, progress=False)
@@ -136,13 +137,13 @@ def test_step_two_trains_for_the_epoch_count_of_the_highest_val_top1_on_step_one
 
 def test_step_two_lr_follows_step_ones_cosine():
     """finetune_natnet.py:134, 312-316, 339: CosineAnnealingLR(T_max=150) in both steps."""
-    from natv2.train import train
+    from natv2.train import TrainRun, train
 
     data = tiny_bundle()
     cfg = train_config(finetune_cfg(max_epochs=4), epochs=2)
-    hist = train(TinyNet(), data.train, cfg, resolution=8, mean=data.mean, std=data.std, seed=0, progress=False)
-    full = train(TinyNet(), data.train, train_config(finetune_cfg(max_epochs=4), epochs=4), resolution=8,
-                 mean=data.mean, std=data.std, seed=0, progress=False)
+    run = TrainRun(resolution=8, mean=data.mean, std=data.std, seed=0, progress=False)
+    hist = train(TinyNet(), data.train, cfg, run)
+    full = train(TinyNet(), data.train, train_config(finetune_cfg(max_epochs=4), epochs=4), run)
     assert [r["lr"] for r in hist.rows] == pytest.approx([r["lr"] for r in full.rows[:2]])
     assert hist.rows[-1]["lr"] > 0.4 * cfg.lr  # half-way along a 4-epoch cosine, not at its end
 
@@ -151,10 +152,10 @@ def test_no_improvement_means_no_step_two_and_real_val_loss_runs():
     data = tiny_bundle()
     calls = []
 
-    def fake_train(model, images, cfg, **kwargs):
+    def fake_train(model, images, cfg, run):
         calls.append(cfg.epochs)
         for epoch in range(1, cfg.epochs + 1):
-            if kwargs["on_epoch_end"](epoch, {}, model):
+            if run.on_epoch_end(epoch, {}, model):
                 break
 
     result = two_step_finetune(TinyNet, data, finetune_cfg(patience=2), resolution=8,
@@ -362,8 +363,8 @@ def _killing_train(when):
     """natv2.train.train, killed (KeyboardInterrupt) after epoch ``when(cfg)`` of a run."""
     from natv2.train import train
 
-    def train_fn(model, images, cfg, **kwargs):
-        user = kwargs.pop("on_epoch_end")
+    def train_fn(model, images, cfg, run):
+        user = run.on_epoch_end
         kill_at = when(cfg)
 
         def on_epoch_end(epoch, row, net):
@@ -372,7 +373,7 @@ def _killing_train(when):
                 raise KeyboardInterrupt
             return stop
 
-        return train(model, images, cfg, on_epoch_end=on_epoch_end, **kwargs)
+        return train(model, images, cfg, dataclasses.replace(run, on_epoch_end=on_epoch_end))
 
     return train_fn
 

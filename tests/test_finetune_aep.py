@@ -1,6 +1,8 @@
 """AEP fine-tuning of early-exit subnets: exits 1..nd attached, weighted per-exit loss, optional prefix prune."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 import torch
@@ -100,7 +102,7 @@ def test_prefix_scores_and_the_prune_rule():
 def test_the_engine_with_the_exit_loss_lowers_it_and_trains_every_exit(supernet):
     from functools import partial
 
-    from natv2.train import train
+    from natv2.train import TrainRun, train
 
     data = bundle()
     g = genome_with_exit(supernet.space, 3)
@@ -108,8 +110,8 @@ def test_the_engine_with_the_exit_loss_lowers_it_and_trains_every_exit(supernet)
     before = {k: v.clone() for k, v in net.state_dict().items() if "classifier" in k}
     cfg = train_config(finetune_cfg(lr=0.01), epochs=6, early_exit=True)
     assert cfg.optimizer == "adamw"  # NATv2: AdamW for early-exit supernets
-    hist = train(net, data.train, cfg, resolution=RES, mean=data.mean, std=data.std, seed=0, progress=False,
-                 loss_fn=partial(exit_loss, weights=None))
+    hist = train(net, data.train, cfg, TrainRun(resolution=RES, mean=data.mean, std=data.std, seed=0, progress=False,
+                                                loss_fn=partial(exit_loss, weights=None)))
     assert len(hist.rows) == 6 and hist.losses[-1] < hist.losses[0]
     changed = {k.split(".")[1] for k, v in net.state_dict().items() if k in before and not torch.equal(v, before[k])}
     assert changed == {"0", "1", "2"}  # the classifiers of exits 1, 2 and 3 all learned
@@ -162,8 +164,8 @@ def test_aep_killed_in_step_one_resumes_with_the_recorded_prefix_scores(supernet
 
     full = aep_finetune(extract, data, cfg, resolution=RES, seed=0, progress=False)
 
-    def dying_train(model, images, tcfg, weights=None, **kwargs):
-        user = kwargs.pop("on_epoch_end")
+    def dying_train(model, images, tcfg, run, weights=None):
+        user = run.on_epoch_end
 
         def on_epoch_end(epoch, row, net):
             stop = user(epoch, row, net)
@@ -171,8 +173,8 @@ def test_aep_killed_in_step_one_resumes_with_the_recorded_prefix_scores(supernet
                 raise KeyboardInterrupt
             return stop
 
-        return train(model, images, tcfg, loss_fn=partial(exit_loss, weights=weights), on_epoch_end=on_epoch_end,
-                     **kwargs)
+        return train(model, images, tcfg,
+                     dataclasses.replace(run, loss_fn=partial(exit_loss, weights=weights), on_epoch_end=on_epoch_end))
 
     with pytest.raises(KeyboardInterrupt):
         aep_finetune(extract, data, cfg, resolution=RES, seed=0, train_fn=dying_train,

@@ -10,7 +10,7 @@ from torch import nn
 
 from natv2.distill import ExitEnsembleTeacher, ensemble_logits, kd_loss, soft_targets
 from natv2.errors import Natv2Error
-from natv2.train import TrainConfig, lr_factor, train
+from natv2.train import TrainConfig, TrainRun, lr_factor, train
 
 
 def learnable_set(n: int = 256, size: int = 16, n_classes: int = 4, seed: int = 0):
@@ -104,7 +104,7 @@ def test_training_lowers_the_loss_and_learns():
     data = learnable_set()
     model = tiny_cnn()
     cfg = TrainConfig(epochs=4, lr=0.1, batch_size=32, warmup_epochs=0.5, label_smoothing=0.0)
-    history = train(model, data, cfg, resolution=16, seed=0, progress=False)
+    history = train(model, data, cfg, TrainRun(resolution=16, seed=0, progress=False))
     losses = history.losses
     assert len(losses) == 4 and losses[-1] < 0.6 * losses[0]
     assert all(r["images_per_s"] > 0 for r in history.rows)
@@ -126,8 +126,8 @@ def test_digits_loss_falls(tmp_path):
     model = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(4), nn.Flatten(),
                           nn.Linear(16 * 16, data.n_classes))
     cfg = TrainConfig(optimizer="adamw", epochs=2, lr=0.01, batch_size=64, label_smoothing=0.0)
-    history = train(model, data.train, cfg, resolution=16, mean=data.mean, std=data.std, seed=0, progress=False,
-                    pad=1, flip=False)
+    history = train(model, data.train, cfg, TrainRun(resolution=16, mean=data.mean, std=data.std, seed=0,
+                                                     progress=False, pad=1, flip=False))
     assert history.losses[-1] < 0.6 * history.losses[0]
 
 
@@ -141,7 +141,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
     common = dict(resolution_sampler=lambda rng: int(rng.choice([12, 16])), seed=7, progress=False)
 
     straight = tiny_cnn(dropout=0.3)
-    h_straight = train(straight, data, cfg, **common)
+    h_straight = train(straight, data, cfg, TrainRun(**common))
 
     state = tmp_path / "state" / "run.pt"
 
@@ -150,11 +150,11 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
             raise _Stop
 
     with pytest.raises(_Stop):
-        train(tiny_cnn(dropout=0.3), data, cfg, resume=state, on_epoch_end=kill_after_two, **common)
+        train(tiny_cnn(dropout=0.3), data, cfg, TrainRun(resume=state, on_epoch_end=kill_after_two, **common))
     assert state.is_file()
 
     resumed = tiny_cnn(dropout=0.3, seed=99)  # different init: everything must come from the state
-    h_resumed = train(resumed, data, cfg, resume=state, **common)
+    h_resumed = train(resumed, data, cfg, TrainRun(resume=state, **common))
     assert [r["epoch"] for r in h_resumed.rows] == [1, 2, 3]
     assert h_resumed.losses == h_straight.losses
     for (key, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
@@ -162,7 +162,8 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path):
 
     # a state written under other settings is refused, naming the setting
     with pytest.raises(Natv2Error, match="lr=0.05"):
-        train(tiny_cnn(), data, TrainConfig(epochs=3, lr=0.1, batch_size=32, warmup_epochs=1), resume=state, **common)
+        train(tiny_cnn(), data, TrainConfig(epochs=3, lr=0.1, batch_size=32, warmup_epochs=1),
+              TrainRun(resume=state, **common))
 
 
 class _NaNAfter(nn.Module):
@@ -183,7 +184,7 @@ def test_nan_loss_stops_with_epoch_and_step():
     data = learnable_set(n=128)
     cfg = TrainConfig(epochs=2, lr=0.01, batch_size=32)  # 4 steps per epoch
     with pytest.raises(Natv2Error, match=r"loss is nan at epoch 2, step 2"):
-        train(_NaNAfter(5), data, cfg, resolution=16, seed=0, progress=False)
+        train(_NaNAfter(5), data, cfg, TrainRun(resolution=16, seed=0, progress=False))
 
 
 class _ToyElastic(nn.Module):
@@ -211,9 +212,9 @@ def test_subnets_per_step_samples_and_distils():
     net = _ToyElastic()
     teacher = tiny_cnn()
     cfg = TrainConfig(epochs=1, lr=0.05, batch_size=32, kd_weight=1.0)
-    train(net, data, cfg, resolution_sampler=lambda rng: int(rng.choice([8, 16])),
-          subnet_sampler=lambda rng: [int(rng.choice([4, 8]))], subnets_per_step=3, teacher=teacher,
-          seed=0, progress=False)
+    train(net, data, cfg, TrainRun(resolution_sampler=lambda rng: int(rng.choice([8, 16])),
+                                   subnet_sampler=lambda rng: [int(rng.choice([4, 8]))], subnets_per_step=3,
+                                   teacher=teacher, seed=0, progress=False))
     assert len(net.calls) == 3 * 3  # 3 steps x 3 subnets
     assert set(net.calls) == {4, 8} and set(net.resolutions) == {8, 16}
 
@@ -226,8 +227,8 @@ def test_a_custom_loss_cannot_be_combined_with_a_teacher():
     net = torch.nn.Sequential(torch.nn.Conv2d(3, 2, 1), torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten())
     data = ImageSet(torch.zeros(4, 3, 4, 4, dtype=torch.uint8), torch.tensor([0, 1, 0, 1]))
     with pytest.raises(Natv2Error, match="loss_fn= and teacher= cannot be combined"):
-        train(net, data, TrainConfig(epochs=1, batch_size=2), resolution=4, teacher=net,
-              loss_fn=lambda out, y: out.sum())
+        train(net, data, TrainConfig(epochs=1, batch_size=2),
+              TrainRun(resolution=4, teacher=net, loss_fn=lambda out, y: out.sum()))
 
 
 def test_training_settings_come_from_the_config_sections_with_overrides_last():
@@ -265,24 +266,25 @@ def test_carried_schedule_and_optimizer_continue_one_run():
     cfg = TrainConfig(epochs=4, lr=0.05, batch_size=64, warmup_epochs=1, label_smoothing=0.0)
     common = dict(resolution=16, seed=3, progress=False, pad=0, flip=False)
     whole = tiny_cnn(bn=False)
-    h_whole = train(whole, data, cfg, **common)
+    h_whole = train(whole, data, cfg, TrainRun(**common))
 
     half = TrainConfig(epochs=2, lr=0.05, batch_size=64, label_smoothing=0.0)
     split = tiny_cnn(bn=False)
-    h1 = train(split, data, half, schedule=Schedule(0, 4, 1.0), **common)
-    h2 = train(split, data, half, schedule=Schedule(2, 4, 1.0), optimizer_state=h1.optimizer_state, **common)
+    h1 = train(split, data, half, TrainRun(schedule=Schedule(0, 4, 1.0), **common))
+    h2 = train(split, data, half, TrainRun(schedule=Schedule(2, 4, 1.0), optimizer_state=h1.optimizer_state,
+                                           **common))
     assert [r["lr"] for r in h1.rows + h2.rows] == pytest.approx([r["lr"] for r in h_whole.rows])
     assert h1.rows[-1]["lr"] == pytest.approx(0.05 * lr_factor(1, 4, 1))
     for a, b in zip(whole.parameters(), split.parameters()):
         assert torch.allclose(a, b, atol=1e-5)
     # a fresh optimizer in the second call (today's restart) trains differently
     fresh = tiny_cnn(bn=False)
-    train(fresh, data, half, schedule=Schedule(0, 4, 1.0), **common)
-    train(fresh, data, half, schedule=Schedule(2, 4, 1.0), **common)
+    train(fresh, data, half, TrainRun(schedule=Schedule(0, 4, 1.0), **common))
+    train(fresh, data, half, TrainRun(schedule=Schedule(2, 4, 1.0), **common))
     assert not all(torch.allclose(a, b, atol=1e-5) for a, b in zip(whole.parameters(), fresh.parameters()))
     with pytest.raises(Natv2Error, match="carried optimizer state does not fit"):
         train(nn.Sequential(nn.Conv2d(3, 4, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten()), data, half,
-              optimizer_state=h1.optimizer_state, **common)
+              TrainRun(optimizer_state=h1.optimizer_state, **common))
 
 
 class _FakeSupernet(nn.Module):
