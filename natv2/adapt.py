@@ -142,7 +142,8 @@ def adapt(
         supernet,
         data.train,
         TrainConfig.from_sections(cfg, warmup_epochs=0.0),  # the warm-up is the search-wide schedule's
-        TrainRun(
+        TrainRun.for_data(
+            data,
             subnet_sampler=sample,
             subnets_per_step=cfg.subnets_per_step,
             resolution_sampler=lambda g: int(g.choice(resolutions)),
@@ -151,10 +152,6 @@ def adapt(
             resume=state_path,
             device=device,
             seed=seed,
-            mean=data.mean,
-            std=data.std,
-            pad=data.pad,  # the dataset's augmentation, from its split.json
-            flip=data.flip,
             progress=progress,
             schedule=plan,
             optimizer_state=None if not carried else carried["optimizer"],

@@ -258,9 +258,8 @@ def two_step_finetune(
                                batch_size=cfg.batch_size, device=device)
 
     val = _Step1Record(cfg, validate, state)
-    # the dataset's augmentation (split.json), not train()'s defaults: digits must not be mirrored
-    common = dict(resolution=resolution, device=device, seed=seed, mean=data.mean, std=data.std, pad=data.pad,
-                  flip=data.flip, progress=progress)
+    # with TrainRun.for_data: the dataset's augmentation (split.json), not train()'s defaults (digits must not be mirrored)
+    common = dict(resolution=resolution, device=device, seed=seed, progress=progress)
 
     # step 1: find the best epoch count on val
     if _replay(cfg, val.records)[1]:
@@ -271,7 +270,7 @@ def two_step_finetune(
             val.measure(0, model)
         resume = state.path("step1.pt") if state is not None else None
         train_fn(model, data.train, train_config(cfg, epochs=cfg.max_epochs, early_exit=early_exit),
-                 TrainRun(on_epoch_end=partial(val.after_epoch, model), resume=resume, **common))
+                 TrainRun.for_data(data, on_epoch_end=partial(val.after_epoch, model), resume=resume, **common))
         del model
     records = val.records
     stopper, _ = _replay(cfg, records)
@@ -287,8 +286,8 @@ def two_step_finetune(
         resume = state.path("step2.pt") if state is not None else None
         done: list[int] = []  # the epochs this call trained
         history = train_fn(model, images, train_config(cfg, epochs=best, early_exit=early_exit),
-                           TrainRun(on_epoch_end=lambda epoch, row=None, net=None: done.append(int(epoch)),
-                                    resume=resume, **common))
+                           TrainRun.for_data(data, on_epoch_end=lambda epoch, row=None, net=None: done.append(int(epoch)),
+                                             resume=resume, **common))
         step2_epochs = done[-1] if done else 0
         if history is not None and getattr(history, "rows", None):
             step2_epochs = len(history.rows)  # a resumed run's history holds the epochs before it too

@@ -290,7 +290,8 @@ def run_phase(
             supernet,
             data.train,
             tcfg,
-            TrainRun(
+            TrainRun.for_data(
+                data,
                 subnet_sampler=every_width(phase_sampler(space, phase), space),
                 subnets_per_step=phase_cfg.subnets_per_step * len(space.widths),  # per width (natv2.nets.multiwidth)
                 teacher=teacher,
@@ -298,10 +299,8 @@ def run_phase(
                 resume=resume,
                 device=device,
                 seed=seed,
-                mean=data.mean,
-                std=data.std,
-                pad=data.pad if pad is None else pad,
-                flip=data.flip if flip is None else flip,
+                pad=pad,
+                flip=flip,
                 progress=progress,
             ),
         )

@@ -188,6 +188,13 @@ class TrainRun:
     schedule: Schedule | None = None
     optimizer_state: dict | None = field(default=None, repr=False)
 
+    @classmethod
+    def for_data(cls, data, *, pad: int | None = None, flip: bool | None = None, **options) -> "TrainRun":
+        """A run on the DataBundle ``data``: its normalisation and its augmentation (split.json's
+        pad/flip unless ``pad``/``flip`` are given; digits must not be mirrored), plus ``options``."""
+        return cls(mean=data.mean, std=data.std, pad=data.pad if pad is None else pad,
+                   flip=data.flip if flip is None else flip, **options)
+
     def check(self) -> None:
         """Raise Natv2Error on options that cannot go together."""
         if self.schedule is not None:

@@ -68,8 +68,7 @@ def warmup(
     largest = space.largest()
     new_head = ensure_head(supernet, data.classes, source_classes, seed=seed)
     log.info("warm-up: %s classification head for %d classes", "new" if new_head else "kept the", data.n_classes)
-    pad, flip = (data.pad if pad is None else pad), (data.flip if flip is None else flip)
-    common = dict(device=device, seed=seed, mean=data.mean, std=data.std, pad=pad, flip=flip, progress=progress)
+    common = dict(device=device, seed=seed, pad=pad, flip=flip, progress=progress)  # pad/flip None: the data's
     summary: dict[str, Any] = {"new_head": new_head}
 
     # stage 1: the largest subnet alone (early-exit nets: all its exits at once)
@@ -83,7 +82,8 @@ def warmup(
             supernet,
             data.train,
             head_cfg,
-            TrainRun(
+            TrainRun.for_data(
+                data,
                 subnet_sampler=lambda rng: largest,
                 loss_fn=joint_exit_loss(space, None, head_cfg.label_smoothing) if joint else None,
                 resume=None if state_dir is None else Path(state_dir) / "head.pt",
@@ -107,7 +107,8 @@ def warmup(
         supernet,
         data.train,
         TrainConfig.from_sections(cfg, epochs=cfg.supernet_epochs, lr=cfg.lr, kd=teacher is not None),
-        TrainRun(
+        TrainRun.for_data(
+            data,
             subnet_sampler=sample,
             subnets_per_step=cfg.subnets_per_step,
             teacher=teacher,
