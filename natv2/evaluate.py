@@ -21,8 +21,9 @@ average). Speed (bench/evaluate.py measures it):
   only the genome-dependent part, with the same results as the whole subnet (bit for bit);
 - recalibration runs in inference mode, stops each pass after the last BN, and normalises each
   conv output in place (the same kernel as nn.BatchNorm2d, bit-identical statistics);
-- the accuracy pass folds BN into the convolutions, fuses conv + ReLU/h-swish into one oneDNN
-  call on CPU, and runs batches in chunks of ~100 images at 32 px (EVAL_CHUNK_PIXELS);
+- the accuracy pass folds BN into the convolutions and runs batches in chunks of ~100 images
+  at 32 px (EVAL_CHUNK_PIXELS), public ops only (a fused oneDNN conv + activation measured
+  0.98x in bench/private_ops.py and was removed);
 - the static layers compute squeeze-excite and the head's 1x1 mix on a 1x1 map as matrix
   products, and the skip sum / SE product in place when there is no autograd.
 """
@@ -40,7 +41,7 @@ import torch
 import torch.nn as nn
 
 from natv2.errors import Natv2Error
-from natv2.nets.layers import ConvBNAct, fold_bn, fuse_conv_act, private_ops_enabled
+from natv2.nets.layers import ConvBNAct, fold_bn, private_ops_enabled
 from natv2.rng import torch_stream
 
 log = logging.getLogger(__name__)
@@ -344,11 +345,11 @@ def recalibrate_on(model: nn.Module, batches: Iterable[tuple[torch.Tensor, torch
 
 
 def _inference_net(model: nn.Module, fold: bool, channels_last: bool) -> nn.Module:
-    """``model`` in eval mode; with ``fold`` a copy with BN folded and conv + ReLU/h-swish fused (CPU)."""
+    """``model`` in eval mode; with ``fold`` a copy with BN folded into the convolutions."""
     net = fold_bn(model) if fold else model.eval()
     if channels_last:
         net = net.to(memory_format=torch.channels_last)
-    return fuse_conv_act(net) if fold else net
+    return net
 
 
 #: CPU inference runs batches in chunks of about this many pixels per channel (100 images at

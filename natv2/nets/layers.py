@@ -7,7 +7,6 @@ subset of its supernet's (with sliced shapes).
 from __future__ import annotations
 
 import copy
-import functools
 import os
 
 import torch
@@ -86,8 +85,6 @@ class ConvBNAct(nn.Module):
         self.conv = nn.Conv2d(in_chs, out_chs, kernel_size, stride, kernel_size // 2, groups=groups, bias=bias)
         self.bn = nn.BatchNorm2d(out_chs) if bn else nn.Identity()
         self.act = make_act(act)
-        # fuse_conv_act may merge conv and activation (False where a parent calls them itself)
-        self.fusable = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
@@ -184,11 +181,13 @@ def fold_bn(model: nn.Module) -> nn.Module:
     return model
 
 
-# ------------------------------------------------------------------------------ fused inference
-# Two private torch ops speed up CPU evaluation: oneDNN's fused conv + activation here and
-# aten.native_batch_norm.out (in-place recalibration BN, natv2.evaluate). Each has a public
-# reference path it is tested against (tests/test_evaluate_fast.py) and bench/private_ops.py
-# measures what it saves; NATV2_PRIVATE_OPS=0 in the environment switches both off.
+# ------------------------------------------------------------------------------ private ops
+# One private torch op speeds up CPU evaluation: aten.native_batch_norm.out (in-place
+# recalibration BN, natv2.evaluate; bench/private_ops.py measured 1.37x). It has a public
+# reference path it is tested against (tests/test_evaluate_fast.py); NATV2_PRIVATE_OPS=0 in the
+# environment switches it off. oneDNN's fused conv + activation
+# (mkldnn._convolution_pointwise) was removed: the same bench measured it at 0.98x, and private
+# ops stay only behind a measured speed-up.
 
 PRIVATE_OPS_ENV = "NATV2_PRIVATE_OPS"
 
@@ -196,57 +195,3 @@ PRIVATE_OPS_ENV = "NATV2_PRIVATE_OPS"
 def private_ops_enabled() -> bool:
     """False when the environment sets ``NATV2_PRIVATE_OPS=0``: only public torch ops then."""
     return os.environ.get(PRIVATE_OPS_ENV, "1").strip() != "0"
-
-
-_POINTWISE = {nn.ReLU: "relu", nn.Hardswish: "hardswish"}
-
-
-def _pointwise_op():
-    return torch.ops.mkldnn._convolution_pointwise.default
-
-
-@functools.cache
-def pointwise_fusion_available() -> bool:
-    """Whether oneDNN's fused conv + activation op runs here (checked once against eager PyTorch)."""
-    try:
-        gen = torch.Generator().manual_seed(0)  # its own: the global RNG of a seeded run stays untouched
-        with torch.inference_mode():
-            x = torch.randn(2, 8, 5, 5, generator=gen).contiguous(memory_format=torch.channels_last)
-            w = torch.randn(8, 8, 3, 3, generator=gen).contiguous(memory_format=torch.channels_last)
-            b = torch.randn(8, generator=gen)
-            y = _pointwise_op()(x, w, b, [1, 1], [1, 1], [1, 1], 1, "hardswish", [], "")
-            return bool(torch.allclose(y, F.hardswish(F.conv2d(x, w, b, 1, 1)), atol=1e-5))
-    except Exception:  # no oneDNN, or the private op changed
-        return False
-
-
-class FusedConvAct(nn.Module):
-    """Inference only: conv + bias + ReLU / h-swish as one oneDNN call (CPU float32), one pass over the output."""
-
-    def __init__(self, conv: nn.Conv2d, act: str) -> None:
-        super().__init__()
-        self.weight, self.bias = conv.weight, conv.bias
-        self.args = (list(conv.padding), list(conv.stride), list(conv.dilation), conv.groups, act)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        padding, stride, dilation, groups, act = self.args
-        return _pointwise_op()(x, self.weight, self.bias, padding, stride, dilation, groups, act, [], "")
-
-
-def fuse_conv_act(model: nn.Module) -> nn.Module:
-    """In place, for CPU inference: every folded ConvBNAct (BN folded into a conv with bias, then
-    ReLU or h-swish) becomes one fused oneDNN conv + activation. Not for export or training:
-    the op is CPU-only (the model is returned unchanged where it is not available, or with
-    ``NATV2_PRIVATE_OPS=0``).
-    """
-    p = next(model.parameters(), None)
-    if (p is None or p.device.type != "cpu" or p.dtype != torch.float32 or not private_ops_enabled()
-            or not pointwise_fusion_available()):
-        return model
-    for m in model.modules():
-        if (isinstance(m, ConvBNAct) and getattr(m, "fusable", True) and isinstance(m.conv, nn.Conv2d)
-                and m.conv.bias is not None and isinstance(m.bn, nn.Identity) and type(m.act) in _POINTWISE
-                and m.conv.padding_mode == "zeros" and not isinstance(m.conv.padding, str)):
-            m.conv = FusedConvAct(m.conv, _POINTWISE[type(m.act)])
-            m.act = nn.Identity()
-    return model

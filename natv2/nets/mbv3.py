@@ -84,7 +84,6 @@ class Head(nn.Module):
         super().__init__()
         self.expand = ConvBNAct(in_chs, mid_chs, 1, act="h_swish")
         self.mix = ConvBNAct(mid_chs, out_chs, 1, act="h_swish", bn=False)
-        self.mix.fusable = False  # forward applies its conv and activation itself
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.classifier = nn.Linear(out_chs, n_classes)
 
