@@ -165,3 +165,64 @@ def adapt(
              "total_epochs": plan.total_epochs}
     return {"epochs": cfg.epochs, "schedule_epochs": [plan.offset_epochs, plan.offset_epochs + cfg.epochs, plan.total_epochs],
             "history": history.rows, "mean_gene_entropy": entropy, STATE_KEY: state}
+
+
+# --------------------------------------------------------------------------------------------
+# One search iteration's adaptation, as ``natv2 adapt`` runs it
+
+
+def iteration_seed(seed: int, iteration: int) -> int:
+    """The adaptation seed of search iteration ``iteration``: its own stream of the run's ``seed``."""
+    from natv2.rng import stream_seed
+
+    return stream_seed(seed, "adapt", iteration)
+
+
+def adapt_resume(folder: str | Path, *, supernet_path, archive_path, data_path, teacher_path=None,
+                 iteration: int, settings):
+    """The resume folder (natv2.resume.ResumeFolder) of one iteration's adaptation.
+
+    Fingerprinted with its input files and the settings it depends on, so a rerun after an
+    upstream change starts over instead of resuming stale state.
+    """
+    from natv2.resume import ResumeFolder, fingerprint, split_files
+
+    return ResumeFolder(folder, fingerprint(
+        {"supernet": supernet_path, "archive": archive_path, **split_files(data_path),
+         **({"teacher": teacher_path} if teacher_path else {})},
+        {"seed": iteration_seed(settings.seed, iteration), "iteration": iteration, "adapt": settings.adapt,
+         "search": settings.search, "data": settings.data},
+    ))
+
+
+def adapt_iteration(
+    supernet,
+    meta: dict[str, Any],
+    data,
+    archive,
+    settings,
+    *,
+    iteration: int,
+    carried: dict | None = None,
+    teacher_supernet=None,
+    state_path: Path | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """Adapt ``supernet`` in place for search iteration ``iteration``; return the checkpoint's ``(meta, extra)``.
+
+    ``meta``: the input checkpoint's meta; the returned copy has this iteration's summary
+    appended to ``adaptations``. ``extra``: ``{STATE_KEY: state}``, the optimizer and schedule
+    position the next iteration continues from (None when there is none). ``carried``: the
+    input checkpoint's own ``STATE_KEY`` entry; ``teacher_supernet``: see :func:`adapt` (the
+    teacher's BN images use the run's seed, so every iteration has the same teacher).
+    """
+    summary = adapt(
+        supernet, data, archive, settings.adapt, settings.search,
+        device=settings.torch_device(), seed=iteration_seed(settings.seed, iteration),
+        teacher_supernet=teacher_supernet, teacher_seed=settings.seed, carried=carried,
+        state_path=state_path, progress=progress,
+    )
+    adapt_state = summary.pop(STATE_KEY)
+    meta = dict(meta)
+    meta["adaptations"] = [*meta.get("adaptations", []), {"iteration": iteration, **summary}]
+    return meta, None if adapt_state is None else {STATE_KEY: adapt_state}

@@ -362,3 +362,71 @@ def test_adaptation_follows_nats_schedule_teacher_and_resolution(monkeypatch):
     adapt(net, data, archive, dataclasses.replace(cfg, kd_weight=1.0), search, device="cpu", seed=3,
           teacher_supernet=warm, teacher_seed=0, carried=s2[STATE_KEY], progress=False)
     assert seen == {"source": warm, "seed": 0}
+
+
+def test_adapt_iteration_returns_the_checkpoints_meta_and_carried_state(monkeypatch):
+    """natv2.adapt.adapt_iteration: one iteration as ``natv2 adapt`` runs it (seed, meta, extra)."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    import numpy as np
+    from synthetic_nas import evaluate
+
+    import natv2.adapt
+    from natv2.adapt import STATE_KEY, adapt_iteration, iteration_seed
+    from natv2.config import load_settings
+    from natv2.rng import stream_seed
+    from natv2.space import SearchSpace
+
+    base = load_settings()
+    settings = dataclasses.replace(
+        base, device="cpu", search=dataclasses.replace(base.search, iterations=2),
+        adapt=dataclasses.replace(base.adapt, epochs=1, batch_size=32, subnets_per_step=1, top_n=8, kd_weight=0.0))
+    assert iteration_seed(7, 2) == stream_seed(7, "adapt", 2)
+    space = SearchSpace(resolutions=(8,))
+    archive = evaluate(space, space.sample(12, np.random.default_rng(0), "natv2"))
+    data = SimpleNamespace(train=learnable_set(n=64), mean=(0.5,) * 3, std=(0.5,) * 3, pad=4, flip=True)
+    meta_in = {"classes": ["a", "b", "c", "d"], "adaptations": [{"iteration": 0}]}
+    net = _FakeSupernet(space)
+    meta, extra = adapt_iteration(net, meta_in, data, archive, settings, iteration=1, progress=False)
+    assert meta_in["adaptations"] == [{"iteration": 0}]  # the input meta is left as it was
+    assert meta["classes"] == meta_in["classes"] and [a["iteration"] for a in meta["adaptations"]] == [0, 1]
+    assert STATE_KEY not in meta["adaptations"][-1] and meta["adaptations"][-1]["epochs"] == 1
+    assert set(extra) == {STATE_KEY} and extra[STATE_KEY]["epochs_done"] == 1
+    meta2, extra2 = adapt_iteration(net, meta, data, archive, settings, iteration=2, carried=extra[STATE_KEY],
+                                    progress=False)
+    assert extra2[STATE_KEY]["epochs_done"] == 2 and len(meta2["adaptations"]) == 3
+    # the iteration's own seed and the run's teacher seed reach natv2.adapt.adapt
+    seen = {}
+
+    def fake_adapt(*args, seed, teacher_seed, carried, **kwargs):
+        seen.update(seed=seed, teacher_seed=teacher_seed)
+        return {"epochs": 0, STATE_KEY: carried}
+
+    monkeypatch.setattr(natv2.adapt, "adapt", fake_adapt)
+    meta3, extra3 = adapt_iteration(net, {}, data, archive, settings, iteration=3)
+    assert seen == {"seed": iteration_seed(settings.seed, 3), "teacher_seed": settings.seed}
+    assert extra3 is None and meta3 == {"adaptations": [{"iteration": 3, "epochs": 0}]}  # nothing carried
+
+
+def test_adapt_resume_is_fingerprinted_by_the_iterations_inputs(tmp_path):
+    import json
+
+    from natv2.adapt import adapt_resume, iteration_seed
+    from natv2.config import load_settings
+
+    settings = load_settings()
+    for name in ("supernet.pt", "archive.csv", "images.pt", "warmup.pt"):
+        (tmp_path / name).write_bytes(name.encode())
+    (tmp_path / "split.json").write_text(json.dumps({"cache": "images.pt"}))
+    paths = dict(supernet_path=tmp_path / "supernet.pt", archive_path=tmp_path / "archive.csv",
+                 data_path=tmp_path / "split.json")
+    folder = tmp_path / ".resume" / "supernet.pt.adapt"
+    state = adapt_resume(folder, **paths, iteration=2, settings=settings)
+    assert state.folder == folder and set(state.fingerprint["files"]) == {"supernet", "archive", "split", "images"}
+    assert state.fingerprint["settings"]["seed"] == iteration_seed(settings.seed, 2)
+    state.path("train.pt").write_bytes(b"progress")
+    assert adapt_resume(folder, **paths, iteration=2, settings=settings).path("train.pt").exists()  # same inputs
+    assert not adapt_resume(folder, **paths, iteration=3, settings=settings).path("train.pt").exists()  # other: discarded
+    teacher = adapt_resume(folder, **paths, teacher_path=tmp_path / "warmup.pt", iteration=3, settings=settings)
+    assert "teacher" in teacher.fingerprint["files"]

@@ -24,13 +24,11 @@ def run(args: argparse.Namespace) -> int:
     import sys
     from pathlib import Path
 
-    from natv2.adapt import STATE_KEY, adapt
+    from natv2.adapt import STATE_KEY, adapt_iteration, adapt_resume
     from natv2.archive import read_archive
     from natv2.config import settings_from_args
     from natv2.io import check_writable
     from natv2.nets.checkpoint import check_classes, load_supernet, load_supernet_extra, save_supernet
-    from natv2.resume import ResumeFolder, fingerprint, split_files
-    from natv2.rng import stream_seed
     from natv2.splits import load_data
 
     settings = settings_from_args(args)
@@ -38,31 +36,17 @@ def run(args: argparse.Namespace) -> int:
     check_writable(out)  # before the training, not after it
     archive = read_archive(args.archive, settings.search.objectives)
     supernet, meta = load_supernet(args.supernet)
-    # NAT: one optimizer and lr schedule over all iterations, carried in the checkpoints
-    carried = load_supernet_extra(args.supernet, STATE_KEY)
-    teacher_supernet = None
-    if args.teacher and Path(args.teacher).resolve() != Path(args.supernet).resolve():
-        teacher_supernet, _ = load_supernet(args.teacher)
+    carried = load_supernet_extra(args.supernet, STATE_KEY)  # NAT: one optimizer and lr schedule over all iterations
+    own_teacher = not args.teacher or Path(args.teacher).resolve() == Path(args.supernet).resolve()
+    teacher_supernet = None if own_teacher else load_supernet(args.teacher)[0]
     data = load_data(args.data)
     check_classes(supernet, data.n_classes, args.supernet, args.data)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
-    seed = stream_seed(settings.seed, "adapt", args.iteration)
-    # the state belongs to these inputs: a rerun after an upstream change starts over
-    state = ResumeFolder(state_dir / f"{out.name}.adapt", fingerprint(
-        {"supernet": args.supernet, "archive": args.archive, **split_files(args.data),
-         **({"teacher": args.teacher} if args.teacher else {})},
-        {"seed": seed, "iteration": args.iteration, "adapt": settings.adapt, "search": settings.search,
-         "data": settings.data},
-    ))
-    summary = adapt(
-        supernet, data, archive, settings.adapt, settings.search,
-        device=settings.torch_device(), seed=seed,
-        teacher_supernet=teacher_supernet, teacher_seed=settings.seed, carried=carried,
-        state_path=state.path("train.pt"), progress=sys.stderr.isatty(),
-    )
-    adapt_state = summary.pop(STATE_KEY)
-    meta = dict(meta)
-    meta.setdefault("adaptations", []).append({"iteration": args.iteration, **summary})
-    save_supernet(out, supernet.cpu(), meta, extra=None if adapt_state is None else {STATE_KEY: adapt_state})
+    state = adapt_resume(state_dir / f"{out.name}.adapt", supernet_path=args.supernet, archive_path=args.archive,
+                         data_path=args.data, teacher_path=args.teacher, iteration=args.iteration, settings=settings)
+    meta, extra = adapt_iteration(supernet, meta, data, archive, settings, iteration=args.iteration, carried=carried,
+                                  teacher_supernet=teacher_supernet, state_path=state.path("train.pt"),
+                                  progress=sys.stderr.isatty())
+    save_supernet(out, supernet.cpu(), meta, extra=extra)
     state.remove()  # the output is whole: its resume state has served
     return 0
