@@ -237,6 +237,73 @@ def test_source_without_phase_writes_only_the_variants_phases(tiny_run):
     assert [p["phase"] for p in meta["phases"]] == phases
 
 
+def _tiny_settings(config: str):
+    from natv2.config import DEFAULT_CONFIG, load_settings
+
+    return load_settings([DEFAULT_CONFIG, config])  # as settings_from_args reads --config
+
+
+def test_train_phase_writes_the_phase_checkpoint_and_its_meta(tiny_run, tmp_path, monkeypatch):
+    """natv2.source_supernet.train_phase: new or loaded supernet, meta, resume state (training faked)."""
+    import natv2.shrinking
+    from natv2.errors import Natv2Error
+    from natv2.nets.checkpoint import load_supernet, save_supernet
+    from natv2.source_supernet import dataset_key, train_phase
+
+    root, config, split = tiny_run
+    settings = _tiny_settings(config)
+    assert dataset_key(split) == "digits"
+    seen = []
+
+    def fake_phase(net, phase, data, cfg, *, resume, **kwargs):
+        seen.append((phase, resume))
+        return {"phase": phase, "fake": True}
+
+    monkeypatch.setattr(natv2.shrinking, "run_phase", fake_phase)
+    with pytest.raises(Natv2Error, match="phase kernel: needs --init"):
+        train_phase(settings, split, "kernel", None, tmp_path / "k.pt", tmp_path / "state")
+    train_phase(settings, split, "full", None, tmp_path / "full.pt", tmp_path / "state" / "full", progress=False)
+    assert seen == [("full", tmp_path / "state" / "full" / "train.pt")]
+    assert not (tmp_path / "state" / "full").exists()  # removed once the checkpoint is whole
+    net, meta = load_supernet(tmp_path / "full.pt")
+    assert meta["phase"] == "full" and meta["source"] == "train" and meta["phases"] == [{"phase": "full", "fake": True}]
+    assert meta["classes"] == [str(i) for i in range(10)] and net.n_classes == 10
+    # a rerun of a phase replaces its summary; the earlier phases' stay
+    train_phase(settings, split, "kernel", tmp_path / "full.pt", tmp_path / "kernel.pt", tmp_path / "state" / "k")
+    train_phase(settings, split, "kernel", tmp_path / "kernel.pt", tmp_path / "kernel2.pt", tmp_path / "state" / "k")
+    assert [p["phase"] for p in load_supernet(tmp_path / "kernel2.pt")[1]["phases"]] == ["full", "kernel"]
+    net.reset_classifier(3)
+    save_supernet(tmp_path / "three.pt", net, meta)
+    with pytest.raises(Natv2Error, match="predicts 3 classes"):
+        train_phase(settings, split, "kernel", tmp_path / "three.pt", tmp_path / "k3.pt", tmp_path / "state" / "k3")
+
+
+def test_train_phases_runs_the_variants_missing_phases_in_order(tiny_run, tmp_path, monkeypatch):
+    import natv2.shrinking
+    from natv2.nets.checkpoint import load_supernet
+    from natv2.source_supernet import train_phases
+
+    root, config, split = tiny_run
+    settings = _tiny_settings(config)
+    ran = []
+
+    def fake_phase(net, phase, data, cfg, **kwargs):
+        ran.append(phase)
+        return {"phase": phase}
+
+    monkeypatch.setattr(natv2.shrinking, "run_phase", fake_phase)
+    phases = phases_for(SearchSpace(resolutions=(12, 16), kernels=(3, 5), expands=(2, 3)))
+    out, work = tmp_path / "source.pt", tmp_path / "phases"
+    train_phases(settings, split, out, work_dir=work, state_dir=tmp_path / ".resume", progress=False)
+    assert ran == phases and sorted(p.name for p in work.iterdir()) == sorted(f"{p}.pt" for p in phases)
+    assert out.read_bytes() == (work / f"{phases[-1]}.pt").read_bytes()  # source.pt: the last phase's checkpoint
+    assert [p["phase"] for p in load_supernet(out)[1]["phases"]] == phases
+    (work / f"{phases[-1]}.pt").unlink()
+    ran.clear()
+    train_phases(settings, split, out, work_dir=work, state_dir=tmp_path / ".resume", progress=False)
+    assert ran == [phases[-1]]  # finished phases are not rerun
+
+
 def test_unwritable_phase_output_is_one_line_before_any_training(tiny_run, tmp_path, capsys, monkeypatch):
     import errno
     import os

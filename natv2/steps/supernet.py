@@ -38,11 +38,10 @@ def run(args: argparse.Namespace) -> int:
     from natv2.config import settings_from_args
     from natv2.errors import Natv2Error
     from natv2.io import check_writable
-    from natv2.shrinking import PHASE_NAMES, get_phase, phases_for
-    from natv2.space import SearchSpace
+    from natv2.shrinking import PHASE_NAMES, get_phase
+    from natv2.source_supernet import make_official, train_phase, train_phases
 
     settings = settings_from_args(args)
-    cfg = settings.supernet_train
     out = Path(args.out)
     check_writable(out)
     state_dir = Path(args.state_dir) if args.state_dir else out.parent / ".resume"
@@ -50,109 +49,13 @@ def run(args: argparse.Namespace) -> int:
         get_phase(args.phase)  # validates the name
         if args.phase != PHASE_NAMES[0] and not args.init:
             raise Natv2Error(f"--phase {args.phase}: --init PREV.pt (the previous phase's checkpoint) is required")
-        run_one_phase(settings, args.data, args.phase, args.init, out, state_dir / f"{out.name}.{args.phase}",
-                      progress=not args.no_progress)
-        return 0
-    if args.init:
+        train_phase(settings, args.data, args.phase, args.init, out, state_dir / f"{out.name}.{args.phase}",
+                    progress=not args.no_progress)
+    elif args.init:
         raise Natv2Error("--init: only used with --phase")
-    if cfg.source == "official":
+    elif settings.supernet_train.source == "official":
         make_official(settings, args.data, out)
-        return 0
-    work = Path(args.work_dir) if args.work_dir else out.parent / "phases"
-    previous = None
-    # only the variant's phases: the others would write undeclared files (and, in a target's job
-    # reading the source's phases, train on the target's classes)
-    for name in phases_for(SearchSpace.from_config(settings.supernet_for(dataset_key(args.data)))):
-        phase_out = work / f"{name}.pt"
-        if not phase_out.is_file():
-            run_one_phase(settings, args.data, name, previous, phase_out, state_dir / f"{phase_out.name}.{name}",
-                          progress=not args.no_progress)
-        previous = phase_out
-    _copy_checkpoint(previous, out)
-    return 0
-
-
-def _copy_checkpoint(src, dst) -> None:
-    import shutil
-
-    from natv2.io import atomic_path
-
-    with atomic_path(dst) as tmp:
-        shutil.copyfile(src, tmp)
-
-
-def run_one_phase(settings, data_json, phase: str, init, out, state, *, progress: bool = True) -> None:
-    """Train one phase from ``init`` (None = a new supernet for the ``full`` phase) -> ``out``.
-
-    ``state``: the phase's resume folder (natv2.resume), fingerprinted with the data, ``init``
-    and the settings; removed once ``out`` is written.
-    """
-    import logging
-
-    from natv2.errors import Natv2Error
-    from natv2.io import check_writable
-    from natv2.nets import build_supernet
-    from natv2.nets.checkpoint import load_supernet, save_supernet
-    from natv2.resume import ResumeFolder, fingerprint, split_files
-    from natv2.shrinking import run_phase
-    from natv2.splits import load_data
-
-    log = logging.getLogger("natv2.supernet")
-    check_writable(out)  # before the training, not after it
-    device = settings.torch_device()
-    data = load_data(data_json, device=None)
-    if init is None:
-        if phase != "full":
-            raise Natv2Error(f"phase {phase}: needs --init (only the full phase starts from a new supernet)")
-        import torch
-
-        from natv2.rng import stream_seed
-
-        torch.manual_seed(stream_seed(settings.seed, "supernet-init"))  # weight init of the new supernet (nn.Module init uses the global RNG)
-        net = build_supernet(settings.supernet_for(dataset_key(data_json)), data.n_classes)
-        meta = {"phases": []}
     else:
-        net, meta = load_supernet(init)
-        meta = dict(meta or {})
-        if getattr(net, "n_classes", data.n_classes) != data.n_classes:
-            raise Natv2Error(
-                f"{init}: supernet predicts {net.n_classes} classes, the dataset {data_json} has {data.n_classes}"
-            )
-    # the state belongs to these inputs: a rerun after an upstream change starts over
-    resume = ResumeFolder(state, fingerprint(
-        {**split_files(data_json), **({"init": init} if init is not None else {})},
-        {"seed": settings.seed, "phase": phase, "supernet": settings.supernet_for(dataset_key(data_json)),
-         "supernet_train": settings.supernet_train, "data": settings.data},
-    ))
-    summary = run_phase(net, phase, data, settings.supernet_train, device=device, seed=settings.seed,
-                        resume=resume.path("train.pt"), pad=data.pad, flip=data.flip, progress=progress)
-    done = [p for p in meta.get("phases", []) if p.get("phase") != phase] + [summary]
-    meta.update({"phase": phase, "phases": done, "classes": list(data.classes), "source": "train"})
-    save_supernet(out, net.cpu(), meta)
-    resume.remove()  # the phase's output is whole: its resume state is no longer needed
-    log.info("phase %s -> %s", phase, out)
-
-
-def dataset_key(data_json) -> str:
-    """The dataset key a split.json was made for."""
-    from natv2.io import read_json
-
-    return str(read_json(data_json)["dataset"])
-
-
-def make_official(settings, data_json, out) -> None:
-    """The published OFA weights with a new head for the dataset's classes -> ``out``."""
-    from natv2.errors import Natv2Error
-    from natv2.nets import official
-    from natv2.nets.checkpoint import save_supernet
-    from natv2.rng import torch_stream
-    from natv2.splits import load_data
-
-    data = load_data(data_json, device=None)
-    cfg = settings.supernet_for(dataset_key(data_json))
-    if cfg.variant != "ofa_mbv3":
-        raise Natv2Error(f"supernet_train.source official: published weights exist for variant ofa_mbv3 only, not {cfg.variant!r}")
-    net = official.official_supernet(cfg, data.n_classes, cache_dir=cfg.weights_dir, mirrors=list(cfg.mirrors),
-                                     download=cfg.download, generator=torch_stream(settings.seed, "head"))
-    # classes None: the head is new (random), so the warm-up trains it as a new head
-    save_supernet(out, net, {"source": "official", "classes": None, "phases": []})
+        train_phases(settings, args.data, out, work_dir=Path(args.work_dir) if args.work_dir else out.parent / "phases",
+                     state_dir=state_dir, progress=not args.no_progress)
+    return 0
