@@ -127,19 +127,22 @@ def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) ->
     plt, fig, axes = _figure(len(groups))
     singles = pareto.sort_values("latency_ms")
     single_test = "test_top1_finetuned" if "test_top1_finetuned" in pareto.columns else "test_top1"
+    # markers only: the single nets are a front in params, not in latency, so a line through
+    # them zig-zags (a smaller net can time slower); the ensembles are few points per mode
     for ax, (mode, group) in zip(axes, groups):
         if "select_top1_finetuned" in singles.columns and singles["select_top1_finetuned"].notna().any():
-            ax.plot(singles["latency_ms"], singles["select_top1_finetuned"], "o-", label="single nets, held-out val")
+            ax.plot(singles["latency_ms"], singles["select_top1_finetuned"], "o", label="single nets, held-out val")
         if single_test in singles.columns:
-            ax.plot(singles["latency_ms"], singles[single_test], "o--", label=f"single nets, {ACCURACIES[single_test]}")
+            ax.plot(singles["latency_ms"], singles[single_test], "o", mfc="none", label=f"single nets, {ACCURACIES[single_test]}")
         group = group.sort_values("latency_ms")
-        ax.plot(group["latency_ms"], group["val_top1"], "s-", label="ensembles, held-out val")
+        ax.plot(group["latency_ms"], group["val_top1"], "s", label="ensembles, held-out val")
         if "test_top1" in group.columns:
-            ax.plot(group["latency_ms"], group["test_top1"], "s--", label="ensembles, test")
+            ax.plot(group["latency_ms"], group["test_top1"], "s", mfc="none", label="ensembles, test")
         ax.set_xlabel(f"latency (ms; {mode}: {'max' if mode == 'parallel' else 'sum'} of members)")
         ax.set_ylabel("top-1 (%)")
         ax.set_title(f"OFA3 ensembles ({mode}) vs single nets")
-        ax.legend()
+        # below the axes: inside, "best" still covers the best ensemble's point on some fronts
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize="small")
     return _save(plt, fig, path)
 
 
