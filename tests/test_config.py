@@ -45,7 +45,7 @@ def test_dataset_overrides_apply_to_that_dataset_only():
     assert mine.finetune.max_epochs == 3 and mine.finetune.lr == settings.finetune.lr  # merged, not replaced
     assert mine.supernet_train.phases.full.epochs == 2
     assert mine.supernet_train.phases.full.lr == settings.supernet_train.phases.full.lr
-    assert settings.for_dataset("digits") is settings
+    assert settings.for_dataset("cifar100") is settings  # an entry without overrides: the settings themselves
     assert mine.for_dataset("mydata").finetune == mine.finetune  # applying twice changes nothing
 
 
