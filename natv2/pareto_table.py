@@ -44,6 +44,7 @@ def assemble(front: pd.DataFrame, metrics: dict[str, dict], paths: dict[str, str
         raise Natv2Error("front.csv is empty: the search produced no front member")
     if "finetune" in front.columns:  # only the members chosen for fine-tuning (finetune.max_members)
         front = front[front["finetune"].astype(bool)]
+    extras = [c for c in FRONT_EXTRAS if c in front.columns]
     rows = []
     for _, member in front.iterrows():
         mid = str(member["id"])
@@ -73,11 +74,9 @@ def assemble(front: pd.DataFrame, metrics: dict[str, dict], paths: dict[str, str
                     "search_val_top1": m.get("search_val_top1", 100.0 - float(member["top1_err"])
                                              if "top1_err" in member else float("nan")),
                     "search_test_top1": m.get("search_test_top1", float("nan")),
+                    **{c: float(member[c]) for c in extras},
                 }
             )
         except KeyError as e:
             raise Natv2Error(f"nets/{mid}/metrics.json: key {e.args[0]!r} missing") from None
-    extras = [c for c in FRONT_EXTRAS if c in front.columns]
-    for row, (_, member) in zip(rows, front.iterrows()):
-        row.update({c: float(member[c]) for c in extras})
     return pd.DataFrame(rows, columns=COLUMNS + extras).sort_values("params", kind="stable").reset_index(drop=True)

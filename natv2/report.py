@@ -118,23 +118,21 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
 def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) -> Path:
     """Ensembles against the fine-tuned single nets on latency, one panel per mode.
 
-    Solid lines: held-out val (the selection split, which no member trained on; ensembles.csv's
-    ``val_top1`` and pareto.csv's ``select_top1_finetuned``), the fair comparison. Dashed: test.
+    Filled markers: held-out val (the selection split, which no member trained on; ensembles.csv's
+    ``val_top1`` and pareto.csv's ``select_top1_finetuned``), the fair comparison. Open markers: test.
     """
     _require(ensembles, ["mode", "latency_ms", "val_top1"], "ensembles.csv")
     _require(pareto, ["latency_ms"], "pareto.csv")
     groups = list(ensembles.groupby("mode"))
     plt, fig, axes = _figure(len(groups))
-    singles = pareto.sort_values("latency_ms")
     single_test = "test_top1_finetuned" if "test_top1_finetuned" in pareto.columns else "test_top1"
     # markers only: the single nets are a front in params, not in latency, so a line through
     # them zig-zags (a smaller net can time slower); the ensembles are few points per mode
     for ax, (mode, group) in zip(axes, groups):
-        if "select_top1_finetuned" in singles.columns and singles["select_top1_finetuned"].notna().any():
-            ax.plot(singles["latency_ms"], singles["select_top1_finetuned"], "o", label="single nets, held-out val")
-        if single_test in singles.columns:
-            ax.plot(singles["latency_ms"], singles[single_test], "o", mfc="none", label=f"single nets, {ACCURACIES[single_test]}")
-        group = group.sort_values("latency_ms")
+        if "select_top1_finetuned" in pareto.columns and pareto["select_top1_finetuned"].notna().any():
+            ax.plot(pareto["latency_ms"], pareto["select_top1_finetuned"], "o", label="single nets, held-out val")
+        if single_test in pareto.columns:
+            ax.plot(pareto["latency_ms"], pareto[single_test], "o", mfc="none", label=f"single nets, {ACCURACIES[single_test]}")
         ax.plot(group["latency_ms"], group["val_top1"], "s", label="ensembles, held-out val")
         if "test_top1" in group.columns:
             ax.plot(group["latency_ms"], group["test_top1"], "s", mfc="none", label="ensembles, test")

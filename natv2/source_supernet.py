@@ -39,6 +39,7 @@ def train_phase(settings, data_json: str | Path, phase: str, init: str | Path | 
     check_writable(out)  # before the training, not after it
     device = settings.torch_device()
     data = load_data(data_json, device=None)
+    supernet_cfg = settings.supernet_for(dataset_key(data_json))
     if init is None:
         if phase != "full":
             raise Natv2Error(f"phase {phase}: needs --init (only the full phase starts from a new supernet)")
@@ -47,7 +48,7 @@ def train_phase(settings, data_json: str | Path, phase: str, init: str | Path | 
         from natv2.rng import stream_seed
 
         torch.manual_seed(stream_seed(settings.seed, "supernet-init"))  # weight init of the new supernet (nn.Module init uses the global RNG)
-        net = build_supernet(settings.supernet_for(dataset_key(data_json)), data.n_classes)
+        net = build_supernet(supernet_cfg, data.n_classes)
         meta = {"phases": []}
     else:
         net, meta = load_supernet(init)
@@ -59,7 +60,7 @@ def train_phase(settings, data_json: str | Path, phase: str, init: str | Path | 
     # the state belongs to these inputs: a rerun after an upstream change starts over
     resume = ResumeFolder(state, fingerprint(
         {**split_files(data_json), **({"init": init} if init is not None else {})},
-        {"seed": settings.seed, "phase": phase, "supernet": settings.supernet_for(dataset_key(data_json)),
+        {"seed": settings.seed, "phase": phase, "supernet": supernet_cfg,
          "supernet_train": settings.supernet_train, "data": settings.data},
     ))
     summary = run_phase(net, phase, data, settings.supernet_train, device=device, seed=settings.seed,
