@@ -14,10 +14,10 @@ candidates; the lead's evaluate step measures them; the update step tells the ar
   bounds, repaired, every iteration, as the original (``select_solver``'s ``int_lhs`` sampling,
   NAT_extended/search/algorithms/msunas.py:178-229, run from scratch in ``_next``, :274-304);
   ``archive`` = the archive's non-dominated genomes, topped up by samples of the algorithm's policy.
-- candidate choice (:func:`choose_candidates`): drop genomes already in the archive, keep the
-  predicted non-dominated ones; if there are more than K, NAT's subset-selection GA picks the K
-  that spread the cost objectives most evenly together with the archive's front
-  (:func:`subset_selection`); if fewer, the rest is topped up by the best predicted error.
+- candidate choice (:func:`choose_candidates`): drop genomes already in the archive and
+  repeats; if more than K remain, NAT's subset-selection GA picks, from the whole final
+  population (msunas.py:298), the K that spread the cost objectives most evenly together with
+  the archive's front (:func:`subset_selection`); if K or fewer remain, all of them.
 
 ``cost_fn(genomes: int array (n, n_var)) -> {name: array (n,)}`` must return every cost
 objective of the run (``params``, ``macs``, ``latency_ms``, ``latency_lut``) and every cost column
@@ -266,12 +266,14 @@ def nsga_search(space, cfg, predict_error: PredictFn, costs: CostCache, initial:
 def spread_score(selected: np.ndarray, reference: np.ndarray) -> float:
     """How unevenly ``selected`` and ``reference`` cover the cost axes (lower = more even).
 
-    NAT's criterion, per cost objective: the standard deviation of the gaps between the sorted
-    values of the archive's front plus the selected candidates. Several cost objectives (3+
-    objectives in all) add their scores; costs are normalised to [0, 1] beforehand.
+    NAT's criterion (``SubsetSelectionProblem``, msunas.py:75-110): per cost objective, the
+    standard deviation of the gaps between the sorted values of the archive's front plus the
+    selected candidates; with several cost objectives (3+ objectives in all) the largest of
+    them. :func:`subset_selection` normalises the costs to [0, 1] beforehand, so that no unit
+    (MACs against params) decides the maximum alone (the original compares raw values).
     """
     values = np.concatenate([reference, selected])
-    return float(sum(np.std(np.diff(np.sort(values[:, j]))) for j in range(values.shape[1])))
+    return float(max(np.std(np.diff(np.sort(values[:, j]))) for j in range(values.shape[1])))
 
 
 class _SubsetProblem(Problem):
@@ -359,17 +361,23 @@ def choose_candidates(pool_X: np.ndarray, pool_F: np.ndarray, archive_X: np.ndar
                       k: int, objectives: Sequence[str], rng: np.random.Generator, *,
                       subset_pop_size: int = 100, subset_generations: int = 60,
                       pool_cv: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Pick up to ``k`` new genomes from the search's final population.
+    """Pick up to ``k`` new genomes from the search's final population, as the original's ``_next``.
 
-    Returns (indices into the pool, the source of each: ``"front"`` = chosen by subset
-    selection from the predicted front, ``"top-up"`` = best predicted error of the rest).
-    Genomes already in the archive and repeated genomes are dropped first; fewer than ``k``
-    come back only when fewer than ``k`` new genomes exist. With ``pool_cv`` (constraint
-    violation per pool genome, 0 = feasible) the front is taken among the feasible genomes and
-    the top-up takes feasible ones by error first, then infeasible ones by least violation.
+    Genomes already in the archive and repeated genomes are dropped first (msunas.py:291-293);
+    if more than ``k`` remain, the subset-selection GA picks the ``k`` whose cost objectives
+    spread most evenly together with the archive's front, over the whole remaining population,
+    not only its predicted front (msunas.py:298 passes ``res.pop[not_duplicate]``; :240 takes
+    the costs of every member). Ranking the population first would keep the few predicted
+    non-dominated genomes and fill up with the lowest predicted errors, which cluster where the
+    predicted front is flat (CIFAR-10 default: 16 candidates within 1.5 points of error, so
+    their order was noise). Returns (indices into the pool, the source of each: ``"subset"`` =
+    chosen by subset selection, ``"all"`` = every new genome, when there are at most ``k``,
+    ``"top-up"`` = infeasible, by least violation). With ``pool_cv`` (constraint violation per
+    pool genome, 0 = feasible) the subset is drawn from the feasible genomes, and infeasible
+    ones fill up only when fewer than ``k`` are feasible (our extension: the original has no
+    hard constraints).
     """
     objectives = tuple(objectives)
-    err = objectives.index(ERROR)
     cost_cols = [i for i, o in enumerate(objectives) if o != ERROR]
     known = {np.asarray(g, dtype=np.int64).tobytes() for g in archive_X}
     new, seen = [], set()
@@ -381,25 +389,19 @@ def choose_candidates(pool_X: np.ndarray, pool_F: np.ndarray, archive_X: np.ndar
     new = np.asarray(new, dtype=int)
     if len(new) < k:
         log.warning("only %d new genomes in the search's population; asked for %d candidates", len(new), k)
+    rest = np.zeros(0, dtype=int)
     if pool_cv is not None:
         cv = np.asarray(pool_cv, dtype=float).reshape(-1)
-        ok, bad = new[cv[new] <= 0], new[cv[new] > 0]
-        front = ok[non_dominated(pool_F[ok])] if len(ok) else ok
-        if len(front) <= k:
-            rest = np.setdiff1d(ok, front)
-            rest = rest[np.argsort(pool_F[rest, err], kind="stable")]
-            rest = np.concatenate([rest, bad[np.argsort(cv[bad], kind="stable")]])[: k - len(front)].astype(int)
-            return np.concatenate([front, rest]).astype(int), np.array(["front"] * len(front) + ["top-up"] * len(rest))
-        new = ok
-    front = new[non_dominated(pool_F[new])] if len(new) else new
-    if len(front) > k:
-        reference = archive_F[non_dominated(archive_F)][:, cost_cols] if len(archive_F) else np.zeros((0, len(cost_cols)))
-        pick = front[subset_selection(pool_F[front][:, cost_cols], reference, k, rng,
-                                      pop_size=subset_pop_size, generations=subset_generations)]
-        return pick, np.array(["front"] * len(pick))
-    rest = np.setdiff1d(new, front)
-    rest = rest[np.argsort(pool_F[rest, err], kind="stable")][: k - len(front)]
-    return np.concatenate([front, rest]), np.array(["front"] * len(front) + ["top-up"] * len(rest))
+        bad = new[cv[new] > 0]
+        new = new[cv[new] <= 0]
+        rest = bad[np.argsort(cv[bad], kind="stable")][: max(k - len(new), 0)]
+    if len(new) <= k:
+        return (np.concatenate([new, rest]).astype(int),
+                np.array(["all"] * len(new) + ["top-up"] * len(rest)))
+    reference = archive_F[non_dominated(archive_F)][:, cost_cols] if len(archive_F) else np.zeros((0, len(cost_cols)))
+    pick = new[subset_selection(pool_F[new][:, cost_cols], reference, k, rng,
+                                pop_size=subset_pop_size, generations=subset_generations)]
+    return pick, np.array(["subset"] * len(pick))
 
 
 # --------------------------------------------------------------------------------------------

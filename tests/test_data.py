@@ -593,7 +593,18 @@ def test_subset_is_seeded_and_drawn_from_the_set():
     assert len(a) == 10 and torch.equal(a.labels, b.labels) and not torch.equal(a.labels, c.labels)
     assert len(set(a.labels.tolist())) == 10
     assert torch.equal(a.images, data.images[a.labels])  # each row is the image its label names
-    assert data.subset(99, torch.Generator()) is data
+    everything = data.subset(99, torch.Generator().manual_seed(0))
+    assert sorted(everything.labels.tolist()) == list(range(30)) and everything.labels.tolist() != list(range(30))
+
+
+def test_subset_of_a_class_sorted_set_mixes_classes_in_every_batch():
+    # ImageFolder splits are stored class by class; BN recalibration averages per-batch
+    # statistics, so each batch of the drawn subset must hold the classes in their shares
+    labels = torch.arange(10).repeat_interleave(100)  # 1000 images, class-sorted
+    data = ImageSet(torch.zeros(1000, 3, 1, 1, dtype=torch.uint8), labels)
+    sub = data.subset(400, torch.Generator().manual_seed(0))
+    for batch in sub.labels.split(100):
+        assert len(set(batch.tolist())) == 10, batch.bincount(minlength=10).tolist()
 
 
 def test_image_set_checks_its_tensors():

@@ -85,7 +85,7 @@ def test_subset_selection_k_distinct_and_spread():
     assert best <= np.percentile(random_scores, 5)
 
 
-def test_choose_candidates_drops_archive_genomes_and_tops_up():
+def test_choose_candidates_drops_archive_genomes_and_keeps_k():
     rng = np.random.default_rng(0)
     objectives = ("top1_err", "params")
     pool_X = SPACE.sample(12, rng, "natv2")
@@ -96,19 +96,37 @@ def test_choose_candidates_drops_archive_genomes_and_tops_up():
     idx, source = choose_candidates(pool_X, pool_F, archive_X, archive_F, 8, objectives, rng,
                                     subset_pop_size=20, subset_generations=5)
     chosen = {pool_X[i].tobytes() for i in idx}
-    assert len(idx) == 8 and len(chosen) == 8
+    assert len(idx) == 8 and len(chosen) == 8 and set(source.tolist()) == {"subset"}
     assert not chosen & {g.tobytes() for g in archive_X}
-    fronts = idx[source == "front"]
-    top_up = idx[source == "top-up"]
-    new = np.arange(3, 12)
-    nd = set(new[S.non_dominated(pool_F[new])].tolist())
-    if len(nd) <= 8:  # the whole predicted front, then the best predicted errors of the rest
-        assert set(fronts.tolist()) == nd
-        rest = sorted(set(new.tolist()) - nd, key=lambda i: pool_F[i, 0])
-        assert top_up.tolist() == rest[: 8 - len(nd)]
-    # fewer new genomes than asked: all of them, nothing invented
-    idx, _ = choose_candidates(pool_X[:5], pool_F[:5], archive_X, archive_F, 8, objectives, rng)
-    assert sorted(idx.tolist()) == [3, 4]
+    # K or fewer new genomes: all of them, nothing invented
+    idx, source = choose_candidates(pool_X[:5], pool_F[:5], archive_X, archive_F, 8, objectives, rng)
+    assert sorted(idx.tolist()) == [3, 4] and source.tolist() == ["all", "all"]
+
+
+def test_choose_candidates_spreads_over_the_whole_population_not_its_front():
+    """The original subset-selects from the whole final population (msunas.py:291-302, ``pop``
+    = ``res.pop[not_duplicate]``, costs of every member at :240), not from its predicted front."""
+    rng = np.random.default_rng(0)
+    n = 20
+    pool_X = SPACE.sample(n, rng, "natv2")
+    cost = np.arange(1.0, n + 1)  # 1 .. 20
+    err = np.full(n, 5.0)
+    err[0] = 4.0  # genome 0 dominates every other: the predicted front is genome 0 alone
+    pool_F = np.column_stack([err, cost])
+    # the archive's front brackets the pool's costs; even gaps fill the whole range
+    archive_X, archive_F = SPACE.sample(2, np.random.default_rng(1), "natv2"), np.array([[6.0, 0.5], [3.0, 20.5]])
+    idx, _ = choose_candidates(pool_X, pool_F, archive_X, archive_F, 4, ("top1_err", "params"), rng,
+                               subset_pop_size=30, subset_generations=20)
+    # front + best predicted errors would be costs 1-4; the spread reaches the expensive end
+    assert pool_F[idx, 1].max() >= 15, pool_F[idx, 1]
+
+
+def test_spread_score_takes_the_worst_cost_axis():
+    """NAT's SubsetSelectionProblem: max over the cost objectives of the std of the gaps (msunas.py:99-102)."""
+    ref = np.array([[0.0, 0.0], [1.0, 1.0]])
+    uneven = np.array([[0.2, 0.1]])  # gaps 0.2 / 0.8 (std 0.3) and 0.1 / 0.9 (std 0.4)
+    assert spread_score(uneven, ref) == pytest.approx(0.4)  # the worse axis, not the sum 0.7
+    assert spread_score(np.array([[0.5, 0.5]]), ref) == pytest.approx(0.0)
 
 
 def test_initial_population_is_fresh_and_random_by_default(base_cfg):
