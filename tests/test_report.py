@@ -175,3 +175,14 @@ def test_report_plots_a_tau_that_is_nan_everywhere(tmp_path):
     rc = main(["report", "--pareto", str(paths["pareto"]), "--ensembles", str(paths["ensembles"]),
                "--hv", str(paths["hv"]), "--out", str(tmp_path / "r")])
     assert rc == 0 and (tmp_path / "r" / "surrogate_tau.png").read_bytes().startswith(PNG)
+
+
+def test_label_offsets_move_a_crowded_label_below():
+    from natv2.report import label_offsets
+
+    # digits front: 2.40 and 2.47 M params at one accuracy; the second label goes below right
+    x, y = [2.14, 2.40, 2.47, 6.40], [94.4, 97.5, 97.5, 97.5]
+    assert label_offsets(x, y) == [(4, 4), (4, 4), (4, -11), (4, 4)]
+    # a third crowded point alternates back up; a missing accuracy takes no slot
+    assert label_offsets([1.0, 1.01, 1.02, 5.0], [90.0, 90.0, 90.0, 80.0]) == [(4, 4), (4, -11), (4, 4), (4, 4)]
+    assert label_offsets([1.0, 1.01, 1.02, 5.0], [90.0, float("nan"), 90.0, 80.0])[2] == (4, -11)
