@@ -45,7 +45,8 @@ def knee_points(F: np.ndarray, epsilon: float = 0.125) -> np.ndarray:
         for i in range(len(N)):
             diff = N[finder.find(i)] - N[i]
             tradeoff = np.maximum(0, diff).sum(axis=1) / np.maximum(0, -diff).sum(axis=1)
-            mu[i] = np.nanmin(tradeoff)
+            # only tied neighbours (0/0 everywhere): NaN, as nanmin would give, without its warning
+            mu[i] = np.nan if np.isnan(tradeoff).all() else np.nanmin(tradeoff)
         if not np.isfinite(mu).any():  # every point equal to its neighbours (ties): no trade-off, no knee
             return mask
         idx = find_outliers_upper_tail(np.round(mu, 9))  # all equal: std 0, no outlier
