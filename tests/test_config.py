@@ -18,6 +18,9 @@ def test_defaults_load_into_typed_settings():
     assert (digits.pad, digits.flip, digits.max_train) == (4, False, None)  # digits are not mirror-symmetric
     cifar = settings.dataset("cifar10")
     assert (cifar.kind, cifar.name, cifar.download) == ("torchvision", "CIFAR10", True)
+    # the CIFAR-10 laptop default trades accuracy against MACs (NAT's CIFAR-10 trade-off), digits against params
+    assert settings.for_dataset("cifar10").search.objectives == ("top1_err", "macs")
+    assert settings.for_dataset("digits").search.objectives == ("top1_err", "params")
 
 
 def test_a_dataset_entry_overrides_the_data_defaults():
