@@ -291,6 +291,20 @@ def build_stages(jobs: Iterable[dict], results_dir: str, configfile: str) -> dic
     return stages
 
 
+def add_dataset_roots(stages: dict[str, Stage], config: dict) -> None:
+    """Make an ImageFolder dataset's folder a dep of its data stage.
+
+    DVC hashes the folder's files, so a changed, added or removed image reruns the split under
+    ``dvc repro`` (Snakemake sees the same change through the split's fingerprint,
+    natv2.manifest). The other kinds' content is fixed by their name (torchvision checks its
+    downloads' MD5), and their download folder is written by the stage itself.
+    """
+    for ds, entry in (config.get("datasets") or {}).items():
+        stage = stages.get(f"{ds}-data")
+        if stage is not None and isinstance(entry, dict) and entry.get("kind") == "imagefolder" and entry.get("root"):
+            stage.deps.add(str(entry["root"]))
+
+
 _PHASE_RANK = ["data", "supernet", "warmup", "iter", "front", "finetune", "ensembles", "report"]
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from natv2.dvcgen import build_stages, step_of, workflow_files
+from natv2.dvcgen import add_dataset_roots, build_stages, step_of, workflow_files
 from natv2.fingerprints import RULE_KEYS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -55,3 +55,18 @@ def test_every_fingerprint_names_its_own_rule_and_the_table_lists_them_all():
                 named[rule] = m.group(1)
     assert named and all(rule == key for rule, key in named.items()), named
     assert set(named) == set(RULE_KEYS)
+
+
+def test_an_imagefolder_dataset_folder_is_a_dep_of_its_data_stage(monkeypatch):
+    monkeypatch.chdir(REPO)
+    jobs = [_job("split", [f"results/{ds}/data/{f}" for f in ("split.json", "images.pt")], step="split",
+                 params=["data", f"datasets.{ds}"]) for ds in ("mine", "cifar10")]
+    stages = build_stages(jobs, "results", "params.yaml")
+    config = {"datasets": {"mine": {"kind": "imagefolder", "root": "/data/flowers"},
+                           "cifar10": {"kind": "torchvision", "name": "CIFAR10", "root": "data/torchvision"}}}
+    add_dataset_roots(stages, config)
+    # DVC hashes the folder: a changed image reruns `dvc repro`'s split, as it does Snakemake's
+    assert "/data/flowers" in stages["mine-data"].deps
+    # a torchvision download folder is written by the stage itself: no dep
+    assert "data/torchvision" not in stages["cifar10-data"].deps
+    assert not any("flowers" in d for d in stages["cifar10-data"].deps)

@@ -63,6 +63,14 @@ def test_latency_lut_search_then_a_params_budget_at_the_median(tmp_path):
     assert len(bounded) >= 1
     assert (bounded["params"] <= budget).all(), bounded[["id", "params"]]
     assert (front["params"] <= budget).all()
-    # survival prefers feasible genomes: every feasible genome of the initial pool is in the archive
+    # survival prefers feasible genomes: the initial archive holds the smallest and largest genomes
+    # whatever the budget (archive_policies.select_initial), and fills the rest of its places with
+    # feasible genomes of the pool first
     initial = pd.read_csv(work / "results/digits/search/iter0/archive.csv")
-    assert int((initial["params"] <= budget).sum()) == min(n_feasible, len(initial))
+    extremes = [space.to_string(space.smallest()), space.to_string(space.largest())]
+    forced = pool[pool["genome"].isin(extremes)]
+    assert len(forced) == 2 and set(forced["genome"]) <= set(initial["genome"])
+    feasible_forced = int((forced["params"] <= budget).sum())
+    assert feasible_forced == 1  # the budget is below the largest net and above the smallest
+    expected = feasible_forced + min(n_feasible - feasible_forced, len(initial) - len(forced))
+    assert int((initial["params"] <= budget).sum()) == expected

@@ -36,7 +36,7 @@ def render_params(configs: list[str]) -> str:
 
 def render_pipeline(params: str) -> str:
     from natv2.config import load_settings
-    from natv2.dvcgen import build_stages, to_dvc_yaml, workflow_jobs
+    from natv2.dvcgen import add_dataset_roots, build_stages, to_dvc_yaml, workflow_jobs
 
     settings = load_settings([params])
     results = settings.results_dir
@@ -45,6 +45,7 @@ def render_pipeline(params: str) -> str:
     for ds in datasets:
         targets += [f"{results}/{ds}/report/metrics.json", f"{results}/{ds}/ensembles.csv"]
     stages = build_stages(workflow_jobs([params], targets), results, params)
+    add_dataset_roots(stages, settings.raw)
     metrics = [f"{results}/{ds}/report/metrics.json" for ds in datasets]
     plots = []
     for ds in datasets:
