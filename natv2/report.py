@@ -96,6 +96,32 @@ def label_offsets(x, y, *, near: float = 0.04) -> list[tuple[int, int]]:
     return out
 
 
+def measured_latencies(pareto: pd.DataFrame, archive: pd.DataFrame | None) -> dict[str, float]:
+    """Genome -> ``latency_ms`` as this run measured it (archive rows, then the front's own)."""
+    out: dict[str, float] = {}
+    for table in (archive, pareto):
+        if table is not None and {"genome", "latency_ms"} <= set(table.columns):
+            for genome, ms in zip(table["genome"], table["latency_ms"]):
+                if pd.notna(ms):
+                    out[str(genome)] = float(ms)
+    return out
+
+
+def baseline_cost(entry: dict, cost: str, run_latency: dict[str, float]) -> float | None:
+    """Where a baseline net sits on a cost axis, or None when it cannot be placed there.
+
+    Params and MACs are properties of the net. A measured latency is a property of the machine
+    and the moment as well: the baseline's own ``latency_ms`` comes from another run (the CIFAR-10
+    largest net measured 4.1 ms there, 8.6 ms in a later run on a slower machine), so the star takes
+    this run's measurement of the same genome, and is left out when the run never measured it.
+    """
+    if cost == "latency_ms":
+        value = run_latency.get(str(entry.get("genome")))
+    else:
+        value = entry.get(cost)
+    return None if value is None else float(value)
+
+
 def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None = None,
                baseline: Sequence[dict] = ()) -> Path:
     """Top-1 of the front against every measured cost, one panel each.
@@ -104,12 +130,14 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
     line (the attainment front: the best accuracy at most that cost), the test top-1 before and
     after fine-tuning as markers, the members' ids beside the fine-tuned points, every evaluated
     archive genome (``archive``: ``top1_err`` and the costs) as grey dots behind, and each
-    ``baseline`` entry (``{"name", "params", "test_top1", ...}``, bench/baseline.py) as a star.
+    ``baseline`` entry (``{"name", "genome", "params", "test_top1", ...}``, bench/baseline.py) as a
+    star (on the measured-latency panel only where this run measured its genome: baseline_cost).
     """
     _require(pareto, ["val_top1"], "pareto.csv")
     costs = [c for c in COSTS if c in pareto.columns and pareto[c].notna().any()]
     if not costs:
         raise Natv2Error(f"pareto.csv: no cost column measured (expected one of {', '.join(COSTS)})")
+    run_latency = measured_latencies(pareto, archive)
     plt, fig, axes = _figure(len(costs))
     for ax, cost in zip(axes, costs):
         label, scale = UNITS[cost]
@@ -128,8 +156,9 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
                 if pd.notna(yi):
                     ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=offset, fontsize=8, zorder=5)
         for entry in baseline:
-            if entry.get(cost) is not None and entry.get("test_top1") is not None:
-                ax.plot(float(entry[cost]) / scale, float(entry["test_top1"]), "*", markersize=13, zorder=6,
+            x_base = baseline_cost(entry, cost, run_latency)
+            if x_base is not None and entry.get("test_top1") is not None:
+                ax.plot(x_base / scale, float(entry["test_top1"]), "*", markersize=13, zorder=6,
                         label=f"baseline: {entry.get('name', 'static net')}")
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 (%)")

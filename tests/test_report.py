@@ -121,7 +121,8 @@ def test_front_plot_sorts_each_panel_labels_ids_and_shows_archive_and_baseline(t
     archive = pd.DataFrame({"genome": [f"a{i}" for i in range(7)], "top1_err": np.linspace(50, 20, 7),
                             "params": np.linspace(1e5, 1e6, 7), "macs": np.linspace(1e6, 1e7, 7),
                             "latency_ms": np.linspace(1, 3, 7)})
-    baseline = [{"name": "largest", "params": 2.0e6, "macs": 2e7, "latency_ms": 4.0, "test_top1": 85.0}]
+    # the baseline's latency_ms comes from its own run: the star takes this run's measurement of its genome
+    baseline = [{"name": "largest", "genome": "a6", "params": 2.0e6, "macs": 2e7, "latency_ms": 4.0, "test_top1": 85.0}]
     captured = _captured_figure(monkeypatch)
     plot_front(pareto, tmp_path / "front.png", archive=archive, baseline=baseline)
     axes = captured["fig"].axes
@@ -136,9 +137,27 @@ def test_front_plot_sorts_each_panel_labels_ids_and_shows_archive_and_baseline(t
         assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "2", "3", "4"]
         star = next(line for line in ax.get_lines() if line.get_label().startswith("baseline"))
         assert float(star.get_ydata()[0]) == 85.0
+    latency_star = next(line for line in axes[2].get_lines() if line.get_label().startswith("baseline"))
+    assert float(latency_star.get_xdata()[0]) == 3.0  # archive row a6, not the baseline run's 4.0
     latency_val = next(line for line in axes[2].get_lines() if line.get_label() == "val (search)")
     assert list(latency_val.get_xdata()) == [1.0, 1.5, 2.0, 2.5, 3.0]
     assert float(axes[0].get_lines()[0].get_xdata().max()) == pytest.approx(pareto["params"].max() / 1e6)
+
+
+def test_a_baseline_the_run_never_timed_has_no_latency_star(tmp_path, monkeypatch):
+    """A measured latency belongs to its machine and moment: a baseline genome this run did not
+    measure is drawn on the params and MACs panels only, never at its own run's latency_ms."""
+    from natv2.report import plot_front
+
+    pareto = pd.read_csv(tables(tmp_path)["pareto"])
+    pareto["latency_ms"] = [3.0, 1.0, 2.5, 1.5, 2.0]
+    baseline = [{"name": "mid", "genome": "not-measured", "params": 2.0e6, "macs": 2e7, "latency_ms": 4.0,
+                 "test_top1": 85.0}]
+    captured = _captured_figure(monkeypatch)
+    plot_front(pareto, tmp_path / "front.png", baseline=baseline)
+    stars = [[line for line in ax.get_lines() if line.get_label().startswith("baseline")] for ax in captured["fig"].axes]
+    assert [len(s) for s in stars] == [1, 1, 0]
+    assert float(stars[0][0].get_xdata()[0]) == 2.0
 
 
 def test_series_plot_has_integer_iteration_ticks(tmp_path, monkeypatch):
