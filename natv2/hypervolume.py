@@ -68,13 +68,25 @@ def hypervolume_table(archives: Sequence[pd.DataFrame], objectives: Sequence[str
     return table
 
 
+#: hv.csv column -> where update.json reports it; each tau comes with the number of rows it ranks
+#: (a tau over 4 candidates has 6 pairs and means little: the report draws the chance band of each n)
+TAU_COLUMNS = {
+    "cv_tau": ("surrogate", "cv_tau"),
+    "cv_n": ("surrogate", "n_train"),
+    "tau_candidates": ("candidates", "tau"),
+    "n_candidates": ("candidates", "n"),
+}
+
+
 def add_tau_columns(table: pd.DataFrame, updates: list[dict]) -> pd.DataFrame:
-    """Surrogate cv tau and tau on the candidates (update.json reports), by the ``iteration`` they name."""
+    """Surrogate cv tau and tau on the candidates, with their row counts (update.json reports),
+    by the ``iteration`` they name."""
     by_iteration = {int(u["iteration"]): u for u in updates}
-    for col, path in (("cv_tau", ("surrogate", "cv_tau")), ("tau_candidates", ("candidates", "tau"))):
+    for col, path in TAU_COLUMNS.items():
         values = []
         for i in table["iteration"]:
             value = by_iteration.get(int(i), {}).get(path[0], {}).get(path[1])
             values.append(np.nan if value is None else float(value))
-        table[col] = values
+        # counts stay integers in the CSV (24, not 24.0); a missing one is an empty cell like a missing tau
+        table[col] = pd.array(values, dtype="Int64") if col.startswith(("n_", "cv_n")) else values
     return table

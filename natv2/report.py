@@ -7,7 +7,8 @@
 Writes ``front.png`` (val and test top-1, before and after fine-tune, against params, MACs
 and latency, one panel each), ``ensembles.png`` (ensembles against the single nets, a panel per mode),
 ``hypervolume.png`` (hv.csv: iteration, hypervolume), ``surrogate_tau.png`` (iteration,
-cv_tau, tau_candidates; from --tau, else from hv.csv when it has them) and ``metrics.json``.
+cv_tau, tau_candidates and their row counts cv_n, n_candidates; from --tau, else from hv.csv when
+it has them) and ``metrics.json``.
 An optional input that is absent gives a placeholder PNG saying so (the workflow declares them all).
 """
 from __future__ import annotations
@@ -47,8 +48,8 @@ def _figure(n_panels: int = 1):
     return plt, fig, list(axes[0])
 
 
-def _save(plt, fig, path: Path) -> Path:
-    fig.tight_layout()
+def _save(plt, fig, path: Path, *, rect: tuple[float, float, float, float] = (0, 0, 1, 1)) -> Path:
+    fig.tight_layout(rect=rect)
     with atomic_path(path) as tmp:
         fig.savefig(tmp, format="png")
     plt.close(fig)
@@ -74,26 +75,83 @@ def _integer_ticks(ax) -> None:
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
 
 
-def label_offsets(x, y, *, near: float = 0.04) -> list[tuple[int, int]]:
-    """Text offsets (points) for labels of the points ``x, y`` sorted along x: above right, and
-    below right for a point within ``near`` of both axes' spans from the previous one (digits:
-    nets of 2.40 and 2.47 M params at one accuracy read as one label "21")."""
-    x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
-    ok = ~np.isnan(y)
-    span_x = float(np.ptp(x[ok])) if ok.any() else 0.0
-    span_y = float(np.ptp(y[ok])) if ok.any() else 0.0
-    out: list[tuple[int, int]] = []
-    prev: tuple[float, float, tuple[int, int]] | None = None
-    for xi, yi in zip(x, y):
-        offset = (4, 4)
-        if prev is not None and not np.isnan(yi):
-            close = abs(xi - prev[0]) <= near * (span_x or 1.0) and abs(yi - prev[1]) <= near * (span_y or 1.0)
-            if close and prev[2] == (4, 4):
-                offset = (4, -11)
-        out.append(offset)
-        if not np.isnan(yi):
-            prev = (xi, yi, offset)
+#: where an id label may sit, tried in order: text offset from its point (points) and the text's
+#: horizontal alignment. Above right, below right, above left, below left.
+LABEL_SPOTS: tuple[tuple[int, int, str], ...] = ((4, 4, "left"), (4, -11, "left"), (-4, 4, "right"), (-4, -11, "right"))
+
+
+def _text_box(x: float, y: float, spot: tuple[int, int, str], text: str, fontsize: float) -> tuple[float, ...]:
+    """The box (x0, y0, x1, y1), in points, of ``text`` annotated at ``spot`` from ``(x, y)``
+    (baseline-anchored digits: about 0.62 em wide each and 0.75 em tall)."""
+    dx, dy, ha = spot
+    width, height = 0.62 * fontsize * len(text), 0.75 * fontsize
+    x0 = x + dx if ha == "left" else x + dx - width
+    return (x0, y + dy, x0 + width, y + dy + height)
+
+
+def _box_hits_circle(box: Sequence[float], cx: float, cy: float, r: float) -> bool:
+    nearest_x, nearest_y = min(max(cx, box[0]), box[2]), min(max(cy, box[1]), box[3])
+    return (nearest_x - cx) ** 2 + (nearest_y - cy) ** 2 < r * r
+
+
+def _boxes_overlap(a: Sequence[float], b: Sequence[float], pad: float = 1.0) -> bool:
+    return a[0] < b[2] + pad and b[0] < a[2] + pad and a[1] < b[3] + pad and b[1] < a[3] + pad
+
+
+def label_spots(points: Sequence[tuple[float, float]], texts: Sequence[str],
+                markers: Sequence[tuple[float, float, float]], bounds: Sequence[float], *,
+                fontsize: float = 8.0) -> list[tuple[int, int, str]]:
+    """A spot of ``LABEL_SPOTS`` for each label of ``points`` (display coordinates in points).
+
+    Each label takes the first spot whose text box stays inside ``bounds`` (x0, y0, x1, y1, the
+    axes) and covers no marker (``markers``: centre and radius) and no label placed before it;
+    when every spot collides, the one with the fewest collisions (in the order tried). The digits
+    front had member 3's label above right of it, under member 1's marker 0.1 M params away.
+    """
+    placed: list[tuple[float, ...]] = []
+    out: list[tuple[int, int, str]] = []
+    for (x, y), text in zip(points, texts):
+        best, best_hits = LABEL_SPOTS[0], None
+        for spot in LABEL_SPOTS:
+            box = _text_box(x, y, spot, text, fontsize)
+            outside = box[0] < bounds[0] or box[1] < bounds[1] or box[2] > bounds[2] or box[3] > bounds[3]
+            hits = (int(outside) + sum(_box_hits_circle(box, *m) for m in markers)
+                    + sum(_boxes_overlap(box, other) for other in placed))
+            if best_hits is None or hits < best_hits:
+                best, best_hits = spot, hits
+            if hits == 0:
+                break
+        placed.append(_text_box(x, y, best, text, fontsize))
+        out.append(best)
     return out
+
+
+def _annotate_ids(ax, x, y, ids, *, fontsize: float = 8.0) -> None:
+    """Label the points ``(x, y)`` with ``ids`` at spots that avoid every marker and label drawn
+    on ``ax`` (call it once the figure's layout is final: it works in display points)."""
+    fig = ax.figure
+    ax.get_xlim(), ax.get_ylim()  # settles autoscaled limits before data are turned into points
+    to_points = 72.0 / fig.dpi
+    data = np.column_stack([np.asarray(x, dtype=float), np.asarray(y, dtype=float)])
+    keep = np.isfinite(data).all(axis=1)
+    if not keep.any():
+        return
+    data, texts = data[keep], [str(name) for name, kept in zip(ids, keep) if kept]
+    points = [tuple(p) for p in ax.transData.transform(data) * to_points]
+    markers = []
+    for line in ax.get_lines():
+        if line.get_marker() in (None, "", "None", " "):
+            continue
+        drawn = np.column_stack([np.asarray(line.get_xdata(), float), np.asarray(line.get_ydata(), float)])
+        drawn = drawn[np.isfinite(drawn).all(axis=1)]
+        if len(drawn):
+            radius = line.get_markersize() / 2 + 1.0  # markersize is a diameter in points; 1 pt clearance
+            markers += [(px, py, radius) for px, py in ax.transData.transform(drawn) * to_points]
+    extent = ax.get_window_extent()
+    bounds = (extent.x0 * to_points, extent.y0 * to_points, extent.x1 * to_points, extent.y1 * to_points)
+    for (xi, yi), text, (dx, dy, ha) in zip(data, texts, label_spots(points, texts, markers, bounds, fontsize=fontsize)):
+        ax.annotate(text, (float(xi), float(yi)), textcoords="offset points", xytext=(dx, dy), ha=ha,
+                    fontsize=fontsize, zorder=5)
 
 
 def measured_latencies(pareto: pd.DataFrame, archive: pd.DataFrame | None) -> dict[str, float]:
@@ -150,11 +208,6 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
         for column, style in (("test_top1", "s"), ("test_top1_finetuned", "D")):
             if column in frame.columns and frame[column].notna().any():
                 ax.plot(x, frame[column], style, linestyle="none", zorder=4, label=ACCURACIES[column])
-        ids_on = "test_top1_finetuned" if "test_top1_finetuned" in frame.columns else "val_top1"
-        if "id" in frame.columns:
-            for xi, yi, name, offset in zip(x, frame[ids_on], frame["id"], label_offsets(x, frame[ids_on])):
-                if pd.notna(yi):
-                    ax.annotate(str(name), (xi, yi), textcoords="offset points", xytext=offset, fontsize=8, zorder=5)
         for entry in baseline:
             x_base = baseline_cost(entry, cost, run_latency)
             if x_base is not None and entry.get("test_top1") is not None:
@@ -163,8 +216,21 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
         ax.set_xlabel(label)
         ax.set_ylabel("top-1 (%)")
         ax.set_title(f"front ({len(frame)} nets): top-1 vs {COSTS[cost]}")
-        ax.legend(fontsize=8, loc="lower right")
-    return _save(plt, fig, path)
+        ax.margins(y=0.08)  # room above the best net for its label
+    # one legend under the panels: inside one, it covered the front (CIFAR-10: the step line at 6 M params)
+    handles: dict[str, object] = {}
+    for ax in axes:
+        for handle, name in zip(*ax.get_legend_handles_labels()):
+            handles.setdefault(name, handle)
+    fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
+    rect = (0, 0.07, 1, 1)
+    fig.tight_layout(rect=rect)  # the final layout first: the ids are placed in display points
+    if "id" in pareto.columns:
+        ids_on = "test_top1_finetuned" if "test_top1_finetuned" in pareto.columns else "val_top1"
+        for ax, cost in zip(axes, costs):
+            frame = pareto.dropna(subset=[cost]).sort_values(cost)
+            _annotate_ids(ax, frame[cost] / UNITS[cost][1], frame[ids_on], list(frame["id"]))
+    return _save(plt, fig, path, rect=rect)
 
 
 def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) -> Path:
@@ -196,8 +262,9 @@ def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) ->
     return _save(plt, fig, path)
 
 
-def plot_series(table: pd.DataFrame, columns: Sequence[str], ylabel: str, title: str, path: Path) -> Path:
-    """Lines of ``columns`` against ``iteration``."""
+def plot_series(table: pd.DataFrame, columns: Sequence[str], ylabel: str, title: str, path: Path, *,
+                note: str | None = None) -> Path:
+    """Lines of ``columns`` against ``iteration``, with an optional ``note`` under the axes."""
     _require(table, ["iteration", *columns], path.stem)
     plt, fig, (ax,) = _figure()
     table = table.sort_values("iteration")
@@ -210,6 +277,69 @@ def plot_series(table: pd.DataFrame, columns: Sequence[str], ylabel: str, title:
     ax.set_title(title)
     if len(columns) > 1:
         ax.legend()
+    if note:
+        ax.text(0.5, -0.2, note, transform=ax.transAxes, ha="center", va="top", fontsize=8, color="0.3", wrap=True)
+    return _save(plt, fig, path)
+
+
+#: why the curve may fall: every iteration re-measures the archive on the adapted supernet (NAT)
+HV_NOTE = ("Each iteration re-measures the whole archive on the supernet adapted to it,\n"
+           "so the hypervolume can fall as well as rise (one reference point per run).")
+
+#: the surrogate's taus in hv.csv: column -> (legend text, column of the number of rows it ranks)
+TAU_SERIES = {"cv_tau": ("cross-validation on the archive", "cv_n"),
+              "tau_candidates": ("measured candidates", "n_candidates")}
+
+
+def kendall_chance_band(n) -> np.ndarray:
+    """Half-width of the band holding 95 % of Kendall taus of a random ranking of ``n`` rows
+    (normal approximation: variance 2(2n+5) / (9n(n-1)), Kendall 1938; scipy.stats.kendalltau's
+    asymptotic test uses it). NaN for fewer than 2 rows. 4 rows: 0.96, 24 rows: 0.29."""
+    n = np.asarray(n, dtype=float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        half = 1.96 * np.sqrt(2.0 * (2.0 * n + 5.0) / (9.0 * n * (n - 1.0)))
+    return np.where(n >= 2, np.minimum(half, 1.0), np.nan)
+
+
+def _counts(values: pd.Series) -> str:
+    values = values.dropna().astype(int)
+    if values.empty:
+        return ""
+    low, high = int(values.min()), int(values.max())
+    return f" (n = {low})" if low == high else f" (n = {low}-{high})"
+
+
+def plot_tau(table: pd.DataFrame, path: Path) -> Path:
+    """The surrogate's Kendall taus per iteration on their full scale (-1..1), each with the band
+    where 95 % of random rankings of as many rows fall (when hv.csv has the counts): a tau inside
+    its band is indistinguishable from chance (the digits run ranks 4 candidates: 0.82, then -0.18)."""
+    columns = [c for c in TAU_SERIES if c in table.columns]
+    _require(table, ["iteration", *columns], path.stem)
+    plt, fig, (ax,) = _figure()
+    table = table.sort_values("iteration")
+    banded = False
+    for column in columns:
+        name, n_column = TAU_SERIES[column]
+        counts = table[n_column] if n_column in table.columns else pd.Series(dtype=float)
+        (line,) = ax.plot(table["iteration"], table[column], marker="o", label=name + _counts(counts))
+        if not counts.dropna().empty:
+            half = kendall_chance_band(counts)
+            ax.fill_between(table["iteration"], -half, half, color=line.get_color(), alpha=0.12, linewidth=0)
+            banded = True
+    ax.axhline(0.0, color="0.5", linewidth=0.8)
+    ax.set_ylim(-1.05, 1.05)
+    _integer_ticks(ax)
+    ax.set_xlabel("iteration")
+    ax.set_ylabel("Kendall tau (predicted vs measured error)")
+    ax.set_title("surrogate rank correlation per iteration")
+    handles, labels = ax.get_legend_handles_labels()
+    if banded:
+        from matplotlib.patches import Patch
+
+        handles.append(Patch(facecolor="0.5", alpha=0.25))
+        labels.append("shaded: where 95 % of random rankings of n rows fall")
+    # below the axes: inside, it covered a tau near +1 (digits, iteration 1)
+    ax.legend(handles, labels, fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.15), frameon=False)
     return _save(plt, fig, path)
 
 
@@ -323,16 +453,17 @@ def make_report(
         written.append(placeholder(out_dir / "ensembles.png", "no ensembles (ensembles.csv absent or empty)"))
     hv = read_csv(hv_csv) if hv_csv is not None else None
     if hv is not None:
-        written.append(plot_series(hv, ["hypervolume"], "hypervolume", "hypervolume per iteration", out_dir / "hypervolume.png"))
+        written.append(plot_series(hv, ["hypervolume"], "hypervolume (normalised objectives)",
+                                   "hypervolume of the archive per iteration", out_dir / "hypervolume.png",
+                                   note=HV_NOTE))
     else:
         written.append(placeholder(out_dir / "hypervolume.png", "no hypervolume table (hv.csv) given"))
     tau = read_csv(tau_csv) if tau_csv is not None else hv
-    columns = [c for c in ("cv_tau", "tau_candidates") if tau is not None and c in tau.columns]
+    columns = [c for c in TAU_SERIES if tau is not None and c in tau.columns]
     if tau_csv is not None and not columns:
         raise Natv2Error(f"{tau_csv}: expected columns iteration and cv_tau and/or tau_candidates")
     if columns:
-        written.append(plot_series(tau, columns, "Kendall tau", "surrogate rank correlation per iteration",
-                                   out_dir / "surrogate_tau.png"))
+        written.append(plot_tau(tau, out_dir / "surrogate_tau.png"))
     else:
         written.append(placeholder(out_dir / "surrogate_tau.png", "no surrogate tau recorded (cv_tau, tau_candidates)"))
     result = metrics(pareto, ensembles=ensembles, hv=hv, search_seconds=search_seconds,

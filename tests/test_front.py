@@ -98,7 +98,7 @@ def test_front_and_hypervolume_steps(tmp_path):
     updates = []
     for i in (1, 2):
         path = tmp_path / f"update{i}.json"
-        path.write_text(json.dumps({"iteration": i, "surrogate": {"cv_tau": 0.5 + i / 10},
+        path.write_text(json.dumps({"iteration": i, "surrogate": {"cv_tau": 0.5 + i / 10, "n_train": 20 + i},
                                     "candidates": {"tau": 0.1 * i, "n": 4}}))
         updates.append(str(path))
     assert main(["front", "--archive", paths[-1], "--out", str(tmp_path / "front.csv")]) == 0
@@ -109,6 +109,9 @@ def test_front_and_hypervolume_steps(tmp_path):
     assert hv["iteration"].tolist() == [0, 1, 2]
     assert np.isnan(hv["cv_tau"][0]) and hv["cv_tau"][1:].tolist() == pytest.approx([0.6, 0.7])
     assert hv["tau_candidates"][1:].tolist() == pytest.approx([0.1, 0.2])
+    # each tau with the rows it ranks (the report's chance band), written as integers
+    assert (tmp_path / "hv.csv").read_text().splitlines()[2].endswith(",0.6,21,0.1,4")
+    assert hv["cv_n"].isna()[0] and hv["cv_n"][1:].tolist() == [21, 22] and hv["n_candidates"][1:].tolist() == [4, 4]
     assert main(["front", "--archive", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "f.csv")]) == 2
 
 

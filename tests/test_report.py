@@ -102,7 +102,7 @@ def _captured_figure(monkeypatch):
 
     captured = {}
 
-    def keep(plt, fig, path):
+    def keep(plt, fig, path, **layout):
         captured["fig"] = fig
         return path
 
@@ -196,12 +196,81 @@ def test_report_plots_a_tau_that_is_nan_everywhere(tmp_path):
     assert rc == 0 and (tmp_path / "r" / "surrogate_tau.png").read_bytes().startswith(PNG)
 
 
-def test_label_offsets_move_a_crowded_label_below():
-    from natv2.report import label_offsets
+def test_label_spots_avoid_markers_labels_and_the_axes_edge():
+    from natv2.report import LABEL_SPOTS, label_spots
 
-    # digits front: 2.40 and 2.47 M params at one accuracy; the second label goes below right
-    x, y = [2.14, 2.40, 2.47, 6.40], [94.4, 97.5, 97.5, 97.5]
-    assert label_offsets(x, y) == [(4, 4), (4, 4), (4, -11), (4, 4)]
-    # a third crowded point alternates back up; a missing accuracy takes no slot
-    assert label_offsets([1.0, 1.01, 1.02, 5.0], [90.0, 90.0, 90.0, 80.0]) == [(4, 4), (4, -11), (4, 4), (4, 4)]
-    assert label_offsets([1.0, 1.01, 1.02, 5.0], [90.0, float("nan"), 90.0, 80.0])[2] == (4, -11)
+    bounds = (0.0, 0.0, 300.0, 200.0)
+    # nothing near: above right
+    assert label_spots([(100.0, 100.0)], ["3"], [], bounds) == [LABEL_SPOTS[0]]
+    # digits front: member 1's marker (radius 4) sits where member 3's label would go above right
+    spot = label_spots([(100.0, 100.0)], ["3"], [(100.0, 100.0, 4.0), (108.0, 108.0, 4.0)], bounds)[0]
+    assert spot == LABEL_SPOTS[1]
+    # at the top edge the label goes below; at the right edge to the left
+    assert label_spots([(100.0, 195.0)], ["0"], [], bounds)[0][1] < 0
+    assert label_spots([(297.0, 100.0)], ["11"], [], bounds)[0][2] == "right"
+    # two points at one spot: the second label does not cover the first
+    spots = label_spots([(100.0, 100.0), (101.0, 100.0)], ["21", "22"], [], bounds)
+    assert spots[0] == LABEL_SPOTS[0] and spots[1] != LABEL_SPOTS[0]
+
+
+def test_front_plot_ids_cover_no_marker_and_stay_inside_the_axes(tmp_path, monkeypatch):
+    """The digits run's front (2026-12-02): member 3's id sat above right of it, under member 1's
+    marker 0.1 M params away. Every id's rendered text box now misses every marker of its panel."""
+    from natv2.report import plot_front
+
+    pareto = pd.DataFrame({
+        "id": ["4", "3", "1", "0"], "genome": ["a", "b", "c", "d"],
+        "params": [2142602, 2404026, 2519226, 3451530], "macs": [3.93e6, 5.99e6, 7.79e6, 8.19e6],
+        "latency_ms": [3.27, 4.23, 5.43, 5.58], "val_top1": [77.1, 90.3, 93.8, 94.4],
+        "test_top1": [77.4, 90.3, 92.5, 91.4], "test_top1_finetuned": [94.71, 96.66, 97.21, 95.82],
+    })
+    # the archive's largest net stretches the axes as in that run (2.1-6.4 M params)
+    archive = pd.DataFrame({"genome": ["e", "f"], "top1_err": [7.6, 15.2], "params": [6396570, 2958000],
+                            "macs": [15.2e6, 6.5e6], "latency_ms": [7.61, 4.31]})
+    captured = _captured_figure(monkeypatch)
+    plot_front(pareto, tmp_path / "front.png", archive=archive)
+    fig = captured["fig"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        assert sorted(t.get_text() for t in ax.texts) == ["0", "1", "3", "4"]
+        inside = ax.get_window_extent()
+        centres = []
+        for line in ax.get_lines():
+            if line.get_marker() not in (None, "", "None"):
+                data = np.column_stack([line.get_xdata(), line.get_ydata()]).astype(float)
+                radius = line.get_markersize() / 2 * fig.dpi / 72
+                centres += [(x, y, radius) for x, y in ax.transData.transform(data)]
+        for text in ax.texts:
+            box = text.get_window_extent(renderer)
+            assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+            for x, y, r in centres:
+                nx, ny = min(max(x, box.x0), box.x1), min(max(y, box.y0), box.y1)
+                assert (nx - x) ** 2 + (ny - y) ** 2 >= r * r, (ax.get_xlabel(), text.get_text(), (x, y))
+    # one legend for the three panels, under them, not inside one
+    assert all(ax.get_legend() is None for ax in fig.axes) and len(fig.legends) == 1
+
+
+def test_tau_plot_names_its_series_with_their_counts_and_draws_the_chance_band(tmp_path, monkeypatch):
+    from natv2.report import kendall_chance_band, plot_tau
+
+    # 1.96 * sqrt(2(2n+5) / (9n(n-1))): 4 rows 1.96 * sqrt(26/108) = 0.9617, 24 rows 0.2863, 40 rows 0.2157
+    assert kendall_chance_band([4, 24, 40]).tolist() == pytest.approx([0.9617, 0.2863, 0.2157], abs=1e-4)
+    assert np.isnan(kendall_chance_band([1, np.nan])).all()
+    hv = pd.DataFrame({"iteration": [0, 1, 2], "cv_tau": [np.nan, 0.12, 0.18], "cv_n": [np.nan, 24, 24],
+                       "tau_candidates": [np.nan, 0.82, -0.18], "n_candidates": [np.nan, 4, 4]})
+    captured = _captured_figure(monkeypatch)
+    plot_tau(hv, tmp_path / "tau.png")
+    ax = captured["fig"].axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels[:2] == ["cross-validation on the archive (n = 24)", "measured candidates (n = 4)"]
+    assert "random rankings" in labels[2]
+    assert ax.get_ylim() == (-1.05, 1.05)  # the whole scale: a drop from 0.82 to -0.18 inside the band reads as noise
+    tops = sorted(float(band.get_paths()[0].vertices[:, 1].max()) for band in ax.collections)
+    assert tops == pytest.approx([0.2863, 0.9617], abs=1e-4)
+    # without counts (an hv.csv of an older run): the lines, no band
+    captured = _captured_figure(monkeypatch)
+    plot_tau(hv.drop(columns=["cv_n", "n_candidates"]), tmp_path / "tau.png")
+    ax = captured["fig"].axes[0]
+    assert len(ax.collections) == 0 and [t.get_text() for t in ax.get_legend().get_texts()] == [
+        "cross-validation on the archive", "measured candidates"]
