@@ -238,6 +238,7 @@ def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) ->
 
     Filled markers: held-out val (the selection split, which no member trained on; ensembles.csv's
     ``val_top1`` and pareto.csv's ``select_top1_finetuned``), the fair comparison. Open markers: test.
+    Single nets are labelled with their ids, ensembles with their members ("4+3").
     """
     _require(ensembles, ["mode", "latency_ms", "val_top1"], "ensembles.csv")
     _require(pareto, ["latency_ms"], "pareto.csv")
@@ -259,6 +260,18 @@ def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) ->
         ax.set_title(f"OFA3 ensembles ({mode}) vs single nets")
         # below the axes: inside, "best" still covers the best ensemble's point on some fronts
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, fontsize="small")
+        ax.margins(y=0.08)
+    fig.tight_layout()  # the final layout first: the labels are placed in display points
+    # which net is which: single nets by id, ensembles by their members ("4+3")
+    single_on = next((c for c in ("select_top1_finetuned", single_test) if c in pareto.columns), None)
+    for ax, (_mode, group) in zip(axes, groups):
+        points = [] if single_on is None or "id" not in pareto.columns else [
+            (pareto["latency_ms"], pareto[single_on], list(pareto["id"]))]
+        if "members" in group.columns:
+            points.append((group["latency_ms"], group["val_top1"],
+                           [str(m).replace(";", "+") for m in group["members"]]))
+        for x, y, names in points:
+            _annotate_ids(ax, x, y, names)
     return _save(plt, fig, path)
 
 

@@ -274,3 +274,20 @@ def test_tau_plot_names_its_series_with_their_counts_and_draws_the_chance_band(t
     ax = captured["fig"].axes[0]
     assert len(ax.collections) == 0 and [t.get_text() for t in ax.get_legend().get_texts()] == [
         "cross-validation on the archive", "measured candidates"]
+
+def test_ensemble_plot_names_each_single_net_and_each_ensemble(tmp_path, monkeypatch):
+    """Which point is which: single nets carry their ids, ensembles their members, clear of the axes edge."""
+    from natv2.report import plot_ensembles
+
+    paths = tables(tmp_path)
+    captured = _captured_figure(monkeypatch)
+    plot_ensembles(pd.read_csv(paths["pareto"]), pd.read_csv(paths["ensembles"]), tmp_path / "e.png")
+    fig = captured["fig"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    for ax, members in zip(fig.axes, ["0+1", "3+4"]):  # ensembles.csv: e000 0;1 parallel, e001 3;4 sequential
+        assert sorted(t.get_text() for t in ax.texts) == sorted(["0", "1", "2", "3", "4", members])
+        inside = ax.get_window_extent()
+        for text in ax.texts:
+            box = text.get_window_extent(renderer)
+            assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
