@@ -76,6 +76,8 @@ TAU_COLUMNS = {
     "tau_candidates": ("candidates", "tau"),
     "n_candidates": ("candidates", "n"),
 }
+#: the counts among them: integers in the CSV (24, not 24.0)
+COUNT_COLUMNS = frozenset({"cv_n", "n_candidates"})
 
 
 def add_tau_columns(table: pd.DataFrame, updates: list[dict]) -> pd.DataFrame:
@@ -87,6 +89,6 @@ def add_tau_columns(table: pd.DataFrame, updates: list[dict]) -> pd.DataFrame:
         for i in table["iteration"]:
             value = by_iteration.get(int(i), {}).get(path[0], {}).get(path[1])
             values.append(np.nan if value is None else float(value))
-        # counts stay integers in the CSV (24, not 24.0); a missing one is an empty cell like a missing tau
-        table[col] = pd.array(values, dtype="Int64") if col.startswith(("n_", "cv_n")) else values
+        # a missing count is an empty cell, like a missing tau
+        table[col] = pd.array(values, dtype="Int64") if col in COUNT_COLUMNS else values
     return table

@@ -196,6 +196,8 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
     if not costs:
         raise Natv2Error(f"pareto.csv: no cost column measured (expected one of {', '.join(COSTS)})")
     run_latency = measured_latencies(pareto, archive)
+    ids_on = "test_top1_finetuned" if "test_top1_finetuned" in pareto.columns else "val_top1"
+    id_labels = []  # (ax, x, y, ids): placed once the layout is final
     plt, fig, axes = _figure(len(costs))
     for ax, cost in zip(axes, costs):
         label, scale = UNITS[cost]
@@ -208,6 +210,8 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
         for column, style in (("test_top1", "s"), ("test_top1_finetuned", "D")):
             if column in frame.columns and frame[column].notna().any():
                 ax.plot(x, frame[column], style, linestyle="none", zorder=4, label=ACCURACIES[column])
+        if "id" in frame.columns:
+            id_labels.append((ax, x, frame[ids_on], list(frame["id"])))
         for entry in baseline:
             x_base = baseline_cost(entry, cost, run_latency)
             if x_base is not None and entry.get("test_top1") is not None:
@@ -225,11 +229,8 @@ def plot_front(pareto: pd.DataFrame, path: Path, *, archive: pd.DataFrame | None
     fig.legend(list(handles.values()), list(handles), loc="lower center", ncol=len(handles), fontsize=8, frameon=False)
     rect = (0, 0.07, 1, 1)
     fig.tight_layout(rect=rect)  # the final layout first: the ids are placed in display points
-    if "id" in pareto.columns:
-        ids_on = "test_top1_finetuned" if "test_top1_finetuned" in pareto.columns else "val_top1"
-        for ax, cost in zip(axes, costs):
-            frame = pareto.dropna(subset=[cost]).sort_values(cost)
-            _annotate_ids(ax, frame[cost] / UNITS[cost][1], frame[ids_on], list(frame["id"]))
+    for ax, x, y, ids in id_labels:
+        _annotate_ids(ax, x, y, ids)
     return _save(plt, fig, path, rect=rect)
 
 
@@ -265,13 +266,14 @@ def plot_ensembles(pareto: pd.DataFrame, ensembles: pd.DataFrame, path: Path) ->
     # which net is which: single nets by id, ensembles by their members ("4+3")
     single_on = next((c for c in ("select_top1_finetuned", single_test) if c in pareto.columns), None)
     for ax, (_mode, group) in zip(axes, groups):
-        points = [] if single_on is None or "id" not in pareto.columns else [
-            (pareto["latency_ms"], pareto[single_on], list(pareto["id"]))]
+        x, y, names = [], [], []
+        if single_on is not None and "id" in pareto.columns:
+            x, y, names = list(pareto["latency_ms"]), list(pareto[single_on]), [str(i) for i in pareto["id"]]
         if "members" in group.columns:
-            points.append((group["latency_ms"], group["val_top1"],
-                           [str(m).replace(";", "+") for m in group["members"]]))
-        for x, y, names in points:
-            _annotate_ids(ax, x, y, names)
+            x += list(group["latency_ms"])
+            y += list(group["val_top1"])
+            names += [str(m).replace(";", "+") for m in group["members"]]
+        _annotate_ids(ax, x, y, names)  # one call: each label avoids the labels placed before it
     return _save(plt, fig, path)
 
 

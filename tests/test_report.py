@@ -291,3 +291,21 @@ def test_ensemble_plot_names_each_single_net_and_each_ensemble(tmp_path, monkeyp
         for text in ax.texts:
             box = text.get_window_extent(renderer)
             assert inside.x0 <= box.x0 and box.x1 <= inside.x1 and inside.y0 <= box.y0 and box.y1 <= inside.y1
+
+
+def test_ensemble_labels_avoid_the_single_nets_labels(tmp_path, monkeypatch):
+    """A parallel ensemble sits at its slowest member's latency, often at that net's accuracy: its
+    members label must not print over the net's id (both are placed in one pass)."""
+    from natv2.report import plot_ensembles
+
+    pareto = pd.DataFrame({"id": ["0", "1", "2"], "latency_ms": [1.0, 2.0, 3.0],
+                           "select_top1_finetuned": [70.0, 80.0, 75.0], "test_top1_finetuned": [69.0, 79.0, 74.0]})
+    ensembles = pd.DataFrame({"members": ["0;1"], "mode": ["parallel"], "latency_ms": [2.0], "val_top1": [80.0]})
+    captured = _captured_figure(monkeypatch)
+    plot_ensembles(pareto, ensembles, tmp_path / "e.png")
+    fig = captured["fig"]
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    boxes = {t.get_text(): t.get_window_extent(renderer) for t in fig.axes[0].texts}
+    assert sorted(boxes) == ["0", "0+1", "1", "2"]
+    assert not boxes["1"].overlaps(boxes["0+1"])
