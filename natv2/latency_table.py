@@ -306,7 +306,7 @@ def _prepare(static, device, channels_last: bool, fold: bool):
     return inference_copy(static, device, channels_last, fold)
 
 
-def _parts(net) -> dict[str, Any]:
+def static_parts(net) -> dict[str, Any]:
     """Named parts of a static net: stem, stage blocks ``s/b``, head or exits ``x/<stage>``."""
     parts = {"stem": net.stem}
     for s, stage in enumerate(net.stages):
@@ -361,7 +361,7 @@ def measure_table(supernet, *, batch_size: int = 1, repeats: int = 10, warmup: i
                         tuple((branch_set,) * space.max_blocks for _ in range(space.n_stages)))
             net, x = prepared(arch)
             whole = _time_net(net, x, warmup=warmup, **timing)  # warms the net up for the parts too
-            runs.append((arch, whole, *_time_parts(net, _parts(net), x, device=device, **timing)))
+            runs.append((arch, whole, *_time_parts(net, static_parts(net), x, device=device, **timing)))
         # the hooks' own cost per part: what the hooked passes take more than the plain ones
         hook = max(0.0, float(np.median([(hooked - whole) / len(parts) for _, whole, parts, hooked in runs])))
         shared: dict[str, list[float]] = {}

@@ -243,7 +243,7 @@ def nsga_search(space, cfg, predict_error: PredictFn, costs: CostCache, initial:
     algorithm = make_algorithm(space, cfg, problem.n_obj, initial)
     start = time.perf_counter()
 
-    def progress(alg) -> None:  # exact costs of new genomes dominate the time: show them
+    def progress(alg) -> None:  # costs of new genomes (latency, a new part's count) can dominate: show them
         log.info("surrogate search: generation %d/%d, %d exact cost evaluations, %.1fs",
                  alg.n_gen, cfg.generations, costs.n_computed, time.perf_counter() - start)
 
@@ -450,9 +450,11 @@ def supernet_costs(settings, supernet_path):
     The same measurements as ``natv2.evaluate.evaluate_genomes`` (natv2.costs on the extracted
     static subnet, latency with the ``evaluation:`` settings on the configured device), so the
     costs the search sees match the archive's; only the objectives of the run are computed.
+    Params and MACs come from natv2.part_costs: the same integers, without building each net.
     """
-    from natv2.costs import count_macs, count_params, measure_latency
+    from natv2.costs import measure_latency
     from natv2.nets.checkpoint import load_supernet
+    from natv2.part_costs import PartCosts
 
     net, _ = load_supernet(supernet_path)
     net.eval()
@@ -468,25 +470,25 @@ def supernet_costs(settings, supernet_path):
         table = load_table(cfg.latency_table)
         table.check_space(space)
 
+    counts = PartCosts(net)  # params and MACs from cached part counts: no net built once the parts are known
+
     def cost_fn(genomes):
         import numpy as np
 
         out = {name: np.empty(len(genomes)) for name in names}
         if table is not None:
             out["latency_lut"] = table.predict(space, genomes)
-        if not set(names) - {"latency_lut"}:
-            return out
         for i, g in enumerate(genomes):
-            static = net.extract(g)
-            resolution = space.decode(g).resolution
-            if "params" in out:
-                out["params"][i] = count_params(static)
-            if "macs" in out:
-                out["macs"][i] = count_macs(static, resolution)
+            if "params" in out or "macs" in out:
+                params, macs = counts(g)
+                if "params" in out:
+                    out["params"][i] = params
+                if "macs" in out:
+                    out["macs"][i] = macs
             if "latency_ms" in out:
                 ev = settings.evaluation
                 out["latency_ms"][i] = measure_latency(
-                    static.to(device), resolution, **ev.latency_kwargs, device=device,
+                    net.extract(g).to(device), space.decode(g).resolution, **ev.latency_kwargs, device=device,
                     channels_last=ev.channels_last, fold_bn=ev.fold_bn)
         return out
 

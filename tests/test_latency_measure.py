@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from natv2.costs import measure_latency, time_forward
-from natv2.latency_table import _parts, _PartTimer, _prepare, arch_keys, measure_table
+from natv2.latency_table import _PartTimer, _prepare, arch_keys, measure_table, static_parts
 from natv2.space import SearchSpace
 
 
@@ -72,7 +72,7 @@ def test_part_shares_cover_the_whole_pass_dense_additions_included():
                 stages=tuple(((3, 3),) * space.max_blocks for _ in range(space.n_stages)))
     net, fmt = _prepare(supernet.extract(space.encode(arch)), torch.device("cpu"), True, True)
     x = torch.randn(1, 3, 16, 16).contiguous(memory_format=fmt)
-    timer = _PartTimer(net, _parts(net), torch.device("cpu"), time.thread_time)
+    timer = _PartTimer(net, static_parts(net), torch.device("cpu"), time.thread_time)
     timer.on = True
     outside = []
     with torch.inference_mode():
@@ -83,7 +83,7 @@ def test_part_shares_cover_the_whole_pass_dense_additions_included():
     timer.remove()
     assert len(timer.passes) == 5
     for shares, total in zip(timer.passes, outside):
-        assert set(shares) == set(_parts(net))  # every part, once per pass
+        assert set(shares) == set(static_parts(net))  # every part, once per pass
         assert all(v >= 0 for v in shares.values())
         # the shares telescope: they add up to the pass (all but the hooks' entry and exit)
         assert 0.8 * total <= sum(shares.values()) <= total

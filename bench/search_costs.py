@@ -1,0 +1,65 @@
+"""Bench: how fast the search gets the params and MACs of its genomes (natv2.part_costs).
+
+    PYTHONPATH=. python bench/search_costs.py              # ~2 min on 2 cores
+
+For each space (the digits default, the CIFAR-10 default, config/paper.yaml's EE_D at 32..64
+px), samples --genomes random genomes, as one surrogate search iteration meets them (the
+laptop default's 30 x 8 generations = 240; the paper's 100 x 20 = 2000: --genomes 2000 --only paper), and costs them twice: whole (extract each subnet,
+natv2.costs.count_params / count_macs, what the search did before) and from cached part counts
+(natv2.part_costs.PartCosts, what it does now). Prints genomes/s of both, how many subnets the
+part cache had to build, and that both gave the same integers (or exits 1).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+SPACES = {
+    "digits default (ofa_mbv3, 16 px, stem stride 1)": {"variant": "ofa_mbv3", "resolutions": [16], "stem_stride": 1},
+    "cifar10 default (ofa_mbv3, 32 px)": {"variant": "ofa_mbv3", "resolutions": [32]},
+    "paper (EE_D, 32..64 px)": {"variant": "EE_D", "resolutions": list(range(32, 65, 4))},
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    from natv2.costs import count_macs, count_params
+    from natv2.nets import build_supernet
+    from natv2.part_costs import PartCosts
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--genomes", type=int, default=240)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--only", default="", help="spaces whose name contains this (e.g. paper)")
+    args = p.parse_args(argv)
+    print(f"{args.genomes} random genomes per space, {torch.get_num_threads()} threads")
+    print(f"{'space':<48} {'whole g/s':>10} {'parts g/s':>10} {'speed-up':>9} {'nets built':>11}  equal")
+    ok = True
+    for name, cfg in SPACES.items():
+        if args.only not in name:
+            continue
+        torch.manual_seed(args.seed)
+        net = build_supernet(cfg, 10).eval()
+        space = net.space
+        genomes = space.sample(args.genomes, np.random.default_rng(args.seed), "natv2")
+        t = time.perf_counter()
+        whole = []
+        for g in genomes:
+            static = net.extract(g)
+            whole.append((count_params(static), count_macs(static, space.decode(g).resolution)))
+        t_whole = time.perf_counter() - t
+        costs = PartCosts(net)
+        t = time.perf_counter()
+        parts = [costs(g) for g in genomes]
+        t_parts = time.perf_counter() - t
+        same = parts == whole
+        ok &= same
+        print(f"{name:<48} {len(genomes) / t_whole:>10.1f} {len(genomes) / t_parts:>10.1f} "
+              f"{t_whole / t_parts:>8.1f}x {costs.n_counted:>11d}  {'yes' if same else 'NO'}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
