@@ -54,6 +54,27 @@ def test_threads_option_limits_torch(tmp_path):
         torch.set_num_threads(before)
 
 
+def test_table_steps_do_not_load_torch_and_a_later_torch_gets_the_threads(tmp_path):
+    """A fresh process, as a workflow job: collect never loads torch (2.5-3.7 s of a light job),
+    and torch loaded after ``--threads 1`` runs 1 intra-op thread (it reads OMP_NUM_THREADS; torch
+    caps that variable at the machine's cores, so 1 is the value that differs from the default)."""
+    import os
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: torch's default is 1 thread already")
+    shard = tmp_path / "a.csv"
+    pd.DataFrame({"genome": ["x"], "top1_err": [1.0], "row": [0]}).to_csv(shard, index=False)
+    code = ("import sys; from natv2.cli import main; "
+            "rc = main(['--threads', '1', 'collect', '--inputs', sys.argv[1], '--out', sys.argv[2]]); "
+            "print(rc, 'torch' in sys.modules); import torch; print(torch.get_num_threads())")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    out = subprocess.run([sys.executable, "-c", code, str(shard), str(tmp_path / "out.csv")], env=env,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["0", "False", "1"]
+
+
 def test_bad_input_is_one_line_and_exit_2(tmp_path, capsys):
     rc = main(["collect", "--inputs", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "out.csv")])
     err = capsys.readouterr().err.strip()
