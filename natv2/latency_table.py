@@ -90,17 +90,24 @@ def overhead_key(width: float, resolution: int) -> str:
     return f"overhead/{_w(width)}/r{resolution}"
 
 
-def arch_keys(arch) -> list[str]:
-    """The table keys whose latencies add up to the subnet ``arch`` (a natv2.space.Arch)."""
+def part_keys(arch, *, exit_suffix: bool = True) -> dict[str, str]:
+    """Part name (:func:`static_parts`: ``stem``, ``s/b``, ``head`` or ``x/<exit>``) -> table key,
+    for the subnet ``arch`` (a natv2.space.Arch). ``exit_suffix=False`` leaves the exit out of
+    the stem's and the blocks' keys (it changes their latency, through the caches, not their counts)."""
     w, r = arch.width, arch.resolution
-    keys = [stem_key(w, r, arch.exit)]
+    ex = arch.exit if exit_suffix else None
+    keys = {"stem": stem_key(w, r, ex)}
     n_run = arch.exit if arch.exit is not None else len(arch.stages)  # an early exit skips later stages
     for s, blocks in enumerate(arch.stages[:n_run]):
         sets = arch.branches[s] if arch.branches is not None else (None,) * len(blocks)
-        keys += [block_key(w, r, s, b == 0, k, e, sets[b], arch.exit) for b, (k, e) in enumerate(blocks)]
-    keys.append(head_key(w, r, arch.exit))
-    keys.append(overhead_key(w, r))
+        keys.update({f"{s}/{b}": block_key(w, r, s, b == 0, k, e, sets[b], ex) for b, (k, e) in enumerate(blocks)})
+    keys["head" if arch.exit is None else f"x/{arch.exit}"] = head_key(w, r, arch.exit)
     return keys
+
+
+def arch_keys(arch) -> list[str]:
+    """The table keys whose latencies add up to the subnet ``arch`` (a natv2.space.Arch)."""
+    return [*part_keys(arch).values(), overhead_key(arch.width, arch.resolution)]
 
 
 # --------------------------------------------------------------------------------------------

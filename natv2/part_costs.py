@@ -1,11 +1,12 @@
 """Exact params and MACs of subnets as sums over their parts, each part counted once.
 
 A subnet's parameters and multiply-accumulates add up over its parts (stem, each block, the
-head or the exit it stops at), and a part's counts depend only on what names it in the latency
-table (natv2.latency_table: width, resolution, stage, first block of its stage or a later one,
-kernel, expand, branch set; the head or exit): a stage's channels and strides are fixed, and
-dense skips add tensors, which are no MACs. The search costs hundreds of genomes per iteration
-(NAT's 100 x 20 generations, ~0.3 s each to extract and count: about 10 min an iteration), so
+head or the exit it stops at), and a part's counts depend only on its latency-table key
+(natv2.latency_table.part_keys, without the exit for the stem and the blocks: width,
+resolution, stage, first block of its stage or a later one, kernel, expand, branch set; the
+head or exit): a stage's channels and strides are fixed, and dense skips add tensors, which
+are no MACs. The search costs hundreds of genomes per iteration (NAT's 100 x 20 generations;
+extracting and counting each took 0.1-0.3 s), so
 :class:`PartCosts` extracts and counts a subnet (natv2.costs, torch's flop counter) only when
 one of its parts is new, remembers every part's counts, and answers later genomes by adding
 them up: no net is built once the space's parts are known (measured, bench/search_costs.py:
@@ -25,26 +26,9 @@ import numpy as np
 import torch
 
 from natv2.costs import count_params
-from natv2.latency_table import block_key, head_key, static_parts, stem_key
+from natv2.latency_table import part_keys, static_parts
 
 log = logging.getLogger(__name__)
-
-
-def part_keys(arch) -> dict[str, str]:
-    """Part name (natv2.latency_table.static_parts) -> cost key, for the subnet ``arch``.
-
-    The latency table's keys without the exit for the stem and the blocks: where a subnet stops
-    changes their latency (caches), not their counts.
-    """
-    w, r = arch.width, arch.resolution
-    keys = {"stem": stem_key(w, r)}
-    n_run = arch.exit if arch.exit is not None else len(arch.stages)
-    for s, blocks in enumerate(arch.stages[:n_run]):
-        sets = arch.branches[s] if arch.branches is not None else (None,) * len(blocks)
-        for b, (k, e) in enumerate(blocks):
-            keys[f"{s}/{b}"] = block_key(w, r, s, b == 0, k, e, sets[b])
-    keys["head" if arch.exit is None or arch.exit == 0 else f"x/{arch.exit}"] = head_key(w, r, arch.exit or None)
-    return keys
 
 
 def count_parts(static, resolution: int) -> tuple[dict[str, int], dict[str, int], int, int]:
@@ -79,11 +63,10 @@ class PartCosts:
         self.n_counted = 0  # subnets extracted and counted whole
         self.additive = True
 
-    def _count(self, genome: np.ndarray, arch) -> tuple[int, int]:
+    def _count(self, genome: np.ndarray, resolution: int, keys: dict[str, str]) -> tuple[int, int]:
         static = self.supernet.extract(genome)
-        params, flops, whole_params, whole_flops = count_parts(static, arch.resolution)
+        params, flops, whole_params, whole_flops = count_parts(static, resolution)
         self.n_counted += 1
-        keys = part_keys(arch)
         if set(keys) != set(params) or sum(params.values()) != whole_params or sum(flops.values()) != whole_flops:
             if self.additive:
                 log.warning("part costs: subnet %s is not the sum of its parts (%d params, %d FLOPs whole; "
@@ -100,7 +83,7 @@ class PartCosts:
         of the extracted subnet."""
         genome = self.space.from_string(genome) if isinstance(genome, str) else np.asarray(genome)
         arch = self.space.decode(genome)
-        keys = part_keys(arch).values()
-        if not self.additive or any(k not in self._params for k in keys):
-            return self._count(genome, arch)
-        return sum(self._params[k] for k in keys), sum(self._flops[k] for k in keys) // 2
+        keys = part_keys(arch, exit_suffix=False)
+        if not self.additive or any(k not in self._params for k in keys.values()):
+            return self._count(genome, arch.resolution, keys)
+        return sum(self._params[k] for k in keys.values()), sum(self._flops[k] for k in keys.values()) // 2
