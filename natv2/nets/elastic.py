@@ -15,6 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from natv2.nets.depthwise import depthwise_conv2d
 from natv2.nets.layers import MBConv, crop_pays, make_act, make_divisible, reachable_taps, se_channels
 
 
@@ -105,8 +106,8 @@ class ElasticDepthwiseConv(nn.Module):
         w = self.filter(chs, kernel)
         if self.stride == 1 and crop_pays(w):
             w, padding = reachable_taps(w, x)  # exact: taps beyond a small map only see padding
-            return F.conv2d(x, w.contiguous(), None, 1, padding, 1, chs)
-        return F.conv2d(x, w.contiguous(), None, self.stride, kernel // 2, 1, chs)
+            return depthwise_conv2d(x, w.contiguous(), 1, padding)
+        return depthwise_conv2d(x, w.contiguous(), self.stride, kernel // 2)
 
 
 class ElasticDepthwise(nn.Module):

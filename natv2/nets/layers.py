@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from natv2.nets.depthwise import depthwise_conv2d
+
 ACTIVATIONS = {
     "relu": lambda: nn.ReLU(inplace=True),
     "h_swish": lambda: nn.Hardswish(inplace=True),
@@ -88,10 +90,14 @@ class ConvBNAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         conv = self.conv
-        if (type(conv) is nn.Conv2d and conv.stride == (1, 1) and conv.dilation == (1, 1)
-                and conv.padding_mode == "zeros" and crop_pays(conv.weight)):
-            weight, padding = reachable_taps(conv.weight, x)
-            if weight is not conv.weight:  # a late-stage map smaller than the filter: same result, less work
+        if (type(conv) is nn.Conv2d and conv.dilation == (1, 1) and conv.padding_mode == "zeros"
+                and crop_pays(conv.weight)):
+            weight, padding = conv.weight, conv.padding
+            if conv.stride == (1, 1):  # a late-stage map smaller than the filter: same result, less work
+                weight, padding = reachable_taps(weight, x)
+            if conv.bias is None and conv.groups == conv.in_channels == conv.out_channels > 1:
+                return self.act(self.bn(depthwise_conv2d(x, weight, conv.stride[0], padding)))
+            if weight is not conv.weight:
                 return self.act(self.bn(F.conv2d(x, weight, conv.bias, 1, padding, conv.dilation, conv.groups)))
         return self.act(self.bn(conv(x)))
 
