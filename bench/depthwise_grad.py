@@ -1,7 +1,7 @@
 """Bench: depthwise filter gradients tap by tap (natv2.nets.depthwise) against oneDNN's, per layer
 and per training step.
 
-    PYTHONPATH=. python bench/depthwise_grad.py [--threads 2] [--rounds 5] [--batch 64]
+    PYTHONPATH=. python bench/depthwise_grad.py [--threads 2] [--rounds 6] [--batch 64] [--steps 5]
 
 Part 1 times forward + backward of single depthwise layers (channels_last, batch --batch) at the
 map and filter sizes of MobileNetV3's late stages, both ways. Part 2 times whole training steps
@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 
+from natv2.costs import time_forward
 from natv2.nets import depthwise
 
 LAYERS = [  # channels, input side, filter, stride
@@ -28,14 +28,9 @@ LAYERS = [  # channels, input side, filter, stride
 
 
 def median_ms(fn, n: int) -> float:
-    for _ in range(3):
-        fn()
-    times = []
-    for _ in range(n):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    """Median ms per call of ``fn()`` over ``n`` timed blocks (natv2.costs.time_forward, the
+    latency timer: 3 warm-up calls, torch's blocked_autorange), at the current thread count."""
+    return 1e3 * statistics.median(time_forward(fn, repeats=n, warmup=3, min_time=0.0, threads=None))
 
 
 def layer_ms(x: torch.Tensor, w: torch.Tensor, stride: int, pad: int, n: int) -> tuple[float, float]:
