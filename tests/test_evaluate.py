@@ -141,3 +141,40 @@ def test_evaluate_genomes_table(supernet):
     assert again["top1"].tolist() == table["top1"].tolist() and again["latency_ms"].isna().all()
     with pytest.raises(Natv2Error, match="genome string"):
         evaluate_genomes(supernet, ["r99-bad"], data, cfg, progress=False)
+
+
+def test_recorded_costs_are_reused_and_only_accuracy_is_measured_again(supernet, monkeypatch):
+    """NAT's re-evaluation (``natv2 evaluate --reuse-costs``): costs are the architecture's, so a
+    genome's finite recorded params / MACs / latency stand; a missing or NaN one is measured."""
+    import natv2.costs as costs
+    from natv2.steps.evaluate import recorded_costs
+
+    data = DataBundle(["a", "b", "c", "d"], 32, MEAN, STD, image_set(80, 3), image_set(40, 4), image_set(20, 5))
+    cfg = EvaluationConfig(bn_images=48, batch_size=32, channels_last=True, fold_bn=True, latency=True,
+                           latency_batch_size=1, latency_repeats=1,
+                           latency_warmup=0)
+    X = supernet.space.sample(3, np.random.default_rng(5), "natv2")
+    names = [supernet.space.to_string(g) for g in X]
+    timed = []
+    real = costs.measure_latency
+    monkeypatch.setattr(costs, "measure_latency", lambda *a, **k: timed.append(1) or real(*a, **k))
+    fresh = evaluate_genomes(supernet, names, data, cfg, progress=False, seed=7)
+    assert len(timed) == 3
+    import pandas as pd
+
+    recorded = pd.DataFrame({"genome": names, "params": [11, 12, float("nan")], "macs": [21, 22, 23],
+                             "latency_ms": [0.5, float("nan"), 0.7]})
+    known = recorded_costs(recorded)
+    assert known[names[0]] == {"params": 11, "macs": 21, "latency_ms": 0.5}
+    timed.clear()
+    again = evaluate_genomes(supernet, names, data, cfg, progress=False, seed=7, known_costs=known)
+    assert len(timed) == 1  # only the genome whose latency was NaN is timed
+    assert again["params"].tolist() == [11, 12, fresh["params"][2]]
+    assert again["macs"].tolist() == [21, 22, 23]
+    assert again["latency_ms"][0] == 0.5 and again["latency_ms"][2] == 0.7 and again["latency_ms"][1] > 0
+    assert again["top1"].tolist() == fresh["top1"].tolist()  # accuracy is always measured
+    assert recorded_costs(pd.DataFrame({"genome": names})) == {}
+    # switched off, latency stays NaN even where a value was recorded
+    off = evaluate_genomes(supernet, names, data, dataclasses.replace(cfg, latency=False), progress=False, seed=7,
+                           known_costs=known)
+    assert off["latency_ms"].isna().all() and off["params"].tolist()[:2] == [11, 12]

@@ -15,6 +15,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--shard", type=int, default=0, metavar="K", help="which shard (0-based)")
     p.add_argument("--shards", type=int, default=1, metavar="N", help="number of shards")
     p.add_argument("--split", default="val", choices=["val", "test"], help="images to measure top-1 on")
+    p.add_argument("--reuse-costs", action="store_true",
+                   help="take params / macs / latency_ms from the table where recorded (NAT's re-evaluation of the archive)")
     p.add_argument("--tag", help="supernet state tag for the archive (default: from the checkpoint path)")
     p.add_argument("--out", required=True, metavar="CSV")
     p.set_defaults(func=run)
@@ -28,8 +30,21 @@ def supernet_tag(path: str) -> str:
     return p.parent.name if p.stem == "supernet" else p.stem
 
 
-def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, split: str, tag: str, progress: bool):
-    """Rows ``shard::shards`` of ``table`` evaluated; input columns other than the measured ones kept."""
+def recorded_costs(table) -> dict[str, dict[str, float]]:
+    """``{genome: {params, macs, latency_ms}}`` of the rows of ``table`` that record them (any subset)."""
+    cols = [c for c in ("params", "macs", "latency_ms") if c in table.columns]
+    if not cols:
+        return {}
+    return {str(row["genome"]): {c: row[c] for c in cols} for _, row in table.iterrows()}
+
+
+def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, split: str, tag: str, progress: bool,
+                   reuse_costs: bool = False):
+    """Rows ``shard::shards`` of ``table`` evaluated; input columns other than the measured ones kept.
+
+    ``reuse_costs``: a row's recorded params, MACs and latency stand (natv2.evaluate.evaluate_genomes'
+    ``known_costs``); only its accuracy is measured again.
+    """
     import pandas as pd
 
     from natv2.evaluate import evaluate_genomes
@@ -39,6 +54,7 @@ def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, 
     measured = evaluate_genomes(
         supernet, list(part["genome"]), data, settings.evaluation,
         split=split, device=settings.torch_device(), progress=progress, seed=settings.seed,
+        known_costs=recorded_costs(part) if reuse_costs else None,
     )
     if settings.search.latency_table:  # the target device's latency, from its lookup table (no net built)
         from natv2.latency_table import load_table
@@ -75,7 +91,7 @@ def run(args: argparse.Namespace) -> int:
     check_classes(supernet, data.n_classes, args.supernet, args.data)
     out = evaluate_table(
         table, supernet, data, settings, shard=args.shard, shards=args.shards, split=args.split,
-        tag=args.tag or supernet_tag(args.supernet), progress=sys.stderr.isatty(),
+        tag=args.tag or supernet_tag(args.supernet), progress=sys.stderr.isatty(), reuse_costs=args.reuse_costs,
     )
     write_csv(args.out, out)
     return 0

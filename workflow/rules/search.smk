@@ -188,7 +188,7 @@ rule reevaluate:
         **resources_for("evaluate"),
     shell:
         "natv2 --threads {threads} evaluate --config {params.config} --data {input.data} --supernet {input.supernet}"
-        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
+        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards} --reuse-costs"
         " --out {output} > {log} 2>&1"
 
 
