@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 
 Batches = list[tuple[torch.Tensor, torch.Tensor]]
 COLUMNS = ["genome", "resolution", "top1", "top1_err", "params", "macs", "latency_ms"]
+COST_COLUMNS = ("params", "macs", "latency_ms")  # the architecture's: what a re-evaluation may reuse
 
 
 def _fmt(channels_last: bool):
@@ -428,7 +429,7 @@ def top1(
 def _finite_costs(costs: Mapping[str, float] | None) -> dict[str, float]:
     """The finite entries among ``params``, ``macs`` and ``latency_ms`` of a recorded row."""
     out: dict[str, float] = {}
-    for key in ("params", "macs", "latency_ms"):
+    for key in COST_COLUMNS:
         value = None if costs is None else costs.get(key)
         try:
             value = float(value)

@@ -32,7 +32,9 @@ def supernet_tag(path: str) -> str:
 
 def recorded_costs(table) -> dict[str, dict[str, float]]:
     """``{genome: {params, macs, latency_ms}}`` of the rows of ``table`` that record them (any subset)."""
-    cols = [c for c in ("params", "macs", "latency_ms") if c in table.columns]
+    from natv2.evaluate import COST_COLUMNS
+
+    cols = [c for c in COST_COLUMNS if c in table.columns]
     if not cols:
         return {}
     return {str(row["genome"]): {c: row[c] for c in cols} for _, row in table.iterrows()}
