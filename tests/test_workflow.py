@@ -199,6 +199,21 @@ def test_dvc_repro_runs_everything_then_nothing_then_restores(dvc_run: Path):
     assert "Nothing to be done" in proc.stdout + proc.stderr
 
 
+def test_finetune_jobs_carry_their_members_macs_as_priority(dvc_run: Path):
+    """The costliest member's fine-tune starts first (natv2.front.finetune_priority): the
+    scheduler picks ready jobs by priority, so no core idles while the last long job runs."""
+    import re
+
+    proc = smk(dvc_run, TARGETS[0], "-n", "--forcerun", "finetune")
+    text = proc.stdout + proc.stderr
+    printed = {m[0]: float(m[1]) for m in re.findall(r"id=(\d+)\n\s+priority: ([0-9.]+)", text)}
+    front = pd.read_csv(dvc_run / "results/digits/front.csv")
+    members = front[front["finetune"].astype(bool)] if "finetune" in front else front
+    assert len(members) >= 1 and set(printed) == {str(i) for i in members["id"]}, text[-2000:]
+    for _, row in members.iterrows():
+        assert printed[str(row["id"])] == pytest.approx(row["macs"] / 1e6, rel=1e-6)
+
+
 def test_killed_run_resumes_without_recomputing(dvc_run: Path, tmp_path: Path):
     work = make_workdir(tmp_path)
     cmd = [str(BIN / "snakemake"), "--cores", "2", *TARGETS, "--configfile", "tiny.yaml"]

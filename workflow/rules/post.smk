@@ -1,6 +1,8 @@
 """Post-processing: one fine-tune job per front member (after the `front` checkpoint), the
 pareto.csv deliverable, OFA3 ensembles and the report (plots + metrics.json)."""
 
+from natv2.front import finetune_priority
+
 rule finetune:
     input:
         data=SPLIT,
@@ -22,6 +24,8 @@ rule finetune:
     threads: threads_for("finetune")
     resources:
         **resources_for("finetune"),
+    # the costliest member first (natv2.front.finetune_priority): no core idles at the end
+    priority: lambda wildcards, input: finetune_priority(input.front, wildcards.id)
     shell:
         "natv2 --threads {threads} finetune --config {params.config} --data {input.data} --supernet {input.supernet}"
         " --front {input.front} --id {wildcards.id} --out $(dirname {output.metrics}) > {log} 2>&1"
