@@ -131,6 +131,7 @@ class FinetuneConfig:
     patience: int
     max_epochs: int
     min_delta: float
+    best_epoch_ties: str  # "first" (the original code) or "loss": the tied epoch of the lowest val loss
     max_members: int
     optimizer: str
     lr: float

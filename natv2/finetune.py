@@ -73,11 +73,13 @@ class FinetuneResult:
     val_losses: list[tuple[int, float]] = field(default_factory=list)
     val_extras: dict[int, Any] = field(default_factory=dict)
     val_top1s: dict[int, float] = field(default_factory=dict)
+    ties: str = "first"
 
     def summary(self) -> dict:
+        rule = "highest val top-1 (finetune_natnet.py:153-155)"
         return {
             "best_epoch": self.best_epoch,
-            "best_epoch_rule": "highest val top-1 (finetune_natnet.py:153-155)",
+            "best_epoch_rule": rule if self.ties == "first" else rule + ", ties: lowest val loss",
             "step1_epochs": self.step1_epochs,
             "step2_epochs": self.step2_epochs,
             "val_loss": [{"epoch": e, "loss": loss, "top1": self.val_top1s.get(e)} for e, loss in self.val_losses],
@@ -123,17 +125,27 @@ def mean_loss(model, images, **kwargs) -> float:
     return val_metrics(model, images, **kwargs)["loss"]
 
 
-def best_top1_epoch(records: dict[int, dict], last: int) -> int:
-    """Step 1's choice: the epoch in 1..``last`` of the highest val top-1, the first on ties.
+def best_top1_epoch(records: dict[int, dict], last: int, ties: str = "first") -> int:
+    """Step 1's choice: the epoch in 1..``last`` of the highest val top-1.
 
-    ``finetune_natnet.py:142-155``: ``best_acc = 0``, updated on ``valid_top1 > best_acc``; so 0
-    when no epoch reaches a top-1 above 0.
+    ``finetune_natnet.py:142-155``: ``best_acc = 0``, updated on ``valid_top1 > best_acc``; so
+    the first epoch on ties, and 0 when no epoch reaches a top-1 above 0. ``ties="loss"``
+    (``finetune.best_epoch_ties``, a natv2 option) takes the tied epoch of the lowest val loss
+    instead (then the first): on a small val set (digits: 144 images, 0.7 points per image)
+    several epochs share the top score and the first of them is often epoch 1 or 2, which
+    step 2 then trains for while the val loss is still falling.
     """
-    best, best_acc = 0, 0.0
+    if ties not in ("first", "loss"):
+        raise Natv2Error(f"finetune.best_epoch_ties={ties!r}: expected 'first' or 'loss'")
+    best, best_acc, best_loss = 0, 0.0, math.inf
     for epoch in sorted(records):
         top1 = records[epoch].get("top1")
-        if 1 <= epoch <= last and top1 is not None and math.isfinite(top1) and top1 > best_acc:
-            best, best_acc = epoch, float(top1)
+        if not (1 <= epoch <= last and top1 is not None and math.isfinite(top1)):
+            continue
+        loss = records[epoch].get("loss")
+        loss = float(loss) if loss is not None and math.isfinite(loss) else math.inf
+        if top1 > best_acc or (ties == "loss" and best > 0 and top1 == best_acc and loss < best_loss):
+            best, best_acc, best_loss = epoch, float(top1), loss
     return best
 
 
@@ -216,7 +228,8 @@ class _Step1Record:
         self.measure(epoch, net if net is not None else model)
         _, stop = _replay(self.cfg, self.records, last=epoch)
         log.info("fine-tune step 1, epoch %d: val loss %.4f, top-1 %.2f %% (best top-1 at epoch %d)", epoch,
-                 self.records[epoch]["loss"], self.records[epoch]["top1"], best_top1_epoch(self.records, epoch))
+                 self.records[epoch]["loss"], self.records[epoch]["top1"],
+                 best_top1_epoch(self.records, epoch, self.cfg.best_epoch_ties))
         return stop
 
 
@@ -275,7 +288,7 @@ def two_step_finetune(
     records = val.records
     stopper, _ = _replay(cfg, records)
     step1_epochs = stopper.losses[-1][0] if stopper.losses else 0
-    best = best_top1_epoch(records, step1_epochs)
+    best = best_top1_epoch(records, step1_epochs, cfg.best_epoch_ties)
     log.info("fine-tune step 1: stopped after %d epochs, best val top-1 at epoch %d", step1_epochs, best)
 
     # step 2: retrain the re-extracted subnet on train + val for the best epoch count, on step 1's schedule
@@ -294,7 +307,8 @@ def two_step_finetune(
     model.eval()
     return FinetuneResult(model, best, step1_epochs, step2_epochs, list(stopper.losses),
                           val_extras={e: records[e].get("extra") for e, _ in stopper.losses},
-                          val_top1s={e: records[e].get("top1") for e, _ in stopper.losses})
+                          val_top1s={e: records[e].get("top1") for e, _ in stopper.losses},
+                          ties=cfg.best_epoch_ties)
 
 
 # --------------------------------------------------------------------------------------------

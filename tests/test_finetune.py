@@ -471,3 +471,27 @@ def test_step_two_of_the_member_job_never_sees_the_held_out_images(tmp_path, mon
     assert len(seen["step2"]) == len(data.train) + 30 and len(select) == 10
     assert not step2 & rows(select.images)  # digits can repeat, so check no held-out image is in step 2
     assert json.loads((tmp_path / "nets" / "0" / "metrics.json").read_text())["select_images"] == 10
+
+
+def test_tied_best_epochs_the_first_as_the_original_or_the_lowest_val_loss():
+    """CURVE / TOP1 tie epochs 2 and 6 at 60 % (val loss 1.2 and 1.01); step 1 stops after epoch 7."""
+    from natv2.finetune import best_top1_epoch
+
+    records = {e: {"loss": loss, "top1": top1} for e, (loss, top1) in enumerate(zip(CURVE, TOP1))}
+    assert best_top1_epoch(records, 7) == 2  # finetune_natnet.py:153-155: strict >, the first
+    assert best_top1_epoch(records, 7, "loss") == 6
+    assert best_top1_epoch(records, 5, "loss") == 2  # epoch 6 not reached yet
+    assert best_top1_epoch(records, 9, "loss") == best_top1_epoch(records, 9) == 9  # no tie: the same
+    nan_loss = {**records, 6: {"loss": float("nan"), "top1": 60.0}}
+    assert best_top1_epoch(nan_loss, 7, "loss") == 2  # a NaN loss never wins a tie
+    with pytest.raises(Natv2Error, match="best_epoch_ties='last'"):
+        best_top1_epoch(records, 7, "last")
+    with pytest.raises(Natv2Error, match="best_epoch_ties"):
+        finetune_cfg(best_epoch_ties="last")
+
+    cfg = finetune_cfg(best_epoch_ties="loss")
+    curve = iter(zip(CURVE, TOP1))
+    result = two_step_finetune(TinyNet, tiny_bundle(), cfg, resolution=8, seed=0, progress=False,
+                               validate=lambda model: dict(zip(("loss", "top1"), next(curve))))
+    assert (result.best_epoch, result.step1_epochs, result.step2_epochs) == (6, 7, 6)
+    assert result.summary()["best_epoch_rule"].endswith("ties: lowest val loss")
