@@ -1,6 +1,8 @@
 """natv2.config: merged YAML files, schema validation with the key named, typed settings."""
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from natv2.cli import main
@@ -110,3 +112,30 @@ def test_cli_reports_a_schema_error_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == "natv2: error: config key datasets.digits.image_size: 'large' is not of type 'integer'"
     assert not (tmp_path / "out").exists()
+
+
+def test_every_schema_default_is_the_value_in_config_yaml():
+    """config.yaml's header sends readers to the schema for each key's default: they must agree."""
+    import yaml
+
+    repo = Path(__file__).resolve().parents[1]
+    schema = yaml.safe_load((repo / "workflow/schemas/config.schema.yaml").read_text())
+    config = yaml.safe_load((repo / "config/config.yaml").read_text())
+    compared, differ = 0, []
+
+    def walk(node: dict, values, path: str) -> None:
+        nonlocal compared
+        for key, sub in (node.get("properties") or {}).items():
+            if not isinstance(values, dict) or key not in values:
+                continue
+            value = values[key]
+            if isinstance(value, dict):
+                walk(sub, value, f"{path}{key}.")
+            elif "default" in sub:
+                compared += 1
+                if sub["default"] != value:
+                    differ.append(f"{path}{key}: schema {sub['default']!r}, config.yaml {value!r}")
+
+    walk(schema, config, "")
+    assert compared >= 150, compared  # 160 on 2026-12-07  # the walk reaches every section
+    assert differ == []
