@@ -4,8 +4,9 @@
 
 For each space (the digits default, the CIFAR-10 default, config/paper.yaml's EE_D at 32..64
 px), samples --genomes random genomes, as one surrogate search iteration meets them (the
-laptop default's 30 x 8 generations = 240; the paper's 100 x 20 = 2000: --genomes 2000 --only paper), and costs them twice: whole (extract each subnet,
-natv2.costs.count_params / count_macs, what the search did before) and from cached part counts
+bench's default 240 = the old laptop search, 30 x 8 generations; NAT's 100 x 20 = 2000, the
+search's default since 2026-12-07: --genomes 2000), and costs them twice: whole (extract each
+subnet, natv2.costs.count_params / count_macs, what the search did before) and from cached part counts
 (natv2.part_costs.PartCosts, what it does now). Prints genomes/s of both, how many subnets the
 part cache had to build, and that both gave the same integers (or exits 1).
 """
