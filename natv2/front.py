@@ -112,7 +112,7 @@ def finetune_priority(front_csv: str, member_id: str | int) -> float:
     """Snakemake priority of a member's fine-tune job: its MACs in millions (0 when unknown).
 
     Fine-tune time grows with a net's MACs (CIFAR-10 default, 1 thread each: 3.9 / 6.0 / 6.2 /
-    9.1 M MACs took 113 / 173 / 206 / 290 s). Starting the costliest first (longest processing
+    9.1 M MACs took 113 / 171 / 209 / 283 s). Starting the costliest first (longest processing
     time first) keeps the last job from running alone on one core while the others idle: with
     2 cores the default order took 464 s (the 6.0 M net's last 145 s alone), this one 396 s.
     """
