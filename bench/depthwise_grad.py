@@ -29,7 +29,7 @@ LAYERS = [  # channels, input side, filter, stride
 
 def median_ms(fn, n: int) -> float:
     """Median ms per call of ``fn()`` over ``n`` timed blocks (natv2.costs.time_forward, the
-    latency timer: 3 warm-up calls, torch's blocked_autorange), at the current thread count."""
+    latency timer: 3 warm-up calls, torch.utils.benchmark's Timer), at the current thread count."""
     return 1e3 * statistics.median(time_forward(fn, repeats=n, warmup=3, min_time=0.0, threads=None))
 
 

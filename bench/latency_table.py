@@ -5,7 +5,7 @@
 Builds the latency table of a search space on this machine (natv2.latency_table, what
 `natv2 latency-table` writes), samples --subnets random genomes (uniform genes, so depths,
 kernels, expands, exits and resolutions all vary), measures each with natv2.costs.measure_latency
-(the archive's ``latency_ms``: BN folded, channels_last, torch.utils.benchmark blocked_autorange
+(the archive's ``latency_ms``: BN folded, channels_last, torch.utils.benchmark Timer
 median, --threads threads) and compares: Kendall tau of predicted vs measured, and the median
 relative error |predicted - measured| / measured. Goal: tau >= 0.9, median relative error <= 15 %.
 

@@ -110,7 +110,7 @@ class EvaluationConfig:
     latency_batch_size: int
     latency_repeats: int  # timed blocks at least (natv2.costs.time_forward)
     latency_warmup: int
-    latency_min_time: float = 0.1  # seconds of timed blocks at least (Timer.blocked_autorange)
+    latency_min_time: float = 0.1  # seconds of timed blocks at least (natv2.costs.time_forward)
     latency_threads: int = 1  # torch threads while timing (recorded in a latency table)
 
     @property

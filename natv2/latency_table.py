@@ -19,7 +19,7 @@ repository does per (input size, block) key):
 
 Every uniform subnet (all blocks the same kernel x expand) is timed twice, as
 :func:`natv2.costs.measure_latency` times the subnets the table predicts (same function,
-:func:`natv2.costs.time_forward`: torch.utils.benchmark ``blocked_autorange``, BN folded as
+:func:`natv2.costs.time_forward`: torch.utils.benchmark's Timer, BN folded as
 ``evaluation.fold_bn``, channels_last, batch ``evaluation.latency_batch_size``,
 ``evaluation.latency_threads`` threads): once plain (the whole), once with forward hooks that
 split every pass into its parts' shares (:class:`_PartTimer`: a part's share runs from the end

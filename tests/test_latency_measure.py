@@ -40,10 +40,24 @@ def ticking_clock(step: float = 1.0):
 def test_time_forward_times_blocks_after_the_warmup_and_at_least_repeats_of_them():
     calls = []
     times = time_forward(lambda: calls.append(1), repeats=4, warmup=2, min_time=0.0, clock=ticking_clock())
-    # the ticking clock makes every block 1 s, so blocked_autorange picks 1 call per block and
-    # stops after one block (>= min_time); more blocks of that size up to repeats
+    # the ticking clock makes every block 1 s, so the probe (one call, >= min_time / 100) keeps
+    # 1 call per block; then blocks of that size until repeats (min_time 0 is already met)
     assert times == [1.0] * 4
-    assert len(calls) == 2 + 1 + 4  # warm-up, the block-size probe (timeit(1)), the timed blocks
+    assert len(calls) == 2 + 1 + 4  # warm-up, the untimed block-size probe, the timed blocks
+
+
+def test_time_forward_sizes_blocks_to_a_hundredth_of_min_time_and_times_min_time_of_them():
+    calls = []
+
+    def call_clock():  # 0.2 ms per call made so far: a block of n calls lasts n * 0.2 ms
+        return 2e-4 * len(calls)
+
+    times = time_forward(lambda: calls.append(1), repeats=3, warmup=2, min_time=0.1, clock=call_clock)
+    # probe: 1 call (0.2 ms) < 1 ms, 10 calls (2 ms) >= 1 ms -> blocks of 10 calls; then blocks
+    # until 0.1 s of them: 50 blocks (more than repeats), each 0.2 ms per call
+    assert len(times) == 50
+    assert times == pytest.approx([2e-4] * 50)
+    assert len(calls) == 2 + (1 + 10) + 50 * 10
 
 
 def test_measure_latency_is_the_median_per_pass_in_ms_and_respects_threads():
