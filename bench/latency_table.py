@@ -1,6 +1,6 @@
 """Bench: latency-table predictions vs measured latency of random subnets (issue 15).
 
-    python bench/latency_table.py --out bench-out/latency.json     # paper-like space, ~5 min on 1 thread
+    python bench/latency_table.py --out bench-out/latency.json     # paper-like space, ~1.5 min on 1 thread
 
 Builds the latency table of a search space on this machine (natv2.latency_table, what
 `natv2 latency-table` writes), samples --subnets random genomes (uniform genes, so depths,
