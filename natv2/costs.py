@@ -99,8 +99,11 @@ def time_forward(fn, *, repeats: int = 10, warmup: int = 3, min_time: float = 0.
         while block(number) < min_time / 100 and number < 10**9:
             number *= 10
         times: list[float] = []
-        while len(times) < repeats or sum(times) * number < min_time:
-            times.append(block(number) / number)
+        timed = 0.0  # seconds of timed blocks so far
+        while len(times) < repeats or timed < min_time:
+            seconds = block(number)
+            times.append(seconds / number)
+            timed += seconds
     return times
 
 
