@@ -272,7 +272,7 @@ def run_phase(
     if not phase_applies(phase, space) or phase_cfg.epochs == 0:
         why = "0 epochs" if phase_cfg.epochs == 0 else f"the variant has no elastic {phase.dimension}"
         log.info("phase %s skipped: %s", phase.name, why)
-        return {**summary, "skipped": True, "reason": why}
+        return skipped_summary(phase.name, why)
 
     teacher = None
     if phase.name != "full" and cfg.kd_weight > 0:
@@ -313,6 +313,30 @@ def run_phase(
 def phases_for(space) -> list[str]:
     """Names of the phases that apply to ``space``, in order."""
     return [p.name for p in PHASES if phase_applies(p, space)]
+
+
+def trained_phases(space, phases_cfg) -> list[str]:
+    """The phases of ``space`` that get a checkpoint (a job of their own): :func:`phases_for` less
+    those with 0 epochs, which would only copy their input. The first phase always stays (it makes
+    the supernet: ``full``, a new one) and so does the last (whose checkpoint is the source). The
+    next phase kept records the skipped ones in its checkpoint's meta (:func:`skipped_before`), so
+    the last checkpoint is the one a chain of copying jobs would have written, byte for byte."""
+    names = phases_for(space)
+    return [n for k, n in enumerate(names) if k in (0, len(names) - 1) or getattr(phases_cfg, n).epochs > 0]
+
+
+def skipped_summary(phase_name: str, reason: str) -> dict[str, Any]:
+    """The checkpoint meta entry of a phase that left the weights unchanged."""
+    return {"phase": phase_name, "skipped": True, "reason": reason}
+
+
+def skipped_before(phase_name: str, space, phases_cfg, recorded: set[str]) -> list[dict[str, Any]]:
+    """Meta entries for the 0-epoch phases before ``phase_name`` that ``recorded`` lacks: the phases
+    :func:`trained_phases` gave no job of their own."""
+    names = phases_for(space)
+    earlier = names[: names.index(phase_name)] if phase_name in names else []
+    return [skipped_summary(n, "0 epochs") for n in earlier
+            if n not in recorded and getattr(phases_cfg, n).epochs == 0]
 
 
 def describe(space) -> Mapping[str, dict[str, str]]:

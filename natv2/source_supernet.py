@@ -33,7 +33,7 @@ def train_phase(settings, data_json: str | Path, phase: str, init: str | Path | 
     from natv2.nets import build_supernet
     from natv2.nets.checkpoint import load_supernet, save_supernet
     from natv2.resume import ResumeFolder, fingerprint, split_files
-    from natv2.shrinking import run_phase
+    from natv2.shrinking import run_phase, skipped_before
     from natv2.splits import load_data
 
     check_writable(out)  # before the training, not after it
@@ -65,7 +65,10 @@ def train_phase(settings, data_json: str | Path, phase: str, init: str | Path | 
     ))
     summary = run_phase(net, phase, data, settings.supernet_train, device=device, seed=settings.seed,
                         resume=resume.path("train.pt"), pad=data.pad, flip=data.flip, progress=progress)
-    done = [p for p in meta.get("phases", []) if p.get("phase") != phase] + [summary]
+    done = [p for p in meta.get("phases", []) if p.get("phase") != phase]
+    # the 0-epoch phases since ``init`` had no job (natv2.shrinking.trained_phases): recorded here
+    done += skipped_before(phase, net.space, settings.supernet_train.phases, {p.get("phase") for p in done})
+    done.append(summary)
     meta.update({"phase": phase, "phases": done, "classes": list(data.classes), "source": "train"})
     save_supernet(out, net.cpu(), meta)
     resume.remove()  # the phase's output is whole: its resume state is no longer needed
@@ -76,7 +79,8 @@ def train_phases(settings, data_json: str | Path, out: str | Path, *, work_dir: 
                  progress: bool = True) -> None:
     """Every phase that applies to the variant, in order, each -> ``work_dir/<phase>.pt``; the last -> ``out``.
 
-    A phase whose checkpoint exists is skipped (a re-run resumes after the finished phases);
+    A phase whose checkpoint exists is skipped (a re-run resumes after the finished phases), and so
+    is a middle phase of 0 epochs without one (as in the workflow: natv2.shrinking.trained_phases);
     ``state_dir`` holds each running phase's resume folder.
     """
     from natv2.shrinking import phases_for
@@ -86,8 +90,12 @@ def train_phases(settings, data_json: str | Path, out: str | Path, *, work_dir: 
     previous = None
     # only the variant's phases: the others would write undeclared files (and, in a target's job
     # reading the source's phases, train on the target's classes)
-    for name in phases_for(SearchSpace.from_config(settings.supernet_for(dataset_key(data_json)))):
+    names = phases_for(SearchSpace.from_config(settings.supernet_for(dataset_key(data_json))))
+    for name in names:
         phase_out = work / f"{name}.pt"
+        if (name not in (names[0], names[-1]) and not phase_out.is_file()
+                and getattr(settings.supernet_train.phases, name).epochs == 0):
+            continue  # no checkpoint of its own (natv2.shrinking.trained_phases): the next phase records it
         if not phase_out.is_file():
             train_phase(settings, data_json, name, previous, phase_out, state_dir / f"{phase_out.name}.{name}",
                         progress=progress)

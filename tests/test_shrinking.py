@@ -1,6 +1,7 @@
 """Extended progressive shrinking: which phases run, what each unlocks, and the phase steps."""
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 import yaml
 
 from natv2.cli import main
-from natv2.shrinking import PHASE_NAMES, get_phase, phase_sampler, phases_for
+from natv2.shrinking import PHASE_NAMES, get_phase, phase_sampler, phases_for, trained_phases
 from natv2.space import SearchSpace
 
 OFA = SearchSpace(resolutions=(24, 32))
@@ -302,6 +303,78 @@ def test_train_phases_runs_the_variants_missing_phases_in_order(tiny_run, tmp_pa
     ran.clear()
     train_phases(settings, split, out, work_dir=work, state_dir=tmp_path / ".resume", progress=False)
     assert ran == [phases[-1]]  # finished phases are not rerun
+
+
+def _zero_epoch_config(tmp_path: Path, *zero: str) -> str:
+    """TINY with ``zero`` phases at 0 epochs (config/config.yaml's digits and cifar10: depth1, expand1)."""
+    cfg = copy.deepcopy(TINY)
+    for name in zero:
+        cfg["supernet_train"]["phases"][name]["epochs"] = 0
+    path = tmp_path / "zero.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return str(path)
+
+
+def test_trained_phases_leave_out_the_middle_phases_of_0_epochs(tmp_path):
+    space = SearchSpace(resolutions=(12, 16), kernels=(3, 5), expands=(2, 3))
+    assert phases_for(space) == ["full", "kernel", "depth1", "depth2", "expand1", "expand2"]
+    phases = _tiny_settings(_zero_epoch_config(tmp_path, "depth1", "expand1")).supernet_train.phases
+    assert trained_phases(space, phases) == ["full", "kernel", "depth2", "expand2"]
+    # the first phase makes the supernet and the last one's checkpoint is the source: both always stay
+    phases = _tiny_settings(_zero_epoch_config(tmp_path, "full", "kernel", "expand2")).supernet_train.phases
+    assert trained_phases(space, phases) == ["full", "depth1", "depth2", "expand1", "expand2"]
+    assert trained_phases(space, _tiny_settings(_zero_epoch_config(tmp_path)).supernet_train.phases) == phases_for(space)
+
+
+def _untimed(meta: dict) -> dict:
+    """A checkpoint's meta less what is measured (each epoch's seconds and images/s)."""
+    drop = {"seconds", "images_per_s"}
+    return {**meta, "phases": [{**p, "history": [{k: v for k, v in row.items() if k not in drop} for row in p.get("history", [])]}
+                               for p in meta["phases"]]}
+
+
+def test_a_skipped_0_epoch_phase_leaves_the_next_checkpoint_the_same(tiny_run, tmp_path):
+    """depth2 from kernel.pt (no depth1 job) writes the weights and meta that depth2 from a 0-epoch
+    depth1.pt wrote, depth1 included: what the workflow's shorter chain relies on."""
+    from natv2.nets.checkpoint import load_supernet
+
+    root, _, split = tiny_run
+    common = ["supernet", "--config", _zero_epoch_config(tmp_path, "depth1"), "--data", split, "--no-progress"]
+    chain = {"full": None, "kernel": "full", "depth1": "kernel", "depth2": "depth1"}
+    for phase, init in chain.items():
+        init_opt = ["--init", str(tmp_path / f"{init}.pt")] if init else []
+        assert main(common + ["--phase", phase, *init_opt, "--out", str(tmp_path / f"{phase}.pt")]) == 0
+    assert main(common + ["--phase", "depth2", "--init", str(tmp_path / "kernel.pt"), "--out", str(tmp_path / "short.pt")]) == 0
+    (long, long_meta), (short, meta) = load_supernet(tmp_path / "depth2.pt"), load_supernet(tmp_path / "short.pt")
+    assert long.state_dict().keys() == short.state_dict().keys()
+    assert all(torch.equal(v, short.state_dict()[k]) for k, v in long.state_dict().items())
+    assert _untimed(meta) == _untimed(long_meta)
+    assert [p["phase"] for p in meta["phases"]] == ["full", "kernel", "depth1", "depth2"]
+    assert meta["phases"][2] == {"phase": "depth1", "skipped": True, "reason": "0 epochs"}
+    assert len(meta["phases"][3]["history"]) == 1  # depth2 trained its one epoch
+
+
+def test_train_phases_writes_no_checkpoint_for_a_middle_phase_of_0_epochs(tiny_run, tmp_path, monkeypatch):
+    import natv2.shrinking
+    from natv2.nets.checkpoint import load_supernet
+    from natv2.source_supernet import train_phases
+
+    root, _, split = tiny_run
+    settings = _tiny_settings(_zero_epoch_config(tmp_path, "depth1", "expand1", "expand2"))
+    ran = []
+
+    def fake_phase(net, phase, data, cfg, **kwargs):
+        ran.append(phase)
+        return {"phase": phase, "skipped": True, "reason": "0 epochs"} if getattr(cfg.phases, phase).epochs == 0 else {"phase": phase}
+
+    monkeypatch.setattr(natv2.shrinking, "run_phase", fake_phase)
+    out, work = tmp_path / "source.pt", tmp_path / "phases"
+    train_phases(settings, split, out, work_dir=work, state_dir=tmp_path / ".resume", progress=False)
+    assert ran == ["full", "kernel", "depth2", "expand2"]  # the last phase runs, at 0 epochs too
+    assert sorted(p.name for p in work.iterdir()) == ["depth2.pt", "expand2.pt", "full.pt", "kernel.pt"]
+    phases = load_supernet(out)[1]["phases"]
+    assert [p["phase"] for p in phases] == ["full", "kernel", "depth1", "depth2", "expand1", "expand2"]
+    assert [p.get("skipped", False) for p in phases] == [False, False, True, False, True, True]
 
 
 def test_unwritable_phase_output_is_one_line_before_any_training(tiny_run, tmp_path, capsys, monkeypatch):

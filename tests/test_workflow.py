@@ -124,6 +124,24 @@ def test_dry_run_of_the_paper_config_has_every_phase(tmp_path: Path):
     assert counts["front"] == n_ds and counts["pareto"] == n_ds
 
 
+def test_the_default_digits_run_has_no_job_for_its_0_epoch_phases(tmp_path: Path):
+    """config/config.yaml's digits recipe gives depth1 and expand1 0 epochs: no job (and no checkpoint)
+    of their own; depth2 and expand2 read the phase before them (natv2.shrinking.trained_phases)."""
+    from natv2.config import DEFAULT_CONFIG, load_settings
+
+    phases = load_settings(DEFAULT_CONFIG).for_dataset("digits").supernet_train.phases
+    assert phases.depth1.epochs == phases.expand1.epochs == 0
+    work = make_workdir(tmp_path)
+    (work / "plain.yaml").write_text("seed: 0\n")
+    target = "results/digits/supernet/source.pt"
+    assert job_counts(smk(work, target, "-n", "--forceall", "--quiet", "rules", configfiles=("plain.yaml",)))["supernet_phase"] == 4
+    proc = smk(work, target, "-n", "--forceall", configfiles=("plain.yaml",))
+    made = {p for p in ("full", "kernel", "depth1", "depth2", "expand1", "expand2") if f"supernet/phases/{p}.pt" in proc.stdout}
+    assert made == {"full", "kernel", "depth2", "expand2"}
+    depth2 = "input: results/digits/data/split.json, results/digits/supernet/phases/kernel.pt\n    output: results/digits/supernet/phases/depth2.pt"
+    assert depth2 in proc.stdout
+
+
 def _write_shapes(root: Path, n_classes: int = 3, per_class: int = 20) -> Path:
     """A tiny ImageFolder source dataset: ``n_classes`` solid-colour classes, noise on top."""
     import numpy as np

@@ -211,12 +211,15 @@ def resources_for(kind: str) -> dict:
 # ---------------------------------------------------------------------------------------------
 # supernet phase: input functions and paths
 
-def supernet_phases() -> list[str]:
-    """The shrinking phases that apply to the configured supernet variant, in order."""
-    from natv2.shrinking import phases_for
+def supernet_phases(ds: str) -> list[str]:
+    """The shrinking phases with a job of their own when the supernet is trained on ``ds``, in order:
+    those that apply to its variant, less the middle ones of 0 epochs (natv2.shrinking.trained_phases;
+    the next job records them in its checkpoint, so a 0-epoch phase costs no job of its own)."""
+    from natv2.shrinking import trained_phases
     from natv2.space import SearchSpace
 
-    return phases_for(SearchSpace.from_config(SETTINGS.supernet))
+    settings = DATASET_SETTINGS.get(ds) or SETTINGS.for_dataset(ds)
+    return trained_phases(SearchSpace.from_config(settings.supernet_for(ds)), settings.supernet_train.phases)
 
 
 def source_dataset(ds: str) -> str:
@@ -232,11 +235,11 @@ def official_source() -> bool:
 
 
 def phase_inputs(wildcards) -> dict:
-    phases = supernet_phases()
+    phases = supernet_phases(wildcards.ds)
     if wildcards.phase not in phases:
         raise WorkflowError(
-            f"supernet phase {wildcards.phase!r} does not apply to variant "
-            f"{SETTINGS.supernet.variant!r} (phases: {', '.join(phases)})"
+            f"supernet phase {wildcards.phase!r}: no job for dataset {wildcards.ds!r} (it does not apply to variant "
+            f"{SETTINGS.supernet.variant!r} or has 0 epochs; phases with a job: {', '.join(phases)})"
         )
     inputs = {"data": f"{RESULTS}/{wildcards.ds}/data/split.json"}
     k = phases.index(wildcards.phase)
@@ -253,7 +256,7 @@ def source_inputs(wildcards) -> dict:
     inputs = {"data": f"{RESULTS}/{wildcards.ds}/data/split.json"}
     if not official_source():
         src = source_dataset(wildcards.ds)
-        inputs["phases"] = [f"{RESULTS}/{src}/supernet/phases/{p}.pt" for p in supernet_phases()]
+        inputs["phases"] = [f"{RESULTS}/{src}/supernet/phases/{p}.pt" for p in supernet_phases(src)]
     return inputs
 
 
