@@ -320,7 +320,8 @@ def trained_phases(space, phases_cfg) -> list[str]:
     those with 0 epochs, which would only copy their input. The first phase always stays (it makes
     the supernet: ``full``, a new one) and so does the last (whose checkpoint is the source). The
     next phase kept records the skipped ones in its checkpoint's meta (:func:`skipped_before`), so
-    the last checkpoint is the one a chain of copying jobs would have written, byte for byte."""
+    each checkpoint holds the weights and meta a chain of copying jobs would have written (but for
+    the measured seconds of its epochs)."""
     names = phases_for(space)
     return [n for k, n in enumerate(names) if k in (0, len(names) - 1) or getattr(phases_cfg, n).epochs > 0]
 
