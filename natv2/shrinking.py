@@ -332,12 +332,11 @@ def skipped_summary(phase_name: str, reason: str) -> dict[str, Any]:
 
 
 def skipped_before(phase_name: str, space, phases_cfg, recorded: set[str]) -> list[dict[str, Any]]:
-    """Meta entries for the 0-epoch phases before ``phase_name`` that ``recorded`` lacks: the phases
-    :func:`trained_phases` gave no job of their own."""
-    names = phases_for(space)
+    """Meta entries for the phases before ``phase_name`` that :func:`trained_phases` gave no job of
+    their own (0 epochs) and ``recorded`` lacks."""
+    names, kept = phases_for(space), set(trained_phases(space, phases_cfg))
     earlier = names[: names.index(phase_name)] if phase_name in names else []
-    return [skipped_summary(n, "0 epochs") for n in earlier
-            if n not in recorded and getattr(phases_cfg, n).epochs == 0]
+    return [skipped_summary(n, "0 epochs") for n in earlier if n not in kept and n not in recorded]
 
 
 def describe(space) -> Mapping[str, dict[str, str]]:

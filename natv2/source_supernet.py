@@ -83,19 +83,19 @@ def train_phases(settings, data_json: str | Path, out: str | Path, *, work_dir: 
     is a middle phase of 0 epochs without one (as in the workflow: natv2.shrinking.trained_phases);
     ``state_dir`` holds each running phase's resume folder.
     """
-    from natv2.shrinking import phases_for
+    from natv2.shrinking import phases_for, trained_phases
     from natv2.space import SearchSpace
 
     work, state_dir = Path(work_dir), Path(state_dir)
     previous = None
     # only the variant's phases: the others would write undeclared files (and, in a target's job
     # reading the source's phases, train on the target's classes)
-    names = phases_for(SearchSpace.from_config(settings.supernet_for(dataset_key(data_json))))
-    for name in names:
+    space = SearchSpace.from_config(settings.supernet_for(dataset_key(data_json)))
+    kept = set(trained_phases(space, settings.supernet_train.phases))
+    for name in phases_for(space):
         phase_out = work / f"{name}.pt"
-        if (name not in (names[0], names[-1]) and not phase_out.is_file()
-                and getattr(settings.supernet_train.phases, name).epochs == 0):
-            continue  # no checkpoint of its own (natv2.shrinking.trained_phases): the next phase records it
+        if name not in kept and not phase_out.is_file():
+            continue  # 0 epochs: no checkpoint of its own, the next phase records it
         if not phase_out.is_file():
             train_phase(settings, data_json, name, previous, phase_out, state_dir / f"{phase_out.name}.{name}",
                         progress=progress)
