@@ -426,7 +426,7 @@ def top1(
     return top1_on(model, data, fold=fold, channels_last=channels_last)
 
 
-def _finite_costs(costs: Mapping[str, float] | None) -> dict[str, float]:
+def finite_costs(costs: Mapping[str, float] | None) -> dict[str, float]:
     """The finite entries among ``params``, ``macs`` and ``latency_ms`` of a recorded row."""
     out: dict[str, float] = {}
     for key in COST_COLUMNS:
@@ -514,7 +514,7 @@ def evaluate_genomes(
             recalibrate_on(static, bn_batches, cfg.channels_last)
         acc = top1_on(static, eval_batches, fold=cfg.fold_bn, channels_last=cfg.channels_last)
         name = space.to_string(g)
-        known = _finite_costs((known_costs or {}).get(name))
+        known = finite_costs((known_costs or {}).get(name))
         rows[i] = {
             "genome": name,
             "resolution": res,

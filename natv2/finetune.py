@@ -516,16 +516,24 @@ class MemberNets:
         return self._ready(self.supernet.extract(self.genome, exits=exits))
 
 
-def _searched_columns(nets: MemberNets, data, genome: str) -> dict:
-    """The ``search_*`` columns: the single-exit net the search chose, fresh from the supernet."""
+def _searched_columns(nets: MemberNets, data, member: dict) -> dict:
+    """The ``search_*`` columns: the single-exit net the search chose, fresh from the supernet.
+
+    Its params and MACs are the front row's where it records them (the search's exact counts,
+    natv2.part_costs; a subnet's costs depend on its architecture alone), else counted: counting
+    builds torch's flop counter, whose first use imports torch._dynamo (~1.4 s of every job).
+    """
     from natv2.costs import count_macs, count_params
-    from natv2.evaluate import top1
+    from natv2.evaluate import finite_costs, top1
 
     searched = nets.single()
-    search = {"search_genome": genome, "search_val_top1": float(top1(searched, data.val, **nets.common)),
+    search = {"search_genome": str(member["genome"]),
+              "search_val_top1": float(top1(searched, data.val, **nets.common)),
               "search_test_top1": float(top1(searched, data.test, **nets.common))}
+    known = finite_costs(member)
     searched = searched.to("cpu")
-    search.update(search_params=int(count_params(searched)), search_macs=int(count_macs(searched, nets.resolution)))
+    search.update(search_params=int(known["params"]) if "params" in known else int(count_params(searched)),
+                  search_macs=int(known["macs"]) if "macs" in known else int(count_macs(searched, nets.resolution)))
     return search
 
 
@@ -551,7 +559,7 @@ def finetune_member(supernet, member: dict, data, settings, *, state: FinetuneSt
     common, resolution, space = nets.common, nets.resolution, nets.space
     val_fit, val_select = data.holdout(cfg.selection_holdout, settings.seed)
 
-    search = _searched_columns(nets, data, genome_string)
+    search = _searched_columns(nets, data, member)
     log.info("member %s: searched net val %.2f %%, test %.2f %%", member_id, search["search_val_top1"],
              search["search_test_top1"])
 
@@ -580,12 +588,16 @@ def finetune_member(supernet, member: dict, data, settings, *, state: FinetuneSt
              select_after, result.best_epoch)
 
     cpu_net = net.to("cpu")
+    if nets.early_exit:  # AEP's net has exits the searched one lacks: count it
+        params, macs = int(count_params(cpu_net)), int(count_macs(cpu_net, resolution))
+    else:  # fine-tuning changes weights, not the architecture
+        params, macs = search["search_params"], search["search_macs"]
     metrics = {
         "id": member_id,
         "genome": exported_genome,
         "resolution": resolution,
-        "params": int(count_params(cpu_net)),
-        "macs": int(count_macs(cpu_net, resolution)),
+        "params": params,
+        "macs": macs,
         "latency_ms": float(measure_latency(net.to(device), resolution, batch_size=cfg.latency_batch_size,
                                             repeats=cfg.latency_repeats, warmup=3, device=device,
                                             min_time=settings.evaluation.latency_min_time,

@@ -23,6 +23,8 @@ def test_defaults_load_into_typed_settings():
     # the CIFAR-10 laptop default trades accuracy against MACs (NAT's CIFAR-10 trade-off), digits against params
     assert settings.for_dataset("cifar10").search.objectives == ("top1_err", "macs")
     assert settings.for_dataset("digits").search.objectives == ("top1_err", "params")
+    # fine-tuned members: 3 on CIFAR-10 (the 30-minute laptop budget), 4 on digits
+    assert (settings.for_dataset("cifar10").finetune.max_members, settings.for_dataset("digits").finetune.max_members) == (3, 4)
 
 
 def test_a_dataset_entry_overrides_the_data_defaults():

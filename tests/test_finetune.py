@@ -473,6 +473,43 @@ def test_step_two_of_the_member_job_never_sees_the_held_out_images(tmp_path, mon
     assert json.loads((tmp_path / "nets" / "0" / "metrics.json").read_text())["select_images"] == 10
 
 
+def test_the_member_job_takes_the_fronts_exact_costs_and_counts_a_row_without_them(tmp_path, monkeypatch):
+    """A front row's params and MACs (the search's exact counts) stand for the searched and the
+    fine-tuned net, so the job builds no flop counter; a row without them is counted."""
+    import natv2.costs
+    import natv2.finetune
+    from natv2.cli import main
+    from natv2.costs import count_macs, count_params
+
+    overrides = {"device": "cpu", "datasets": {"digits": {"kind": "digits", "max_train": 60, "val_size": 40,
+                                                          "test_size": 40, "image_size": 8, "resolutions": [8]}},
+                 "finetune": {"bn_images": 0, "latency_repeats": 1}}
+    config, settings, split, supernet = member_job(tmp_path, overrides)
+    genome = supernet.space.smallest()
+    static = supernet.extract(genome).eval()
+    params, macs = count_params(static), count_macs(static, 8)
+    front = pd.DataFrame({"id": [0, 1], "genome": [supernet.space.to_string(genome)] * 2,
+                          "params": [params, np.nan], "macs": [macs, np.nan]})
+    front.to_csv(tmp_path / "front.csv", index=False)
+    monkeypatch.setattr(natv2.finetune, "two_step_finetune",  # trains nothing: the costs are what this checks
+                        lambda extract, data, cfg, **kwargs: natv2.finetune.FinetuneResult(extract(), 0, 0, 0, []))
+    counted = []
+    monkeypatch.setattr(natv2.costs, "count_macs", lambda net, res, **kw: counted.append(res) or macs)
+
+    def job(member: int) -> dict:
+        out = tmp_path / "nets" / str(member)
+        assert main(["finetune", *config, "--data", str(split), "--supernet", str(tmp_path / "supernet.pt"),
+                     "--front", str(tmp_path / "front.csv"), "--id", str(member), "--out", str(out)]) == 0
+        return json.loads((out / "metrics.json").read_text())
+
+    first = job(0)
+    assert counted == []  # the front's row had them
+    assert (first["params"], first["macs"], first["search_params"], first["search_macs"]) == (params, macs, params, macs)
+    second = job(1)
+    assert counted == [8]  # once, for the searched net; the fine-tuned one has its architecture
+    assert (second["params"], second["macs"], second["search_macs"]) == (params, macs, macs)
+
+
 def test_tied_best_epochs_the_first_as_the_original_or_the_lowest_val_loss():
     """CURVE / TOP1 tie epochs 2 and 6 at 60 % (val loss 1.2 and 1.01); step 1 stops after epoch 7."""
     from natv2.finetune import best_top1_epoch
