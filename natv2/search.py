@@ -472,6 +472,11 @@ def supernet_costs(settings, supernet_path):
 
     counts = PartCosts(net)  # params and MACs from cached part counts: no net built once the parts are known
 
+    def architecture(genomes) -> dict:
+        """Exact params and MACs of ``genomes`` (strings or arrays), from the part counts."""
+        pairs = [counts(g) for g in genomes]
+        return {"params": [int(p) for p, _ in pairs], "macs": [int(m) for _, m in pairs]}
+
     def cost_fn(genomes):
         import numpy as np
 
@@ -492,7 +497,28 @@ def supernet_costs(settings, supernet_path):
                     channels_last=ev.channels_last, fold_bn=ev.fold_bn)
         return out
 
+    cost_fn.architecture = architecture
     return space, cost_fn
+
+
+def with_architecture_costs(candidates, cost_fn):
+    """``candidates`` with exact ``params`` and ``macs`` columns where the search's objectives lack them.
+
+    From the part counts the search holds anyway (``cost_fn.architecture``, natv2.part_costs;
+    a cost function without it, such as a synthetic one, leaves the table as it is). The
+    candidates' evaluation reuses them (``natv2 evaluate --reuse-costs``) instead of counting
+    each net under torch's flop counter, whose first use in a job imports torch._dynamo (~1.4 s).
+    """
+    architecture = getattr(cost_fn, "architecture", None)
+    missing = [c for c in ("params", "macs") if c not in candidates.columns]
+    if architecture is None or not missing or len(candidates) == 0:
+        return candidates
+    exact = architecture(list(candidates["genome"]))
+    out = candidates.copy()
+    at = list(out.columns).index("source") if "source" in out.columns else len(out.columns)
+    for offset, column in enumerate(missing):
+        out.insert(at + offset, column, exact[column])
+    return out
 
 
 def run_search(archive, space, cost_fn, cfg, rng, iteration: int):

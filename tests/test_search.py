@@ -267,6 +267,26 @@ def test_search_step_cost_wiring_with_a_real_supernet(tmp_path):
     small = net.extract(space.smallest())
     assert out["params"][0] == count_params(small) < out["params"][1]
     assert out["macs"][0] == count_macs(small, 32) <= out["macs"][1]
+    # candidates.csv gets the exact costs that are not objectives (their evaluation reuses them)
+    assert fn.architecture([space.to_string(other)]) == {"params": [count_params(net.extract(other))],
+                                                         "macs": [count_macs(net.extract(other), space.decode(other).resolution)]}
+
+
+def test_candidates_get_the_exact_params_and_macs_that_are_not_objectives():
+    from natv2.search import with_architecture_costs
+
+    def cost_fn(genomes):  # a synthetic cost function: no part counts, the table stays as it is
+        return {"params": np.ones(len(genomes))}
+
+    cost_fn.architecture = lambda genomes: {"params": [10 * len(g) for g in genomes], "macs": [len(g) for g in genomes]}
+    cands = pd.DataFrame({"genome": ["ab", "abc"], "predicted_top1_err": [5.0, 4.0], "params": [2.0, 3.0],
+                          "source": ["subset", "subset"]})
+    out = with_architecture_costs(cands, cost_fn)
+    assert list(out.columns) == ["genome", "predicted_top1_err", "params", "macs", "source"]
+    assert list(out["params"]) == [2.0, 3.0] and list(out["macs"]) == [2, 3]  # an objective's column stays
+    assert "macs" not in cands  # a copy
+    del cost_fn.architecture
+    assert with_architecture_costs(cands, cost_fn) is cands
 
 
 def test_paper_config_has_the_originals_search_settings():

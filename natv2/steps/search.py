@@ -3,7 +3,9 @@
     natv2 search --config C --archive iter2/archive.csv --supernet iter2/supernet.pt \\
         --iteration 3 --out iter3/candidates.csv --surrogate-out iter3/surrogate.json
 
-candidates.csv: ``genome, predicted_top1_err, <cost objectives>, source, iteration``.
+candidates.csv: ``genome, predicted_top1_err, <cost objectives>, params, macs, source, iteration``
+(params and MACs exact, from the search's part counts, whether objectives or not: the
+candidates' evaluation reuses them).
 surrogate.json: the fit's kind, cv tau / RMSE (and every candidate model's for NAT's adaptive
 choice) plus the predicted error of every candidate, so ``natv2 update`` can record the
 surrogate's tau on them once they are measured.
@@ -39,6 +41,7 @@ def run(args: argparse.Namespace) -> int:
     space, cost_fn = search.supernet_costs(settings, args.supernet)
     rng = stream(settings.seed, "search", args.iteration)
     candidates, summary = search.run_search(archive, space, cost_fn, cfg, rng, args.iteration)
+    candidates = search.with_architecture_costs(candidates, cost_fn)
     write_archive(args.out, candidates)
     write_json(args.surrogate_out, summary)
     return 0

@@ -116,7 +116,8 @@ rule evaluate_candidates:
         **resources_for("evaluate"),
     shell:
         "natv2 --threads {threads} evaluate --config {params.config} --data {input.data} --supernet {input.supernet}"
-        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
+        # candidates.csv records each genome's exact params and MACs (the search's part counts): reused, not counted
+        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards} --reuse-costs"
         " --out {output} > {log} 2>&1"
 
 
