@@ -268,8 +268,9 @@ def test_search_step_cost_wiring_with_a_real_supernet(tmp_path):
     assert out["params"][0] == count_params(small) < out["params"][1]
     assert out["macs"][0] == count_macs(small, 32) <= out["macs"][1]
     # candidates.csv gets the exact costs that are not objectives (their evaluation reuses them)
-    assert fn.architecture([space.to_string(other)]) == {"params": [count_params(net.extract(other))],
-                                                         "macs": [count_macs(net.extract(other), space.decode(other).resolution)]}
+    other_net = net.extract(other)
+    assert fn.architecture([space.to_string(other)]) == {"params": [count_params(other_net)],
+                                                         "macs": [count_macs(other_net, space.decode(other).resolution)]}
 
 
 def test_candidates_get_the_exact_params_and_macs_that_are_not_objectives():
