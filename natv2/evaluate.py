@@ -533,6 +533,6 @@ def evaluate_genomes(
         reused += bool(known)
         bar.set_postfix(top1=f"{acc:.2f}")
     dt = time.perf_counter() - t0
-    log.info("evaluated %d subnets on %s in %.1f s (%.2f s/net; recorded costs reused for %d)", len(gs), split, dt,
+    log.info("evaluated %d subnets on %s in %.1f s (%.2f s/net; known costs taken for %d)", len(gs), split, dt,
              dt / len(gs), reused)
     return pd.DataFrame([rows[i] for i in range(len(gs))], columns=COLUMNS)

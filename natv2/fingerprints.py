@@ -3,7 +3,7 @@
 ``workflow/rules/common.smk`` hashes a job's entries of these keys into its ``fingerprint``
 param (so editing another key reruns nothing), and :mod:`natv2.dvcgen` makes them the DVC
 params of the rule's stage. A ``{ds}`` in a key is the job's dataset wildcard. Rules not listed
-(collect, pareto, report) read no config.
+(collect, part_costs, pareto, report) read no config.
 """
 from __future__ import annotations
 

@@ -16,6 +16,13 @@ nine resolutions after ~270, 4.9x over 2,000).
 Every counted subnet checks the sum: its whole count must equal its parts' sum; if it ever
 does not (a supernet whose parts are not additive), the cache logs it and counts every later
 genome whole, so the figures stay those of natv2.costs.
+
+A workflow run counts the parts once (:func:`part_cost_table`, ``natv2 part-costs``: the
+uniform subnets that hold every part, 9 for the digits space) and the jobs that cost genomes
+(the pool's evaluation, each iteration's search) start from that table: none of them then
+builds a net, nor pays the first use of torch's flop counter (its import of torch._dynamo,
+~1 s). The table records the supernet it was counted on (:func:`supernet_signature`) and is
+refused for any other.
 """
 from __future__ import annotations
 
@@ -26,7 +33,11 @@ import numpy as np
 import torch
 
 from natv2.costs import count_params
-from natv2.latency_table import part_keys, static_parts
+from natv2.errors import Natv2Error
+from natv2.latency_table import part_keys, space_description, static_parts
+
+TABLE_FORMAT = "natv2-part-costs"
+TABLE_VERSION = 1
 
 log = logging.getLogger(__name__)
 
@@ -55,13 +66,19 @@ def count_parts(static, resolution: int) -> tuple[dict[str, int], dict[str, int]
 class PartCosts:
     """Params and MACs of ``supernet``'s subnets from the counts of their parts (see the module)."""
 
-    def __init__(self, supernet) -> None:
+    def __init__(self, supernet, table: dict[str, Any] | None = None) -> None:
+        """``table``: a :func:`part_cost_table` of this supernet (:func:`load_part_cost_table`), whose
+        parts are then known from the start."""
         self.supernet = supernet
         self.space = supernet.space
         self._params: dict[str, int] = {}
         self._flops: dict[str, int] = {}
         self.n_counted = 0  # subnets extracted and counted whole
         self.additive = True
+        if table is not None:
+            self._params.update({k: int(v) for k, v in table["params"].items()})
+            self._flops.update({k: int(v) for k, v in table["flops"].items()})
+            self.additive = bool(table["additive"])
 
     def _count(self, genome: np.ndarray, resolution: int, keys: dict[str, str]) -> tuple[int, int]:
         static = self.supernet.extract(genome)
@@ -87,3 +104,81 @@ class PartCosts:
         if not self.additive or any(k not in self._params for k in keys.values()):
             return self._count(genome, arch.resolution, keys)
         return sum(self._params[k] for k in keys.values()), sum(self._flops[k] for k in keys.values()) // 2
+
+
+# --------------------------------------------------------------------------------------------
+# the table: every part counted once per run
+
+
+def supernet_signature(supernet) -> dict[str, Any]:
+    """What a part's counts depend on: the variant, classes, search space, and every parameter's
+    and buffer's name and shape (a hash), so a table is never read for another architecture."""
+    import hashlib
+
+    shapes = "\n".join(f"{name} {tuple(t.shape)}" for name, t in supernet.state_dict().items())
+    return {"variant": getattr(supernet, "variant", type(supernet).__name__),
+            "n_classes": int(getattr(supernet, "n_classes", 0)),
+            "space": space_description(supernet.space),
+            "tensors": hashlib.sha256(shapes.encode()).hexdigest()}
+
+
+def covering_genomes(space) -> list[np.ndarray]:
+    """Subnets that hold every part of ``space`` between them (the latency table's uniform subnets).
+
+    Per width and resolution: every kernel x expand (x branch set) in every block of the whole
+    body, so every block is met as the first of its stage and as a later one; then, in
+    early-exit spaces, one subnet stopping at each earlier exit, for that exit's head.
+    """
+    import itertools
+
+    from natv2.space import Arch
+
+    sets = list(space.branch_keys) or [None]
+    last = space.n_exits if space.n_exits else None
+
+    def uniform(res, width, exit, kernel, expand, branch_set):
+        n_stages = space.n_stages  # an early exit's genome still lists every stage (its later ones unused)
+        return space.encode(Arch(
+            resolution=res, width=width, exit=exit,
+            stages=tuple(((kernel, expand),) * space.max_blocks for _ in range(n_stages)),
+            branches=None if branch_set is None else tuple((branch_set,) * space.max_blocks for _ in range(n_stages))))
+
+    out = []
+    for width, res in itertools.product(space.widths, space.resolutions):
+        out += [uniform(res, width, last, k, e, b) for k, e, b in itertools.product(space.kernels, space.expands, sets)]
+        if space.n_exits:
+            out += [uniform(res, width, x, space.kernels[0], space.expands[0], sets[0]) for x in range(1, space.n_exits)]
+    return out
+
+
+def part_cost_table(supernet, progress: bool = False) -> dict[str, Any]:
+    """Every part's params and FLOPs, counted once on the subnets of :func:`covering_genomes`."""
+    import time
+
+    costs = PartCosts(supernet.eval())
+    genomes = covering_genomes(supernet.space)
+    t0 = time.perf_counter()
+    for i, g in enumerate(genomes, 1):
+        costs(g)
+        if progress and (i % 10 == 0 or i == len(genomes)):
+            log.info("part costs: %d/%d covering subnets, %d parts (%.1f s)", i, len(genomes), len(costs._params),
+                     time.perf_counter() - t0)
+    return {"format": TABLE_FORMAT, "version": TABLE_VERSION, "supernet": supernet_signature(supernet),
+            "additive": costs.additive, "subnets_counted": costs.n_counted,
+            "params": dict(sorted(costs._params.items())), "flops": dict(sorted(costs._flops.items()))}
+
+
+def load_part_cost_table(path, supernet, supernet_path=None) -> dict[str, Any]:
+    """The table at ``path``, refused (one line) unless it was counted on ``supernet``'s architecture."""
+    from natv2.io import read_json
+
+    table = read_json(path)
+    if not isinstance(table, dict) or table.get("format") != TABLE_FORMAT or table.get("version") != TABLE_VERSION:
+        raise Natv2Error(f"{path}: not a natv2 part-costs table (format {TABLE_FORMAT!r}, version {TABLE_VERSION}; "
+                         "write one with: natv2 part-costs)")
+    have, want = table.get("supernet") or {}, supernet_signature(supernet)
+    differ = [k for k in want if have.get(k) != want[k]]
+    if differ:
+        raise Natv2Error(f"{path}: counted on another supernet than {supernet_path or 'this one'} "
+                         f"({' and '.join(differ)} {'differ' if len(differ) > 1 else 'differs'}); count it again with: natv2 part-costs")
+    return table

@@ -444,17 +444,18 @@ def search_candidates(archive: pd.DataFrame, space, surrogate, cost_fn: CostFn, 
 # the search step's library side
 
 
-def supernet_costs(settings, supernet_path):
+def supernet_costs(settings, supernet_path, part_costs_path=None):
     """(space, cost_fn) for the search: the supernet's space and exact costs of its subnets.
 
     The same measurements as ``natv2.evaluate.evaluate_genomes`` (natv2.costs on the extracted
     static subnet, latency with the ``evaluation:`` settings on the configured device), so the
     costs the search sees match the archive's; only the objectives of the run are computed.
-    Params and MACs come from natv2.part_costs: the same integers, without building each net.
+    Params and MACs come from natv2.part_costs: the same integers, without building each net;
+    from the start with ``part_costs_path``, the run's table of every part (natv2 part-costs).
     """
     from natv2.costs import measure_latency
     from natv2.nets.checkpoint import load_supernet
-    from natv2.part_costs import PartCosts
+    from natv2.part_costs import PartCosts, load_part_cost_table
 
     net, _ = load_supernet(supernet_path)
     net.eval()
@@ -470,7 +471,8 @@ def supernet_costs(settings, supernet_path):
         table = load_table(cfg.latency_table)
         table.check_space(space)
 
-    counts = PartCosts(net)  # params and MACs from cached part counts: no net built once the parts are known
+    # params and MACs from cached part counts: no net built once the parts are known
+    counts = PartCosts(net, None if part_costs_path is None else load_part_cost_table(part_costs_path, net, supernet_path))
 
     def architecture(genomes) -> dict:
         """Exact params and MACs of ``genomes`` (strings or arrays), from the part counts."""

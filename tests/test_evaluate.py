@@ -178,3 +178,33 @@ def test_recorded_costs_are_reused_and_only_accuracy_is_measured_again(supernet,
     off = evaluate_genomes(supernet, names, data, dataclasses.replace(cfg, latency=False), progress=False, seed=7,
                            known_costs=known)
     assert off["latency_ms"].isna().all() and off["params"].tolist()[:2] == [11, 12]
+
+
+def test_the_pool_takes_params_and_macs_from_the_runs_part_costs(supernet, monkeypatch):
+    """``natv2 evaluate --part-costs``: the rows without recorded params / MACs get them from the
+    supernet's table of part counts (natv2.part_costs), the same integers, and no net is counted."""
+    import pandas as pd
+
+    import natv2.costs as costs
+    import natv2.part_costs as pc
+    from natv2.config import load_settings
+    from natv2.steps.evaluate import evaluate_table
+
+    data = DataBundle(["a", "b", "c", "d"], 32, MEAN, STD, image_set(80, 3), image_set(40, 4), image_set(20, 5))
+    settings = load_settings(overrides={"evaluation": {"bn_images": 48, "batch_size": 32, "latency": False}})
+    X = supernet.space.sample(3, np.random.default_rng(6), "natv2")
+    names = [supernet.space.to_string(g) for g in X]
+    table = pd.DataFrame({"genome": names, "params": [11.0, float("nan"), float("nan")]})
+    plain = evaluate_table(table, supernet, data, settings, shard=0, shards=1, split="val", tag="warmup", progress=False)
+    part_costs = pc.part_cost_table(supernet)
+    for module, name in ((costs, "count_macs"), (pc, "count_parts")):
+        monkeypatch.setattr(module, name, lambda *a, **k: pytest.fail("a net was counted"))
+    fast = evaluate_table(table, supernet, data, settings, shard=0, shards=1, split="val", tag="warmup",
+                          progress=False, part_costs=part_costs)
+    assert fast["params"].tolist() == plain["params"].tolist() and fast["macs"].tolist() == plain["macs"].tolist()
+    assert fast["top1"].tolist() == plain["top1"].tolist()
+    assert min(fast["macs"]) > 0 and len(set(fast["params"])) == 3
+    # with --reuse-costs a recorded value stands; the table fills only what is missing
+    both = evaluate_table(table, supernet, data, settings, shard=0, shards=1, split="val", tag="warmup",
+                          progress=False, reuse_costs=True, part_costs=part_costs)
+    assert both["params"].tolist() == [11, *plain["params"].tolist()[1:]]

@@ -244,7 +244,7 @@ def test_search_and_update_steps_from_the_command_line(tmp_path, monkeypatch, ba
                  str(tmp_path / "cand.0.csv"), "--iteration", "1", "--out", str(tmp_path / "x.csv")]) == 2
 
 
-def test_search_step_cost_wiring_with_a_real_supernet(tmp_path):
+def test_search_step_cost_wiring_with_a_real_supernet(tmp_path, monkeypatch):
     """The CLI's own cost function: the supernet's space and natv2.costs on extracted subnets.
 
     (The whole search step runs in the test above with synthetic costs: extracting a subnet
@@ -269,8 +269,18 @@ def test_search_step_cost_wiring_with_a_real_supernet(tmp_path):
     assert out["macs"][0] == count_macs(small, 32) <= out["macs"][1]
     # candidates.csv gets the exact costs that are not objectives (their evaluation reuses them)
     other_net = net.extract(other)
-    assert fn.architecture([space.to_string(other)]) == {"params": [count_params(other_net)],
-                                                         "macs": [count_macs(other_net, space.decode(other).resolution)]}
+    expected = {"params": [count_params(other_net)], "macs": [count_macs(other_net, space.decode(other).resolution)]}
+    assert fn.architecture([space.to_string(other)]) == expected
+    # with the run's table of part counts (natv2 part-costs) the same integers, no net counted
+    import natv2.part_costs as pc
+    from natv2.io import write_json
+
+    write_json(tmp_path / "part_costs.json", pc.part_cost_table(net))
+    _, tabled = supernet_costs(settings, tmp_path / "supernet.pt", tmp_path / "part_costs.json")
+    monkeypatch.setattr(pc, "count_parts", lambda *a, **k: pytest.fail("a net was counted"))
+    assert tabled.architecture([space.to_string(other)]) == expected
+    assert {k: list(v) for k, v in tabled(np.stack([space.smallest()])).items()} == \
+        {"params": [out["params"][0]], "macs": [out["macs"][0]]}
 
 
 def test_candidates_get_the_exact_params_and_macs_that_are_not_objectives():

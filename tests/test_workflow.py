@@ -116,6 +116,7 @@ def test_dry_run_of_the_paper_config_has_every_phase(tmp_path: Path):
     assert counts["split"] >= n_ds
     assert counts["warmup"] == n_ds
     assert counts["init_sample"] == counts["init_select"] == n_ds
+    assert counts["part_costs"] == n_ds  # once per run, read by the pool and every iteration's search
     for rule in ("surrogate_search", "update", "adapt", "collect"):
         assert counts[rule] == n_ds * n_iter, rule
     assert counts["evaluate_candidates"] == counts["reevaluate"] == n_ds * n_iter * paper.raw["workflow"]["eval_shards"]
@@ -279,7 +280,7 @@ def test_more_iterations_rerun_only_the_new_ones(dvc_run: Path):
         if len(parts) == 2 and parts[1].isdigit() and parts[0] not in ("job", "total"):
             counts[parts[0]] = int(parts[1])
     assert counts.get("surrogate_search") == 1 and counts.get("adapt") == 1
-    for rule in ("split", "supernet_phase", "warmup", "init_sample", "evaluate_pool"):
+    for rule in ("split", "supernet_phase", "warmup", "init_sample", "evaluate_pool", "part_costs"):
         assert rule not in counts, rule
 
 

@@ -17,6 +17,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="val", choices=["val", "test"], help="images to measure top-1 on")
     p.add_argument("--reuse-costs", action="store_true",
                    help="take params / macs / latency_ms from the table where recorded (NAT's re-evaluation of the archive)")
+    p.add_argument("--part-costs", metavar="JSON",
+                   help="params / macs from the supernet's parts' counts (natv2 part-costs) instead of counting each net")
     p.add_argument("--tag", help="supernet state tag for the archive (default: from the checkpoint path)")
     p.add_argument("--out", required=True, metavar="CSV")
     p.set_defaults(func=run)
@@ -40,12 +42,30 @@ def recorded_costs(table) -> dict[str, dict[str, float]]:
     return {str(row["genome"]): {c: row[c] for c in cols} for _, row in table.iterrows()}
 
 
+def known_costs(genomes, recorded: dict[str, dict[str, float]], supernet, part_costs) -> dict[str, dict[str, float]]:
+    """``recorded`` with exact params and MACs added from ``part_costs`` (a natv2.part_costs table)
+    for the genomes that lack them."""
+    from natv2.evaluate import finite_costs
+    from natv2.part_costs import PartCosts
+
+    counts, space = PartCosts(supernet, part_costs), supernet.space
+    out = dict(recorded)
+    for g in genomes:
+        g = space.to_string(space.from_string(g))  # the name natv2.evaluate looks the costs up by
+        have = finite_costs(out.get(g))
+        if "params" not in have or "macs" not in have:
+            params, macs = counts(g)
+            out[g] = {"params": int(params), "macs": int(macs), **have}  # a recorded value stands
+    return out
+
+
 def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, split: str, tag: str, progress: bool,
-                   reuse_costs: bool = False):
+                   reuse_costs: bool = False, part_costs: dict | None = None):
     """Rows ``shard::shards`` of ``table`` evaluated; input columns other than the measured ones kept.
 
     ``reuse_costs``: a row's recorded params, MACs and latency stand (natv2.evaluate.evaluate_genomes'
-    ``known_costs``); only its accuracy is measured again.
+    ``known_costs``); only its accuracy is measured again. ``part_costs``: the supernet's table of
+    part counts (natv2.part_costs), which gives the params and MACs of the rows without them.
     """
     import pandas as pd
 
@@ -53,10 +73,13 @@ def evaluate_table(table, supernet, data, settings, *, shard: int, shards: int, 
 
     rows = list(range(shard, len(table), shards))
     part = table.iloc[rows].reset_index(drop=True)
+    known = recorded_costs(part) if reuse_costs else {}
+    if part_costs is not None:
+        known = known_costs([str(g) for g in part["genome"]], known, supernet, part_costs)
     measured = evaluate_genomes(
         supernet, list(part["genome"]), data, settings.evaluation,
         split=split, device=settings.torch_device(), progress=progress, seed=settings.seed,
-        known_costs=recorded_costs(part) if reuse_costs else None,
+        known_costs=known or None,
     )
     if settings.search.latency_table:  # the target device's latency, from its lookup table (no net built)
         from natv2.latency_table import load_table
@@ -91,9 +114,15 @@ def run(args: argparse.Namespace) -> int:
     supernet, _ = load_supernet(args.supernet)
     data = load_data(args.data)
     check_classes(supernet, data.n_classes, args.supernet, args.data)
+    part_costs = None
+    if args.part_costs:
+        from natv2.part_costs import load_part_cost_table
+
+        part_costs = load_part_cost_table(args.part_costs, supernet, args.supernet)
     out = evaluate_table(
         table, supernet, data, settings, shard=args.shard, shards=args.shards, split=args.split,
         tag=args.tag or supernet_tag(args.supernet), progress=sys.stderr.isatty(), reuse_costs=args.reuse_costs,
+        part_costs=part_costs,
     )
     write_csv(args.out, out)
     return 0

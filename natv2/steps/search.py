@@ -22,6 +22,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_argument(p)
     p.add_argument("--archive", required=True, metavar="CSV", help="the archive of the previous iteration")
     p.add_argument("--supernet", required=True, metavar="PT", help="supernet the costs are computed on (its space)")
+    p.add_argument("--part-costs", metavar="JSON", help="its parts' counts (natv2 part-costs): no net built to cost a genome")
     p.add_argument("--iteration", required=True, type=int, metavar="I", help="this iteration (1..N)")
     p.add_argument("--out", required=True, metavar="CSV", help="candidates.csv")
     p.add_argument("--surrogate-out", required=True, metavar="JSON", help="surrogate.json (cv tau, rmse, predictions)")
@@ -38,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     cfg = settings.search
     archive = read_archive(args.archive, cfg.objectives)
-    space, cost_fn = search.supernet_costs(settings, args.supernet)
+    space, cost_fn = search.supernet_costs(settings, args.supernet, args.part_costs)
     rng = stream(settings.seed, "search", args.iteration)
     candidates, summary = search.run_search(archive, space, cost_fn, cfg, rng, args.iteration)
     candidates = search.with_architecture_costs(candidates, cost_fn)

@@ -312,6 +312,7 @@ def all_updates(wildcards) -> list[str]:
 
 
 SPLIT = f"{RESULTS}/{{ds}}/data/split.json"
+PART_COSTS = f"{RESULTS}/{{ds}}/search/iter0/part_costs.json"
 ITER = f"{RESULTS}/{{ds}}/search/iter{{i}}"
 # outputs of iterations 1..N (iteration 0 is the initial archive, made by its own rules)
 ITER_OUT = f"{RESULTS}/{{ds}}/search/iter{{i,[1-9][0-9]*}}"

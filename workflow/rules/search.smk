@@ -25,11 +25,29 @@ rule init_sample:
         "natv2 --threads {threads} init --config {params.config} --supernet {input.supernet} --out {output} > {log} 2>&1"
 
 
+rule part_costs:
+    # every part of the space counted once (params, FLOPs); beside init_sample, on the other core
+    input:
+        supernet=f"{RESULTS}/{{ds}}/supernet/warmup.pt",
+    output:
+        PART_COSTS,
+    log:
+        "logs/{ds}/search/iter0/part_costs.log",
+    benchmark:
+        "benchmarks/{ds}/search/iter0/part_costs.tsv"
+    threads: threads_for("light")
+    resources:
+        **resources_for("light"),
+    shell:
+        "natv2 --threads {threads} part-costs --supernet {input.supernet} --out {output} > {log} 2>&1"
+
+
 rule evaluate_pool:
     input:
         data=SPLIT,
         supernet=f"{RESULTS}/{{ds}}/supernet/warmup.pt",
         genomes=f"{RESULTS}/{{ds}}/search/iter0/pool.csv",
+        part_costs=PART_COSTS,
     output:
         f"{RESULTS}/{{ds}}/search/iter0/eval/pool.{{k}}.csv",
     params:
@@ -45,7 +63,7 @@ rule evaluate_pool:
         **resources_for("evaluate"),
     shell:
         "natv2 --threads {threads} evaluate --config {params.config} --data {input.data} --supernet {input.supernet}"
-        " --genomes {input.genomes} --shard {wildcards.k} --shards {params.shards}"
+        " --genomes {input.genomes} --part-costs {input.part_costs} --shard {wildcards.k} --shards {params.shards}"
         " --out {output} > {log} 2>&1"
 
 
@@ -77,6 +95,7 @@ rule surrogate_search:
     input:
         archive=previous_archive,
         supernet=supernet_before,
+        part_costs=PART_COSTS,
     output:
         candidates=f"{ITER_OUT}/candidates.csv",
         surrogate=f"{ITER_OUT}/surrogate.json",
@@ -92,8 +111,8 @@ rule surrogate_search:
         **resources_for("search"),
     shell:
         "natv2 --threads {threads} search --config {params.config} --archive {input.archive} --supernet {input.supernet}"
-        " --iteration {wildcards.i} --out {output.candidates} --surrogate-out {output.surrogate}"
-        " > {log} 2>&1"
+        " --part-costs {input.part_costs} --iteration {wildcards.i} --out {output.candidates}"
+        " --surrogate-out {output.surrogate} > {log} 2>&1"
 
 
 rule evaluate_candidates:
