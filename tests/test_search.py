@@ -212,11 +212,13 @@ def test_search_and_update_steps_from_the_command_line(tmp_path, monkeypatch, ba
     settings = load_settings(["config/config.yaml", config])
     archive = A.tag_rows(make_archive(settings.search), supernet="iter0", seed=0, iteration=0)
     A.write_archive(tmp_path / "archive0.csv", archive)
-    monkeypatch.setattr(step, "supernet_costs", lambda settings, path: (SPACE, cost_fn))
+    tables = []
+    monkeypatch.setattr(step, "supernet_costs", lambda settings, path, part_costs: tables.append(part_costs) or (SPACE, cost_fn))
     args = ["--config", "config/config.yaml", "--config", str(config)]
     assert main(["search", *args, "--archive", str(tmp_path / "archive0.csv"), "--supernet", "unused.pt",
-                 "--iteration", "1", "--out", str(tmp_path / "candidates.csv"),
+                 "--part-costs", "unused.json", "--iteration", "1", "--out", str(tmp_path / "candidates.csv"),
                  "--surrogate-out", str(tmp_path / "surrogate.json")]) == 0
+    assert tables == ["unused.json"]  # the run's part counts reach the cost function
     cands = pd.read_csv(tmp_path / "candidates.csv")
     summary = json.loads((tmp_path / "surrogate.json").read_text())
     assert len(cands) == 4 and (cands["iteration"] == 1).all()
