@@ -339,7 +339,6 @@ def measure_table(supernet, *, batch_size: int = 1, repeats: int = 10, warmup: i
     import torch
 
     from natv2.rng import torch_stream
-    from natv2.space import Arch
 
     device = torch.device(device)
     threads = threads or torch.get_num_threads()
@@ -362,10 +361,7 @@ def measure_table(supernet, *, batch_size: int = 1, repeats: int = 10, warmup: i
     for width, res in itertools.product(space.widths, space.resolutions):
         runs = []  # (arch, whole ms, part -> ms, hooked pass ms)
         for ex, kernel, expand, branch_set in itertools.product(exits, space.kernels, space.expands, sets):
-            arch = Arch(resolution=res, width=width, exit=ex,
-                        stages=tuple(((kernel, expand),) * space.max_blocks for _ in range(space.n_stages)),
-                        branches=None if branch_set is None else
-                        tuple((branch_set,) * space.max_blocks for _ in range(space.n_stages)))
+            arch = space.uniform(res, width, kernel, expand, ex, branch_set)
             net, x = prepared(arch)
             whole = _time_net(net, x, warmup=warmup, **timing)  # warms the net up for the parts too
             runs.append((arch, whole, *_time_parts(net, static_parts(net), x, device=device, **timing)))

@@ -131,23 +131,14 @@ def covering_genomes(space) -> list[np.ndarray]:
     """
     import itertools
 
-    from natv2.space import Arch
-
     sets = list(space.branch_keys) or [None]
-    last = space.n_exits if space.n_exits else None
-
-    def uniform(res, width, exit, kernel, expand, branch_set):
-        n_stages = space.n_stages  # an early exit's genome still lists every stage (its later ones unused)
-        return space.encode(Arch(
-            resolution=res, width=width, exit=exit,
-            stages=tuple(((kernel, expand),) * space.max_blocks for _ in range(n_stages)),
-            branches=None if branch_set is None else tuple((branch_set,) * space.max_blocks for _ in range(n_stages))))
-
+    last = space.n_exits or None  # the whole body
     out = []
     for width, res in itertools.product(space.widths, space.resolutions):
-        out += [uniform(res, width, last, k, e, b) for k, e, b in itertools.product(space.kernels, space.expands, sets)]
-        if space.n_exits:
-            out += [uniform(res, width, x, space.kernels[0], space.expands[0], sets[0]) for x in range(1, space.n_exits)]
+        out += [space.encode(space.uniform(res, width, k, e, last, b))
+                for k, e, b in itertools.product(space.kernels, space.expands, sets)]
+        out += [space.encode(space.uniform(res, width, space.kernels[0], space.expands[0], x, sets[0]))
+                for x in range(1, space.n_exits)]  # empty without early exits
     return out
 
 

@@ -307,6 +307,15 @@ class SearchSpace:
             g[self.exit_position] = 1
         return g
 
+    def uniform(self, resolution: int, width: float, kernel: int, expand: int, exit: int | None = None,
+                branch_set: int | None = None) -> Arch:
+        """Every block of every stage at full depth with one kernel x expand (and branch set):
+        the subnets a latency table times and the part-costs table counts. An early exit's
+        architecture still lists every stage (those after the exit are unused)."""
+        blocks = tuple(((kernel, expand),) * self.max_blocks for _ in range(self.n_stages))
+        branches = None if branch_set is None else tuple((branch_set,) * self.max_blocks for _ in range(self.n_stages))
+        return Arch(resolution=resolution, width=width, stages=blocks, exit=exit, branches=branches)
+
     def largest(self) -> np.ndarray:
         """Highest resolution and width, full depth, largest kernel and expand everywhere."""
         g = np.zeros(self.n_var, dtype=np.int64)
