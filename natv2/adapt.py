@@ -164,7 +164,7 @@ def adapt(
     state = {"optimizer": history.optimizer_state, "epochs_done": plan.offset_epochs + cfg.epochs,
              "total_epochs": plan.total_epochs}
     return {"epochs": cfg.epochs, "schedule_epochs": [plan.offset_epochs, plan.offset_epochs + cfg.epochs, plan.total_epochs],
-            "history": history.rows, "mean_gene_entropy": entropy, STATE_KEY: state}
+            "history": history.untimed(), "mean_gene_entropy": entropy, STATE_KEY: state}
 
 
 # --------------------------------------------------------------------------------------------

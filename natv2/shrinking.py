@@ -307,7 +307,7 @@ def run_phase(
     finally:
         supernet.joint_exits = False
     supernet.set_active(space.largest())
-    return {**summary, "modes": phase_modes(phase, space), "joint_exits": joint, "history": history.rows}
+    return {**summary, "modes": phase_modes(phase, space), "joint_exits": joint, "history": history.untimed()}
 
 
 def phases_for(space) -> list[str]:

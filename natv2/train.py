@@ -217,6 +217,14 @@ class History:
     rows: list[dict[str, float]] = field(default_factory=list)
     optimizer_state: dict | None = field(default=None, repr=False)
 
+    #: an epoch's clock readings: logged, and kept in resume states, but never in an output
+    TIMINGS = ("images_per_s", "seconds")
+
+    def untimed(self) -> list[dict[str, float]]:
+        """The rows less their clock readings: what a checkpoint's meta keeps, so that two identical
+        runs write identical bytes (a rerun's timings differ, its weights and losses do not)."""
+        return [{k: v for k, v in row.items() if k not in self.TIMINGS} for row in self.rows]
+
     @property
     def losses(self) -> list[float]:
         return [r["loss"] for r in self.rows]
@@ -392,8 +400,8 @@ def train(model: nn.Module, data, cfg: TrainConfig, run: TrainRun | None = None)
         stop = False
         if dist_info.main:
             log.info(
-                "epoch %d/%d: loss %.4f, lr %.3g, %.0f images/s",
-                epoch + 1, cfg.epochs, row["loss"], row["lr"], row["images_per_s"],
+                "epoch %d/%d: loss %.4f, lr %.3g, %.0f images/s, %.1f s",
+                epoch + 1, cfg.epochs, row["loss"], row["lr"], row["images_per_s"], row["seconds"],
             )
             if run.on_epoch_end is not None:
                 stop = bool(run.on_epoch_end(epoch + 1, row, net))

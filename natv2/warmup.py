@@ -92,7 +92,7 @@ def warmup(
         )
     finally:
         supernet.joint_exits = False
-    summary["head_history"] = head_history.rows
+    summary["head_history"] = head_history.untimed()
     summary["head_joint_exits"] = joint
 
     # stage 2: sampled subnets with KD from the fine-tuned largest subnet
@@ -116,6 +116,6 @@ def warmup(
             **common,
         ),
     )
-    summary["supernet_history"] = supernet_history.rows
+    summary["supernet_history"] = supernet_history.untimed()
     supernet.set_active(largest)
     return summary

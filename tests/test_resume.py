@@ -123,6 +123,8 @@ def test_adapt_rerun_after_an_archive_change_does_not_reuse_the_old_state(tiny, 
     second = adapt(_archive(tmp_path / "b.csv", root / "full.pt", 1), tmp_path / "iter1" / "supernet.pt")
     fresh = adapt(str(tmp_path / "b.csv"), tmp_path / "clean" / "supernet.pt")
     assert _same(second, fresh) and not _same(second, first)
+    # no clock reading in the checkpoint: the same training writes the same bytes
+    assert (tmp_path / "iter1" / "supernet.pt").read_bytes() == (tmp_path / "clean" / "supernet.pt").read_bytes()
 
 
 class _Killed(Exception):
@@ -184,4 +186,5 @@ def test_warmup_state_of_another_source_is_discarded(tiny, tmp_path, monkeypatch
     assert "files.supernet differ" in caplog.text
     assert warmup(tmp_path / "source_b.pt", tmp_path / "clean" / "warmup.pt") == 0
     assert _same(_weights(tmp_path / "run" / "warmup.pt"), _weights(tmp_path / "clean" / "warmup.pt"))
+    assert (tmp_path / "run" / "warmup.pt").read_bytes() == (tmp_path / "clean" / "warmup.pt").read_bytes()
     assert not any((tmp_path / "run" / ".resume").iterdir())

@@ -224,6 +224,12 @@ def test_search_and_update_steps_from_the_command_line(tmp_path, monkeypatch, ba
     assert len(cands) == 4 and (cands["iteration"] == 1).all()
     assert summary["kind"] == "lgbm" and -1 <= summary["cv_tau"] <= 1 and summary["cv_rmse"] > 0
     assert set(summary["predicted"]) == set(cands["genome"])
+    # the same step again writes the same bytes: the fit's time goes to the log, not surrogate.json
+    assert main(["search", *args, "--archive", str(tmp_path / "archive0.csv"), "--supernet", "unused.pt",
+                 "--part-costs", "unused.json", "--iteration", "1", "--out", str(tmp_path / "again.csv"),
+                 "--surrogate-out", str(tmp_path / "again.json")]) == 0
+    assert (tmp_path / "again.json").read_bytes() == (tmp_path / "surrogate.json").read_bytes()
+    assert (tmp_path / "again.csv").read_bytes() == (tmp_path / "candidates.csv").read_bytes()
 
     # the evaluate step's shards (here: the synthetic truth), then the update
     measured = evaluate(SPACE, A.genomes_of(cands, SPACE))

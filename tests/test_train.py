@@ -107,7 +107,9 @@ def test_training_lowers_the_loss_and_learns():
     history = train(model, data, cfg, TrainRun(resolution=16, seed=0, progress=False))
     losses = history.losses
     assert len(losses) == 4 and losses[-1] < 0.6 * losses[0]
-    assert all(r["images_per_s"] > 0 for r in history.rows)
+    assert all(r["images_per_s"] > 0 and r["seconds"] > 0 for r in history.rows)
+    # what a checkpoint keeps: the same rows less the clock readings
+    assert history.untimed() == [{k: r[k] for k in ("epoch", "loss", "lr")} for r in history.rows]
     model.eval()
     with torch.no_grad():
         x = (data.images.float() / 255 - 0.5) / 0.5
