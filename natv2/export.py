@@ -117,9 +117,35 @@ def _trace(model, resolution: int, out: Path) -> None:
             # in memory first: saved to a path, the archive records the (temporary) file name
             buffer = io.BytesIO()
             torch.jit.save(traced, buffer)
-            write_bytes(out, buffer.getvalue())
+            write_bytes(out, _without_local_paths(buffer.getvalue()))
     finally:
         model.train(was_training)
+
+
+def _without_local_paths(archive: bytes) -> bytes:
+    """The TorchScript ``archive`` saved again with no path of the exporting machine in it.
+
+    A trace keeps, for its error messages, the absolute path of every source file it ran through
+    (the checkout, the venv, a home directory) in the archive's ``*.debug_pkl`` records: the same
+    net exported from two checkouts differed in bytes, and the file told its users where the
+    exporter kept its code. Loaded without those records and saved again, the archive points its
+    messages at its own TorchScript code instead, and computes the same outputs.
+    """
+    import zipfile
+
+    import torch
+
+    source = zipfile.ZipFile(io.BytesIO(archive))
+    stripped = io.BytesIO()
+    with zipfile.ZipFile(stripped, "w", zipfile.ZIP_STORED) as target:
+        for info in source.infolist():
+            if not info.filename.endswith(".debug_pkl"):
+                target.writestr(zipfile.ZipInfo(info.filename, date_time=info.date_time), source.read(info))
+    stripped.seek(0)
+    module = torch.jit.load(stripped, map_location="cpu")
+    buffer = io.BytesIO()
+    torch.jit.save(module, buffer)
+    return buffer.getvalue()
 
 
 def _onnx(model, resolution: int, out: Path) -> None:

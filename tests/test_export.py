@@ -57,6 +57,20 @@ def test_two_exports_of_a_net_give_identical_files(exported, tmp_path):
         assert (tmp_path / "again" / name).read_bytes() == (out / name).read_bytes(), name
 
 
+def test_the_torchscript_file_holds_no_path_of_the_exporting_machine(exported):
+    """A trace records the absolute paths of the source files it ran; model.ts must not, or the same
+    net exported from two checkouts (or venvs) differs in bytes (natv2.export._without_local_paths)."""
+    import zipfile
+
+    _, out = exported
+    local = [str(REPO.resolve()), str(Path(natv2.__file__).resolve().parent), str(Path(torch.__file__).resolve().parent)]
+    with zipfile.ZipFile(out / "model.ts") as archive:
+        records = {name: archive.read(name) for name in archive.namelist()}
+    assert any(name.endswith(".debug_pkl") for name in records)  # the messages' source ranges are still there
+    leaks = [(name, where) for name, data in records.items() for where in local if where.encode() in data]
+    assert leaks == []
+
+
 def test_reloaded_three_ways_gives_the_same_logits(exported):
     net, out = exported
     assert {p.name for p in out.iterdir()} == {"weights.pt", "config.json", "model.ts", "model.onnx"}
