@@ -140,7 +140,7 @@ def _without_local_paths(archive: bytes) -> bytes:
     with zipfile.ZipFile(stripped, "w", zipfile.ZIP_STORED) as target:
         for info in source.infolist():
             if not info.filename.endswith(".debug_pkl"):
-                target.writestr(zipfile.ZipInfo(info.filename, date_time=info.date_time), source.read(info))
+                target.writestr(info.filename, source.read(info))  # an intermediate: only torch reads it
     stripped.seek(0)
     module = torch.jit.load(stripped, map_location="cpu")
     buffer = io.BytesIO()
